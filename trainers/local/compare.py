@@ -1,0 +1,257 @@
+"""Compare algorithms on the embedded testbed with paired seeds.
+
+    python -m trainers.local.compare --algorithms grpo,dr_grpo,dapo,path/to/cand.py \\
+        --seeds 5 --out DIR
+
+Every algorithm trains from the same cached warm start with the same seeds (same prompt
+streams, same sampler seeds), so differences are paired by seed. Prints a table (Overall
+and per family, AUC, length, validity, deltas vs the first algorithm with 95% t CIs),
+saves learning-curve PNGs and writes ``DIR/compare.json``. Results of finished runs are
+kept in ``DIR/runs/``: rerunning the same command resumes instead of redoing them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from evals.stats import format_ci, mean_ci, paired_diff_ci
+from evals.tasks import FAMILIES, HARD_FAMILY, PASS_K
+from trainers.algorithm import CandidateError
+from trainers.baselines import BASELINES, baseline_source
+from trainers.local.jobs import Job, run_jobs
+from trainers.local.trainer import TrainConfig
+from trainers.local.warmstart import WarmStartConfig, default_home, load_or_build
+
+OVERALL_KEY = "overall"
+
+
+def resolve_algorithm(spec: str) -> tuple[str, str]:
+    """A baseline name or a candidate .py path -> (label, source text)."""
+    spec = spec.strip()
+    if spec in BASELINES:
+        return spec, baseline_source(spec)
+    path = Path(spec)
+    if path.suffix == ".py":
+        if not path.is_file():
+            raise CandidateError("load", f"no such candidate file: {path}")
+        return path.stem, path.read_text()
+    raise CandidateError("load", f"unknown algorithm {spec!r}: expected one of "
+                         f"{', '.join(BASELINES)} or a path to a .py candidate file")
+
+
+def summarize(results: list[dict], labels: list[str], seeds: list[int]) -> list[dict]:
+    """Per algorithm: means and paired deltas vs the first algorithm (same seeds)."""
+    by = {(r["algorithm"], r["seed"]): r for r in results}
+    base = labels[0]
+    rows = []
+    for label in labels:
+        ok = [s for s in seeds if by.get((label, s), {}).get("status") == "ok"]
+        failed = [by[(label, s)] for s in seeds if by.get((label, s), {}).get("status") != "ok"]
+        row: dict = {"algorithm": label, "seeds": ok,
+                     "failures": [{"seed": f["seed"], "error": f.get("error")} for f in failed]}
+        if not ok:
+            rows.append(row)
+            continue
+        runs = [by[(label, s)] for s in ok]
+        fin = lambda k: np.array([r["final"][k] for r in runs])  # noqa: E731
+        row["overall_mean"] = float(fin(OVERALL_KEY).mean())
+        row["overall_ci95"] = _ci(mean_ci(fin(OVERALL_KEY)))
+        row["families"] = {f.name: float(fin(f"{f.name}/acc@1").mean()) for f in FAMILIES}
+        row[f"pass@{PASS_K}"] = float(fin(f"{HARD_FAMILY}/pass@{PASS_K}").mean())
+        row["auc_overall"] = float(np.mean([r["auc"]["overall"] for r in runs]))
+        row["mean_length"] = float(fin("length").mean())
+        row["validity"] = float(fin("valid").mean())
+        row["validity_auc"] = float(np.mean([r["auc"]["valid"] for r in runs]))
+        row["cpu_seconds_per_seed"] = float(np.mean([r["cpu_seconds"] for r in runs]))
+        paired = [s for s in ok if by.get((base, s), {}).get("status") == "ok"]
+        if paired:
+            b = [by[(base, s)] for s in paired]
+            a = [by[(label, s)] for s in paired]
+            pick = {
+                "delta_vs_baseline_ci95": lambda r: r["final"][OVERALL_KEY],
+                "auc_delta_vs_baseline_ci95": lambda r: r["auc"]["overall"],
+                "length_delta_vs_baseline_ci95": lambda r: r["final"]["length"],
+                "validity_auc_delta_vs_baseline_ci95": lambda r: r["auc"]["valid"],
+            }
+            for key, f in pick.items():
+                row[key] = _ci(paired_diff_ci([f(r) for r in b], [f(r) for r in a]))
+        rows.append(row)
+    return rows
+
+
+def _ci(ci) -> dict:
+    return {"mean": ci.mean, "low": ci.ci_low, "high": ci.ci_high, "n": ci.n,
+            "text": format_ci(ci) if np.isfinite(ci.ci_low) else f"{ci.mean:+.1f} [n=1]"}
+
+
+def print_table(rows: list[dict], console: Console) -> None:
+    base = rows[0]["algorithm"]
+    t = Table(title=f"Embedded testbed: final val metrics (mean over seeds); deltas vs {base}, "
+                    "paired 95% CI", show_lines=False)
+    for col in ["algorithm", "seeds", "Overall", *[f.name for f in FAMILIES],
+                f"{HARD_FAMILY} pass@{PASS_K}", "AUC", "length", "valid%",
+                "dOverall", "dAUC", "dLength", "dValidAUC", "CPU-s/seed"]:
+        t.add_column(col, justify="left" if col == "algorithm" else "right")
+    for r in rows:
+        if "overall_mean" not in r:
+            t.add_row(r["algorithm"], "0", "[red]failed[/red]", *[""] * 12)
+            continue
+        d = lambda k: r[k]["text"] if k in r and r["algorithm"] != base else "-"  # noqa
+        t.add_row(r["algorithm"], str(len(r["seeds"])),
+                  f"{r['overall_mean']:.1f}", *[f"{v:.1f}" for v in r["families"].values()],
+                  f"{r[f'pass@{PASS_K}']:.1f}", f"{r['auc_overall']:.1f}",
+                  f"{r['mean_length']:.1f}", f"{r['validity']:.1f}",
+                  d("delta_vs_baseline_ci95"), d("auc_delta_vs_baseline_ci95"),
+                  d("length_delta_vs_baseline_ci95"),
+                  d("validity_auc_delta_vs_baseline_ci95"),
+                  f"{r['cpu_seconds_per_seed']:.0f}")
+    console.print(t)
+    for r in rows:
+        for f in r["failures"]:
+            console.print(f"[red]{r['algorithm']} seed {f['seed']} failed:[/red] {f['error']}")
+
+
+def plot_curves(results: list[dict], labels: list[str], out: Path) -> list[Path]:
+    """Learning curves (mean over seeds): training-batch metrics and val evaluations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if r.get("status") == "ok"]
+    paths = []
+    panels = [("reward", "reward"), ("accuracy", "train accuracy"),
+              ("entropy", "entropy"), ("response_length", "response length"),
+              ("validity", "validity rate"), ("kl_to_start", "KL to start")]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    for ax, (key, title) in zip(axes.flat, panels):
+        for label in labels:
+            runs = [r for r in ok if r["algorithm"] == label]
+            if not runs:
+                continue
+            n = min(len(r["curve"]) for r in runs)
+            y = np.mean([[row[key] for row in r["curve"][:n]] for r in runs], axis=0)
+            w = max(1, n // 20)
+            ys = np.convolve(y, np.ones(w) / w, mode="valid")
+            ax.plot(np.arange(len(ys)) + w, ys, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "curves_train.png")
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+
+    keys = [("overall", "val Overall"), *[(f"{f.name}/acc@1", f"val {f.name} acc@1")
+                                         for f in FAMILIES], ("valid", "val validity %"),
+            ("length", "val greedy length")]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    for ax, (key, title) in zip(axes.flat, keys):
+        for label in labels:
+            runs = [r for r in ok if r["algorithm"] == label]
+            if not runs:
+                continue
+            n = min(len(r["evals"]) for r in runs)
+            x = [e["step"] for e in runs[0]["evals"][:n]]
+            y = np.mean([[e[key] for e in r["evals"][:n]] for r in runs], axis=0)
+            ax.plot(x, y, marker="o", label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "curves_eval.png")
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+    return paths
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m trainers.local.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algorithms", required=True,
+                   help=f"comma-separated: baseline names ({', '.join(BASELINES)}) or "
+                        "candidate .py files; the first is the reference for deltas")
+    p.add_argument("--seeds", type=int, default=5, help="number of paired seeds (0..N-1)")
+    p.add_argument("--seed-offset", type=int, default=0, help="first seed")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--home", type=Path, default=None,
+                   help="POISE home for the warm-start cache (default $POISE_HOME or ./.poise)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run")
+    p.add_argument("--cpu-budget", type=float, default=None,
+                   help="stop training after this many CPU-seconds (per run)")
+    p.add_argument("--split", choices=["val", "test"], default="val",
+                   help="held-out split of the final evaluation")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="parallel single-threaded training processes")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    if args.steps is not None and args.steps < 1:
+        p.error("--steps must be at least 1")
+    return args
+
+
+def main(argv=None, *, train_config: TrainConfig | None = None,
+         warm_config: WarmStartConfig | None = None) -> list[dict]:
+    args = parse_args(argv)
+    console = Console()
+    try:
+        specs = [s for s in args.algorithms.split(",") if s.strip()]
+        if not specs:
+            raise CandidateError("load", "--algorithms is empty")
+        resolved = [resolve_algorithm(s) for s in specs]
+    except CandidateError as e:
+        console.print(f"[red]error:[/red] {e.message}")
+        raise SystemExit(2)
+    labels = [label for label, _ in resolved]
+    if len(set(labels)) != len(labels):
+        console.print("[red]error:[/red] two algorithms share a name: " + ", ".join(labels))
+        raise SystemExit(2)
+    cfg = train_config or TrainConfig()
+    if args.steps is not None:
+        cfg = replace(cfg, steps=args.steps)
+    if args.cpu_budget is not None:
+        cfg = replace(cfg, cpu_budget=args.cpu_budget)
+    cfg = replace(cfg, final_eval=replace(cfg.final_eval, split=args.split))
+    warm = warm_config or WarmStartConfig()
+    home = args.home or default_home()
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        console.print(f"[red]error:[/red] cannot create {e.filename}: {e.strerror}")
+        raise SystemExit(2)
+    with console.status("warm start (built once, then cached)..."):
+        load_or_build(warm, home)
+    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
+    jobs = [Job(label, source, seed, str(home), cfg.as_dict(), asdict(warm))
+            for label, source in resolved for seed in seeds]
+    results = run_jobs(jobs, args.workers, args.out / "runs", quiet=args.quiet)
+    rows = summarize(results, labels, seeds)
+    print_table(rows, console)
+    plots = plot_curves(results, labels, args.out)
+    payload = {"algorithms": labels, "seeds": seeds, "split": args.split,
+               "train_config": cfg.as_dict(), "results": rows,
+               "plots": [p.name for p in plots]}
+    (args.out / "compare.json").write_text(json.dumps(payload, indent=2))
+    console.print(f"wrote {args.out / 'compare.json'} and {', '.join(p.name for p in plots)}")
+    errors = [r for r in results if r["status"] == "error"]
+    for r in errors:
+        console.print(f"[red]internal error[/red] in {r['algorithm']} seed {r['seed']}:\n"
+                      f"{r['traceback']}")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

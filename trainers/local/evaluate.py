@@ -1,0 +1,78 @@
+"""Evaluation of a policy on held-out problems: acc@1, pass@k, length, validity, Overall.
+
+Greedy decoding gives acc@1, validity and greedy length for every family; T=1 sampling
+with ``n_samples`` per problem on the hard family gives the unbiased pass@k (Chen et al.
+2021) and the sampled length and validity. ``Overall`` weighs these as
+``evals.tasks.OVERALL_WEIGHTS`` (see ``OVERALL.describe()``), in points (0-100).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from evals.metrics import OverallSpec, mean_pass_at_k
+from evals.tasks import (BOS, FAMILIES, HARD_FAMILY, OVERALL_WEIGHTS, PASS_K, Problem,
+                         decode, encode, grade, heldout_set)
+from trainers.local.model import TinyGPT, generate, left_pad
+
+OVERALL = OverallSpec(OVERALL_WEIGHTS)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    split: str = "val"
+    size: int = 400            # problems per family, greedy
+    pass_problems: int = 128   # hard-family problems sampled for pass@k
+    n_samples: int = PASS_K    # samples per problem at T=1 (>= every k reported)
+    max_response: int = 64
+    batch: int = 1024
+    seed: int = 1234           # sampling seed (fixed: every policy sees the same draws)
+
+
+def _rollout(model: TinyGPT, problems: list[Problem], cfg: EvalConfig, temperature: float,
+             generator: torch.Generator | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per problem: correct, valid, length (tokens incl. EOS)."""
+    correct, valid, length = [], [], []
+    for lo in range(0, len(problems), cfg.batch):
+        chunk = problems[lo:lo + cfg.batch]
+        ids, mask = left_pad([[BOS] + encode(p.prompt) for p in chunk])
+        gen = generate(model, ids, mask, cfg.max_response, temperature, generator)
+        for p, toks, term, n in zip(chunk, gen.tokens, gen.terminated, gen.mask.sum(-1)):
+            g = grade(p, decode(toks), bool(term))
+            correct.append(g.correct)
+            valid.append(g.valid)
+            length.append(float(n))
+    return np.array(correct), np.array(valid), np.array(length)
+
+
+@torch.no_grad()
+def evaluate(model: TinyGPT, cfg: EvalConfig = EvalConfig()) -> dict[str, float]:
+    """Flat metrics dict: ``<family>/acc@1``, ``<family>/valid``, ``<family>/length``,
+    ``<hard>/pass@k``, ``<hard>/t1_length``, ``<hard>/t1_valid``, and the aggregates
+    ``overall``, ``acc@1``, ``valid``, ``length`` (means over families)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, float] = {}
+    for fam in FAMILIES:
+        problems = heldout_set(fam.name, cfg.split, cfg.size)
+        c, v, n = _rollout(model, problems, cfg, 0.0, None)
+        out[f"{fam.name}/acc@1"] = 100 * c.mean()
+        out[f"{fam.name}/valid"] = 100 * v.mean()
+        out[f"{fam.name}/length"] = n.mean()
+    hard = heldout_set(HARD_FAMILY, cfg.split, cfg.pass_problems)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    repeated = [p for p in hard for _ in range(cfg.n_samples)]
+    c, v, n = _rollout(model, repeated, cfg, 1.0, gen)
+    ks = [k for k in (1, 4, 8, 16, 32) if k <= cfg.n_samples]
+    for k, val in mean_pass_at_k(c.reshape(len(hard), cfg.n_samples), ks).items():
+        out[f"{HARD_FAMILY}/pass@{k}"] = 100 * val
+    out[f"{HARD_FAMILY}/t1_length"] = n.mean()
+    out[f"{HARD_FAMILY}/t1_valid"] = 100 * v.mean()
+    out["overall"] = OVERALL.overall(out)
+    out["acc@1"] = float(np.mean([out[f"{f.name}/acc@1"] for f in FAMILIES]))
+    out["valid"] = float(np.mean([out[f"{f.name}/valid"] for f in FAMILIES]))
+    out["length"] = float(np.mean([out[f"{f.name}/length"] for f in FAMILIES]))
+    model.train(was_training)
+    return {k: float(v) for k, v in out.items()}

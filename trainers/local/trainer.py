@@ -1,0 +1,169 @@
+"""The embedded CPU GRPO trainer, driven only through the candidate hooks.
+
+One step: sample ``prompts_per_step`` prompts from the seed's stream, draw
+``group_size`` responses each at T=1 with a KV cache, grade them (correct / valid /
+length), then ``shape_reward`` -> ``compute_advantages`` -> ``policy_loss`` on
+``minibatches`` group-aligned minibatches, one Adam update each (so later minibatches are
+slightly off-policy and clipping has work to do). ``old_logp`` is the sampler's own
+log-prob; ``ref_logp`` comes from the frozen warm start. Departures from textbook GRPO
+live in the candidate, not here: the trainer has no algorithm-specific branches.
+
+A seed fixes the prompt stream, the sampling generator and the evaluation draws, so two
+algorithms run with the same seed see the same first batch and are compared pairwise.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from evals.metrics import auc
+from evals.tasks import BOS, PromptStream, decode, encode, grade
+from trainers.algorithm import Algorithm, CandidateError, Rollouts
+from trainers.local.evaluate import EvalConfig, evaluate
+from trainers.local.model import TinyGPT, generate, left_pad, response_logprobs
+
+CURVE_KEYS = ("overall", "acc@1", "valid", "length")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 200
+    prompts_per_step: int = 16
+    group_size: int = 8
+    minibatches: int = 2
+    lr: float = 2e-4
+    grad_clip: float = 1.0
+    max_response: int = 64
+    eval_every: int = 25
+    curve_eval: EvalConfig = field(default_factory=lambda: EvalConfig(
+        size=96, pass_problems=24, n_samples=16))
+    final_eval: EvalConfig = field(default_factory=EvalConfig)
+    cpu_budget: float | None = None  # stop training once this many CPU-seconds are spent
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    algorithm: str
+    seed: int
+    steps_done: int
+    curve: list[dict[str, float]]        # per training step
+    evals: list[dict[str, float]]        # periodic evaluations on the val subset
+    final: dict[str, float]              # full evaluation at the end
+    auc: dict[str, float]                # mean over the periodic evaluations
+    cpu_seconds: float
+    train_cpu_seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class NullProgress:
+    def __call__(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        pass
+
+
+def build_rollouts(problems, gen, group_size: int, max_response: int, step: int,
+                   total_steps: int) -> Rollouts:
+    graded = [grade(p, decode(t), bool(term))
+              for p, t, term in zip(problems, gen.tokens, gen.terminated)]
+    n = len(problems)
+    return Rollouts(
+        correct=torch.tensor([g.correct for g in graded], dtype=torch.bool),
+        valid=torch.tensor([g.valid for g in graded], dtype=torch.bool),
+        length=gen.mask.sum(-1).long(),
+        max_length=max_response,
+        group=torch.arange(n // group_size).repeat_interleave(group_size),
+        group_size=group_size,
+        response_mask=gen.mask,
+        step=step,
+        total_steps=total_steps,
+    )
+
+
+def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainConfig(),
+          progress: Callable = NullProgress()) -> TrainResult:
+    """Train a copy of ``start`` with ``algo`` and evaluate it. Raises CandidateError if
+    a hook breaks the contract (wrong shape, NaN, no gradient)."""
+    t_start = time.process_time()
+    policy = copy.deepcopy(start).train()
+    ref = start.eval()
+    opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    stream = PromptStream(seed)
+    sampler = torch.Generator().manual_seed(10_000 + seed)
+    curve, evals = [], []
+    g = cfg.group_size
+    train_cpu = 0.0
+    step = 0
+    for step in range(cfg.steps):
+        t0 = time.process_time()
+        problems = [p for p in stream.next_batch(cfg.prompts_per_step) for _ in range(g)]
+        ids, pmask = left_pad([[BOS] + encode(p.prompt) for p in problems])
+        policy.eval()
+        gen = generate(policy, ids, pmask, cfg.max_response, 1.0, sampler)
+        policy.train()
+        batch = build_rollouts(problems, gen, g, cfg.max_response, step, cfg.steps)
+        rewards = algo.shape_reward(batch)  # (N,)
+        adv = algo.compute_advantages(batch, rewards)
+        adv = (adv.unsqueeze(-1) if adv.dim() == 1 else adv) * gen.mask  # (N, T)
+        with torch.no_grad():
+            ref_logp = response_logprobs(ref, ids, pmask, gen.tokens, gen.mask)
+        loss_metrics: dict[str, list[float]] = {}
+        grad_norms = []
+        groups = torch.arange(cfg.prompts_per_step)
+        for mb_groups in groups.chunk(cfg.minibatches):
+            idx = (mb_groups.unsqueeze(-1) * g + torch.arange(g)).reshape(-1)
+            logp = response_logprobs(policy, ids[idx], pmask[idx], gen.tokens[idx],
+                                     gen.mask[idx])
+            loss, metrics = algo.policy_loss(logp, gen.logp[idx], adv[idx], gen.mask[idx],
+                                             batch.select(idx), ref_logp=ref_logp[idx])
+            if not loss.requires_grad:
+                raise CandidateError("policy_loss", "the loss does not depend on logp "
+                                     "(it carries no gradient)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            if not math.isfinite(float(norm)):
+                raise CandidateError("policy_loss", "gradients are not finite")
+            opt.step()
+            grad_norms.append(float(norm))
+            for k, v in metrics.items():
+                loss_metrics.setdefault(k, []).append(v)
+        mask = gen.mask
+        tokens = mask.sum().clamp_min(1)
+        row = {
+            "step": step + 1,
+            "reward": float(rewards.mean()),
+            "accuracy": float(batch.correct.float().mean()),
+            "validity": float(batch.valid.float().mean()),
+            "response_length": float(batch.length.float().mean()),
+            "entropy": float((gen.entropy * mask).sum() / tokens),
+            "kl_to_start": float(((gen.logp - ref_logp) * mask).sum() / tokens),
+            "grad_norm": sum(grad_norms) / len(grad_norms),
+            "all_fail_groups": float((batch.correct.view(-1, g).sum(-1) == 0).float().mean()),
+            "all_correct_groups": float(batch.correct.view(-1, g).all(-1).float().mean()),
+        }
+        row.update({k: sum(v) / len(v) for k, v in loss_metrics.items()})
+        row["clip_fraction"] = row.get("actor/pg_clipfrac", 0.0)
+        train_cpu += time.process_time() - t0
+        row["cpu_seconds"] = train_cpu
+        curve.append(row)
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            evals.append({"step": step + 1, **evaluate(policy, cfg.curve_eval)})
+        progress(step + 1, cfg.steps, row)
+        if cfg.cpu_budget is not None and train_cpu >= cfg.cpu_budget:
+            if not evals or evals[-1]["step"] != step + 1:
+                evals.append({"step": step + 1, **evaluate(policy, cfg.curve_eval)})
+            break
+    final = evaluate(policy, cfg.final_eval)
+    return TrainResult(
+        algorithm=algo.name, seed=seed, steps_done=step + 1, curve=curve, evals=evals,
+        final=final, auc={k: auc([e[k] for e in evals]) for k in CURVE_KEYS},
+        cpu_seconds=time.process_time() - t_start, train_cpu_seconds=train_cpu)
