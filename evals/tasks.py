@@ -61,7 +61,7 @@ def decode(ids) -> str:
 @dataclass(frozen=True)
 class Family:
     name: str
-    digits: int          # operand digit count
+    digits: int          # operands have up to this many digits
     weight: float        # share of the training prompt stream
     scratch_prob: float  # share of SFT examples written with a scratchpad
 
@@ -113,9 +113,9 @@ class Problem:
 
 
 def sample_problem(family: Family, rng: random.Random, split: str = "train") -> Problem:
-    lo, hi = 10 ** (family.digits - 1), 10 ** family.digits - 1
+    hi = 10 ** family.digits - 1  # operands of up to ``digits`` digits
     while True:
-        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        a, b = rng.randint(0, hi), rng.randint(0, hi)
         if split_of(a, b) == split:
             return Problem(family.name, a, b)
 
@@ -126,8 +126,8 @@ def heldout_set(family: str, split: str, size: int) -> list[Problem]:
         raise ValueError(f"held-out split must be 'val' or 'test', got {split!r}")
     fam = FAMILY_BY_NAME[family]
     rng = random.Random(f"heldout-{family}-{split}")
-    n_pairs = (9 * 10 ** (fam.digits - 1)) ** 2
-    size = min(size, int(n_pairs * 0.2 * 0.9))  # leave slack for the 20% bucket
+    n_pairs = 10 ** (2 * fam.digits)
+    size = min(size, int(n_pairs * 0.2 * 0.97))  # slack: the hash bucket is ~20%
     seen: set[tuple[int, int]] = set()
     out: list[Problem] = []
     while len(out) < size:

@@ -205,7 +205,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None, *, train_config: TrainConfig | None = None,
          warm_config: WarmStartConfig | None = None) -> list[dict]:
     args = parse_args(argv)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 220)
     try:
         specs = [s for s in args.algorithms.split(",") if s.strip()]
         if not specs:

@@ -24,10 +24,10 @@ from trainers.local.model import ModelConfig, TinyGPT, positions_for
 class WarmStartConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=VOCAB_SIZE))
     noise: CorpusNoise = field(default_factory=CorpusNoise)
-    examples: int = 60_000
-    steps: int = 1200
-    batch_size: int = 64
-    lr: float = 2e-3
+    examples: int = 48_000
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 3e-3
     warmup: int = 50
     seed: int = 0
 

@@ -1,0 +1,70 @@
+"""The compare and bench commands end to end on a tiny configuration."""
+import json
+from dataclasses import asdict
+
+import pytest
+
+from trainers.local import bench, compare
+
+SIGN_FLIP = "evals/calibration/sign_flip.py"
+
+
+def test_compare_writes_table_json_and_plots_and_resumes(tiny_warm, tiny_train_config,
+                                                         tmp_path, capsys):
+    warm, home, _ = tiny_warm
+    out = tmp_path / "cmp"
+    argv = ["--algorithms", f"grpo,dr_grpo,{SIGN_FLIP}", "--seeds", "2", "--out", str(out),
+            "--home", str(home), "--workers", "2", "--quiet"]
+    rows = compare.main(argv, train_config=tiny_train_config, warm_config=warm)
+    data = json.loads((out / "compare.json").read_text())
+    assert [r["algorithm"] for r in data["results"]] == ["grpo", "dr_grpo", "sign_flip"]
+    for r in data["results"]:
+        for key in ("algorithm", "seeds", "overall_mean", "overall_ci95",
+                    "delta_vs_baseline_ci95", "auc_delta_vs_baseline_ci95",
+                    "length_delta_vs_baseline_ci95", "validity_auc_delta_vs_baseline_ci95",
+                    "mean_length", "validity", "cpu_seconds_per_seed"):
+            assert key in r, key
+        assert r["seeds"] == [0, 1]
+    assert data["results"][0]["delta_vs_baseline_ci95"]["mean"] == 0.0
+    assert rows == data["results"]
+    for png in data["plots"]:
+        assert (out / png).stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "dOverall" in printed and "sign_flip" in printed
+    runs = sorted((out / "runs").glob("*.json"))
+    assert len(runs) == 6
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    compare.main(argv, train_config=tiny_train_config, warm_config=warm)  # resumes
+    assert [p.stat().st_mtime_ns for p in sorted((out / "runs").glob("*.json"))] == stamps
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--algorithms", "grpo,nope"], "unknown algorithm 'nope'"),
+    (["--algorithms", "missing_file.py"], "no such candidate file"),
+    (["--algorithms", "grpo,grpo"], "two algorithms share a name"),
+])
+def test_compare_bad_algorithms_exit_2_with_one_clear_line(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        compare.main(argv + ["--out", str(tmp_path / "o"), "--seeds", "1"])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().out
+
+
+def test_compare_bad_flags_exit_2(tmp_path, capsys):
+    for argv in (["--algorithms", "grpo", "--out", str(tmp_path), "--seeds", "0"],
+                 ["--algorithms", "grpo", "--out", str(tmp_path), "--bogus"]):
+        with pytest.raises(SystemExit) as e:
+            compare.main(argv)
+        assert e.value.code == 2
+
+
+def test_failed_candidate_is_reported_not_fatal(tiny_warm, tiny_train_config, tmp_path):
+    warm, home, _ = tiny_warm
+    bad = tmp_path / "bad.py"
+    bad.write_text("def compute_advantages(batch, rewards):\n    raise RuntimeError('boom')\n")
+    rows = compare.main(["--algorithms", f"grpo,{bad}", "--seeds", "1", "--out",
+                         str(tmp_path / "o"), "--home", str(home), "--workers", "1",
+                         "--quiet"], train_config=tiny_train_config, warm_config=warm)
+    assert "overall_mean" in rows[0]
+    assert "overall_mean" not in rows[1]
+    assert "compute_advantages: raised RuntimeError: boom" in rows[1]["failures"][0]["error"]

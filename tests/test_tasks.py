@@ -1,0 +1,119 @@
+"""The task suite: strict format, disjoint splits, imperfect corpus, length variety."""
+import random
+from collections import Counter
+
+import pytest
+
+from evals.tasks import (FAMILIES, FAMILY_BY_NAME, OVERALL_WEIGHTS, CorpusNoise, Problem,
+                         PromptStream, column_steps, decode, encode, grade, heldout_set,
+                         render, sft_corpus, split_of)
+
+
+P = Problem("add3", 47, 385)
+
+
+@pytest.mark.parametrize("text,valid,correct", [
+    ("#432.", True, True),
+    ("7+5=12;4+8+1=13;0+3+1=4;#432.", True, True),
+    ("7+5=12;4+8+1=13;0+3+1=4;~~#432.", True, True),
+    ("~7+5=12;~4+8+1=13;#432.", True, True),       # filler between steps is allowed
+    ("7+5=13;#432.", True, True),                   # step arithmetic is not graded
+    ("#431.", True, False),
+    ("#0432.", False, False),                       # leading zero
+    ("#432", False, False),                         # no terminator
+    ("432.", False, False),                         # no marker
+    ("##432.", False, False),
+    ("#432.#", False, False),                       # text after the terminator
+    ("#432.0", False, False),
+    ("7+5=12#432.", False, False),                  # step without ';'
+    ("7+=12;#432.", False, False),                  # malformed step
+    ("", False, False),
+])
+def test_strict_parser(text, valid, correct):
+    g = grade(P, text)
+    assert (g.valid, g.correct) == (valid, correct)
+
+
+def test_unterminated_response_is_invalid_even_if_well_formed():
+    assert grade(P, "#432.", terminated=False).valid is False
+
+
+def test_scratchpad_steps_are_right():
+    assert column_steps(47, 385) == ["7+5=12", "4+8+1=13", "0+3+1=4"]
+    assert column_steps(99999, 1) == ["9+1=10", "9+0+1=10", "9+0+1=10", "9+0+1=10",
+                                      "9+0+1=10"]
+    for a, b in [(12, 34), (999, 999), (50505, 49495)]:
+        text = render(column_steps(a, b), str(a + b))
+        assert grade(Problem("x", a, b), text).correct
+
+
+def test_encode_decode_roundtrip_and_unknown_char():
+    text = "7+5=12;~#12."
+    assert decode(encode(text) + [2, 5, 6]) == text  # stops at EOS
+    with pytest.raises(ValueError, match="not in the task vocabulary"):
+        encode("12a")
+
+
+def test_prompts_have_fixed_width():
+    lens = {len(Problem(f.name, 10 ** f.digits - 1, 7).prompt)
+            for f in FAMILIES}
+    assert len(lens) == 1
+
+
+def test_splits_are_disjoint_and_fixed():
+    for fam in FAMILIES:
+        val = {(p.a, p.b) for p in heldout_set(fam.name, "val", 300)}
+        test = {(p.a, p.b) for p in heldout_set(fam.name, "test", 300)}
+        assert not val & test
+        assert all(split_of(a, b) == "val" for a, b in val)
+        assert heldout_set(fam.name, "val", 50) == heldout_set(fam.name, "val", 50)
+    train = [p for p in PromptStream(0).next_batch(500)]
+    assert all(split_of(p.a, p.b) == "train" for p in train)
+    with pytest.raises(ValueError):
+        heldout_set("add2", "train", 10)
+
+
+def test_heldout_sets_are_large_enough_for_one_point_standard_error():
+    # SE of an accuracy near 50% with n problems is 50/sqrt(n) points; about 1 at n=2000.
+    for fam in FAMILIES:
+        n = len(heldout_set(fam.name, "test", 2000))
+        assert 50 / n ** 0.5 <= 1.2, (fam.name, n)
+
+
+def test_prompt_stream_mixes_families_and_is_seeded():
+    a = PromptStream(3).next_batch(600)
+    assert a == PromptStream(3).next_batch(600)
+    assert a != PromptStream(4).next_batch(600)
+    counts = Counter(p.family for p in a)
+    for fam in FAMILIES:
+        assert abs(counts[fam.name] / 600 - fam.weight) < 0.07
+
+
+def test_sft_corpus_is_imperfect_and_varies_in_length_among_correct_answers():
+    corpus = sft_corpus(4000, seed=0)
+    graded = [(p, r, grade(p, r)) for p, r in corpus]
+    invalid = [g for _, _, g in graded if not g.valid]
+    wrong = [g for _, _, g in graded if g.valid and not g.correct]
+    assert 0.02 < len(invalid) / len(corpus) < 0.15
+    assert 0.05 < len(wrong) / len(corpus) < 0.2
+    # the hard family breaks the format more often (longer responses)
+    rate = {f.name: sum(not g.valid for p, _, g in graded if p.family == f.name) /
+            max(1, sum(p.family == f.name for p, _, _ in graded)) for f in FAMILIES}
+    assert rate["add5"] > rate["add2"]
+    # among correct answers of one family, lengths vary (concise/scratchpad/filler/redundant)
+    for fam in FAMILIES:
+        lengths = {len(r) for p, r, g in graded if p.family == fam.name and g.correct}
+        assert len(lengths) >= 6, (fam.name, sorted(lengths))
+    assert sft_corpus(50, seed=0) == corpus[:50]
+
+
+def test_no_noise_corpus_is_all_correct():
+    clean = CorpusNoise(wrong_carry=0, redundant_step=0, max_filler=0, malformed_base=0,
+                        malformed_per_char=0)
+    assert all(grade(p, r).correct for p, r in sft_corpus(500, seed=1, noise=clean))
+
+
+def test_overall_weights_favour_the_hard_family():
+    hard = sum(w for k, w in OVERALL_WEIGHTS.items() if k.startswith("add5"))
+    assert abs(sum(OVERALL_WEIGHTS.values()) - 1) < 1e-9 and hard > 0.5
+    assert set(k.split("/")[0] for k in OVERALL_WEIGHTS) <= set(FAMILY_BY_NAME)

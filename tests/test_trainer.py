@@ -1,0 +1,80 @@
+"""The embedded GRPO trainer on a tiny warm start: hooks drive it, seeds pair runs,
+contract violations surface as CandidateError."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from trainers.algorithm import Algorithm, CandidateError, load_algorithm
+from trainers.local.trainer import train
+
+VALIDITY_REWARD = '''
+NAME = "validity-reward"
+def shape_reward(batch):
+    return batch.valid.float()
+'''
+
+
+def test_train_produces_curves_evals_and_final_metrics(tiny_warm, tiny_train_config):
+    _, _, model = tiny_warm
+    r = train(load_algorithm("grpo"), model, seed=0, cfg=tiny_train_config)
+    assert r.steps_done == 6 and len(r.curve) == 6
+    for key in ("reward", "accuracy", "entropy", "response_length", "validity",
+                "clip_fraction", "kl_to_start", "grad_norm", "cpu_seconds"):
+        assert key in r.curve[0], key
+    assert [e["step"] for e in r.evals] == [3, 6]
+    for key in ("overall", "add2/acc@1", "add5/pass@16", "add5/pass@1", "valid", "length"):
+        assert key in r.final, key
+    assert 0 <= r.final["overall"] <= 100
+    assert r.auc["overall"] == pytest.approx(sum(e["overall"] for e in r.evals) / 2)
+    assert r.cpu_seconds >= r.train_cpu_seconds > 0
+
+
+def test_same_seed_pairs_runs_and_training_moves_the_policy(tiny_warm, tiny_train_config):
+    _, _, model = tiny_warm
+    before = [p.detach().clone() for p in model.parameters()]
+    algo = Algorithm.from_source(VALIDITY_REWARD)
+    a = train(algo, model, seed=1, cfg=tiny_train_config)
+    b = train(algo, model, seed=1, cfg=tiny_train_config)
+    c = train(load_algorithm("dr_grpo"), model, seed=1, cfg=tiny_train_config)
+    assert a.curve == [{**row, "cpu_seconds": row2["cpu_seconds"]}
+                       for row, row2 in zip(b.curve, a.curve)]  # deterministic
+    # a different algorithm with the same seed sees the same first batch
+    assert a.curve[0]["validity"] == c.curve[0]["validity"]
+    assert a.curve[0]["response_length"] == c.curve[0]["response_length"]
+    # the start model is untouched; the trained one moved (validity reward is not flat)
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
+    assert a.curve[-1]["kl_to_start"] != 0.0
+
+
+def test_validity_reward_raises_validity(tiny_warm, tiny_train_config):
+    _, _, model = tiny_warm
+    cfg = replace(tiny_train_config, steps=30, prompts_per_step=8, lr=1e-3, eval_every=30)
+    r = train(Algorithm.from_source(VALIDITY_REWARD), model, seed=0, cfg=cfg)
+    first = sum(row["validity"] for row in r.curve[:5]) / 5
+    last = sum(row["validity"] for row in r.curve[-5:]) / 5
+    assert last > first + 0.1, (first, last)
+
+
+@pytest.mark.parametrize("source,hook", [
+    ("def shape_reward(batch):\n    return batch.correct.float() / 0 * 0 + float('nan')",
+     "shape_reward"),
+    ("def compute_advantages(batch, rewards):\n    return rewards[:-1]", "compute_advantages"),
+    ("def policy_loss(logp, old_logp, advantages, mask, batch, ref_logp=None):\n"
+     "    return logp.sum().detach(), {}", "policy_loss"),
+    ("import torch\ndef policy_loss(logp, old_logp, advantages, mask, batch, ref_logp=None):\n"
+     "    return (logp * float('inf')).sum(), {}", "policy_loss"),
+])
+def test_contract_violations_stop_training_with_the_hook_named(tiny_warm, tiny_train_config,
+                                                               source, hook):
+    _, _, model = tiny_warm
+    with pytest.raises(CandidateError) as err:
+        train(Algorithm.from_source(source), model, seed=0, cfg=tiny_train_config)
+    assert err.value.hook == hook
+
+
+def test_cpu_budget_stops_early(tiny_warm, tiny_train_config):
+    _, _, model = tiny_warm
+    cfg = replace(tiny_train_config, steps=1000, cpu_budget=0.5)
+    r = train(load_algorithm("grpo"), model, seed=0, cfg=cfg)
+    assert r.steps_done < 1000 and r.evals[-1]["step"] == r.steps_done
