@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evals.tasks import EOS, PAD
@@ -27,10 +26,35 @@ class ModelConfig:
         return asdict(self)
 
 
+class KVCache:
+    """Preallocated keys/values of one layer: appending writes in place (no O(T^2) cat)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.k = self.v = None
+        self.len = 0
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        b, h, t, dh = k.shape
+        if self.k is None:
+            size = max(self.capacity, t)
+            self.k, self.v = k.new_empty(b, h, size, dh), v.new_empty(b, h, size, dh)
+        end = self.len + t
+        if end > self.k.shape[2]:  # grow (rare: capacity is set for the whole decode)
+            grow = max(end, 2 * self.k.shape[2])
+            self.k = torch.cat([self.k, self.k.new_empty(b, h, grow - self.k.shape[2], dh)], 2)
+            self.v = torch.cat([self.v, self.v.new_empty(b, h, grow - self.v.shape[2], dh)], 2)
+        self.k[:, :, self.len:end] = k
+        self.v[:, :, self.len:end] = v
+        self.len = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head = cfg.n_head
+        self.scale = (cfg.d_model // cfg.n_head) ** -0.5
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
@@ -38,17 +62,18 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
                                  nn.Linear(4 * cfg.d_model, cfg.d_model))
 
-    def forward(self, x: Tensor, attn_mask: Tensor, cache: list | None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor, cache: "KVCache | None") -> Tensor:
         b, t, d = x.shape  # (B, T, D)
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
         q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
                    for z in (q, k, v))  # (B, H, T, Dh)
         if cache is not None:
-            if cache:  # append to the cached keys/values
-                k = torch.cat([cache[0], k], dim=2)
-                v = torch.cat([cache[1], v], dim=2)
-            cache[:] = [k, v]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, Dh)
+            k, v = cache.append(k, v)
+        # Plain attention: at these sizes the fused CPU kernel is no faster, and it is slow
+        # on the strided views of the preallocated cache.
+        att = (q @ k.transpose(-1, -2)) * self.scale  # (B, H, T, Tk)
+        att = att.masked_fill(~attn_mask, float("-inf")).softmax(-1)
+        y = att @ v  # (B, H, T, Dh)
         x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
         return x + self.mlp(self.ln2(x))
 
@@ -74,7 +99,7 @@ class TinyGPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, ids: Tensor, key_mask: Tensor, positions: Tensor,
-                caches: list | None = None, query_start: int = 0) -> Tensor:
+                caches: list[KVCache] | None = None, query_start: int = 0) -> Tensor:
         """ids (B, Tq) at absolute slots [query_start, query_start+Tq) of the sequence;
         key_mask (B, Tk) True on real tokens for all slots so far; positions (B, Tq).
         Returns logits (B, Tq, V)."""
@@ -120,7 +145,7 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
              ) -> Generation:
     """Batched sampling with a KV cache; temperature 0 is greedy."""
     b, p = prompt_ids.shape
-    caches = [[] for _ in model.blocks]
+    caches = [KVCache(p + max_new) for _ in model.blocks]
     key_mask = prompt_mask.clone()
     logits = model(prompt_ids, key_mask, positions_for(key_mask), caches)[:, -1]  # (B, V)
     next_pos = key_mask.long().sum(-1)  # (B,)

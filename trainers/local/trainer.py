@@ -32,14 +32,14 @@ CURVE_KEYS = ("overall", "acc@1", "valid", "length")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 200
+    steps: int = 100
     prompts_per_step: int = 16
     group_size: int = 8
     minibatches: int = 2
     lr: float = 2e-4
     grad_clip: float = 1.0
     max_response: int = 64
-    eval_every: int = 25
+    eval_every: int = 20
     curve_eval: EvalConfig = field(default_factory=lambda: EvalConfig(
         size=96, pass_problems=24, n_samples=16))
     final_eval: EvalConfig = field(default_factory=EvalConfig)
