@@ -26,6 +26,7 @@ from rich.table import Table  # noqa: E402
 
 from evals.tasks import BOS, PromptStream, encode  # noqa: E402
 from trainers.algorithm import load_algorithm  # noqa: E402
+from trainers.local.evaluate import testbed_profile  # noqa: E402
 from trainers.local.model import generate, left_pad, response_logprobs  # noqa: E402
 from trainers.local.trainer import TrainConfig, train  # noqa: E402
 from trainers.local.warmstart import (WarmStartConfig, checkpoint_path, default_home,  # noqa: E402
@@ -81,6 +82,8 @@ def main(argv=None) -> dict:
         model = load_or_build(warm, home)
     warm_cpu = time.process_time() - t0 if built else None
     cfg = TrainConfig() if args.steps is None else TrainConfig(steps=args.steps)
+    with console.status("warm-start profile..."):
+        profile = testbed_profile(model)
     tok_s, train_tok_s = throughput(model, cfg)
     algo = load_algorithm(args.algorithm)
     with console.status(f"one {args.algorithm} run at the default budget..."):
@@ -104,8 +107,17 @@ def main(argv=None) -> dict:
     for k, v in report.items():
         t.add_row(k, "-" if v is None else f"{v:,.1f}" if isinstance(v, float) else str(v))
     console.print(t)
+    pt = Table(title="warm start as GRPO sees it (T=1, groups of 8, val)")
+    cols = list(next(iter(profile.values())))
+    pt.add_column("family")
+    for c in cols:
+        pt.add_column(c, justify="right")
+    for fam, row in profile.items():
+        pt.add_row(fam, *[f"{row[c]:.1f}" for c in cols])
+    console.print(pt)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    (args.out / "bench.json").write_text(json.dumps({**report, "warm_start_profile": profile},
+                                                    indent=2))
     console.print(f"wrote {args.out / 'bench.json'}")
     return report
 

@@ -76,3 +76,28 @@ def evaluate(model: TinyGPT, cfg: EvalConfig = EvalConfig()) -> dict[str, float]
     out["length"] = float(np.mean([out[f"{f.name}/length"] for f in FAMILIES]))
     model.train(was_training)
     return {k: float(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def testbed_profile(model: TinyGPT, split: str = "val", problems: int = 256,
+                    group_size: int = 8, seed: int = 7) -> dict[str, dict[str, float]]:
+    """What GRPO sees from ``model`` per family at T=1, in groups of ``group_size``:
+    accuracy, format-invalid rate, all-fail / all-correct group shares, and the mean and
+    spread of response length among *correct* answers (what a length term acts on)."""
+    cfg = EvalConfig(split=split)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for fam in FAMILIES:
+        probs = heldout_set(fam.name, split, problems)
+        repeated = [p for p in probs for _ in range(group_size)]
+        c, v, n = _rollout(model, repeated, cfg, 1.0, gen)
+        groups = c.reshape(len(probs), group_size)
+        out[fam.name] = {
+            "t1_accuracy": 100 * c.mean(),
+            "t1_invalid": 100 * (1 - v.mean()),
+            "all_fail_groups": 100 * (groups.sum(1) == 0).mean(),
+            "all_correct_groups": 100 * groups.all(1).mean(),
+            "correct_length_mean": float(n[c].mean()) if c.any() else float("nan"),
+            "correct_length_sd": float(n[c].std()) if c.any() else float("nan"),
+        }
+    return {f: {k: float(x) for k, x in d.items()} for f, d in out.items()}

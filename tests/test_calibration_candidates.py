@@ -1,0 +1,40 @@
+"""The calibration candidates (evals/calibration/) against hand-computed references."""
+import torch
+
+from trainers.algorithm import Algorithm, Rollouts, load_algorithm
+
+
+def _batch(correct, valid, length, g=4, max_length=20):
+    n = len(correct)
+    t = max(length)
+    mask = (torch.arange(t)[None] < torch.tensor(length)[:, None]).float()
+    return Rollouts(correct=torch.tensor(correct), valid=torch.tensor(valid),
+                    length=torch.tensor(length), max_length=max_length,
+                    group=torch.arange(n // g).repeat_interleave(g), group_size=g,
+                    response_mask=mask, step=0, total_steps=10)
+
+
+def test_sign_flip_is_minus_grpo():
+    b = _batch([True, False, False, True, False, False, False, False],
+               [True] * 8, [3, 4, 5, 6, 7, 8, 9, 10])
+    grpo, flip = load_algorithm("grpo"), load_algorithm("evals/calibration/sign_flip.py")
+    r = grpo.shape_reward(b)
+    torch.testing.assert_close(flip.compute_advantages(b, r), -grpo.compute_advantages(b, r))
+
+
+def test_length_gated_penalizes_only_correct_answers():
+    b = _batch([True, True, False, False], [True, True, True, False], [4, 20, 4, 20])
+    r = load_algorithm("evals/calibration/length_gated.py").shape_reward(b)
+    torch.testing.assert_close(r, torch.tensor([1 - 0.5 * 4 / 20, 0.5, 0.0, 0.0]))
+
+
+def test_validity_mask_uses_valid_samples_for_the_baseline():
+    # group: rewards 1, 0, 0 on valid samples, one invalid sample
+    b = _batch([True, False, False, False], [True, True, True, False], [5, 5, 5, 5])
+    algo = load_algorithm("evals/calibration/validity_mask.py")
+    adv = algo.compute_advantages(b, algo.shape_reward(b))
+    r = torch.tensor([1.0, 0.0, 0.0])
+    ref = (r - r.mean()) / (r.std() + 1e-6)  # unbiased std over the 3 valid samples
+    torch.testing.assert_close(adv[:3], ref)
+    assert adv[3] == -1.0
+    assert isinstance(algo, Algorithm)

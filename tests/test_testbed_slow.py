@@ -1,0 +1,39 @@
+"""The real testbed at its default sizes (slow: builds the ~2.5 CPU-min warm start once
+per home; set POISE_HOME to reuse a cached one). Run with ``pytest -m slow``."""
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from trainers.algorithm import load_algorithm
+from trainers.local.evaluate import evaluate, testbed_profile
+from trainers.local.trainer import TrainConfig, train
+from trainers.local.warmstart import WarmStartConfig, load_or_build
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    home = Path(os.environ.get("POISE_HOME") or tmp_path_factory.mktemp("home"))
+    return load_or_build(WarmStartConfig(), home)
+
+
+def test_warm_start_gives_grpo_something_to_work_with(warm):
+    prof = testbed_profile(warm)
+    for fam, row in prof.items():
+        assert row["t1_invalid"] >= 2.0, (fam, row)          # the format breaks
+        assert row["correct_length_sd"] >= 2.0, (fam, row)   # length varies among correct
+    assert prof["add5"]["t1_invalid"] > prof["add2"]["t1_invalid"]
+    assert prof["add5"]["all_fail_groups"] >= 20.0          # many all-fail groups
+    assert prof["add2"]["t1_accuracy"] > prof["add5"]["t1_accuracy"]
+
+
+def test_grpo_improves_and_the_sign_flipped_control_collapses(warm):
+    cfg = replace(TrainConfig(), steps=40, eval_every=20)
+    start = evaluate(warm, cfg.final_eval)["overall"]
+    grpo = train(load_algorithm("grpo"), warm, seed=0, cfg=cfg)
+    flip = train(load_algorithm("evals/calibration/sign_flip.py"), warm, seed=0, cfg=cfg)
+    assert grpo.final["overall"] > start + 5, (start, grpo.final["overall"])
+    assert flip.final["overall"] < start - 5, (start, flip.final["overall"])
