@@ -18,8 +18,8 @@ def test_sign_flip_is_minus_grpo():
     b = _batch([True, False, False, True, False, False, False, False],
                [True] * 8, [3, 4, 5, 6, 7, 8, 9, 10])
     grpo, flip = load_algorithm("grpo"), load_algorithm("evals/calibration/sign_flip.py")
-    r = grpo.shape_reward(b)
-    torch.testing.assert_close(flip.compute_advantages(b, r), -grpo.compute_advantages(b, r))
+    flipped = flip.compute_advantages(b, flip.shape_reward(b))
+    torch.testing.assert_close(flipped, -grpo.compute_advantages(b, grpo.shape_reward(b)))
 
 
 def test_length_gated_penalizes_only_correct_answers():

@@ -47,6 +47,13 @@ def resolve_algorithm(spec: str) -> tuple[str, str]:
                          f"{', '.join(BASELINES)} or a path to a .py candidate file")
 
 
+def validity_auc(run: dict) -> float:
+    """Validity AUC in percent: the mean format-valid rate of the sampled (T=1) training
+    batches over all steps. Greedy validity saturates near 100% and hides format breaks;
+    the sampled batches are what the policy actually does, 128 samples a step."""
+    return 100 * float(np.mean([row["validity"] for row in run["curve"]]))
+
+
 def summarize(results: list[dict], labels: list[str], seeds: list[int]) -> list[dict]:
     """Per algorithm: means and paired deltas vs the first algorithm (same seeds)."""
     by = {(r["algorithm"], r["seed"]): r for r in results}
@@ -69,7 +76,7 @@ def summarize(results: list[dict], labels: list[str], seeds: list[int]) -> list[
         row["auc_overall"] = float(np.mean([r["auc"]["overall"] for r in runs]))
         row["mean_length"] = float(fin("length").mean())
         row["validity"] = float(fin("valid").mean())
-        row["validity_auc"] = float(np.mean([r["auc"]["valid"] for r in runs]))
+        row["validity_auc"] = float(np.mean([validity_auc(r) for r in runs]))
         row["cpu_seconds_per_seed"] = float(np.mean([r["cpu_seconds"] for r in runs]))
         paired = [s for s in ok if by.get((base, s), {}).get("status") == "ok"]
         if paired:
@@ -79,7 +86,7 @@ def summarize(results: list[dict], labels: list[str], seeds: list[int]) -> list[
                 "delta_vs_baseline_ci95": lambda r: r["final"][OVERALL_KEY],
                 "auc_delta_vs_baseline_ci95": lambda r: r["auc"]["overall"],
                 "length_delta_vs_baseline_ci95": lambda r: r["final"]["length"],
-                "validity_auc_delta_vs_baseline_ci95": lambda r: r["auc"]["valid"],
+                "validity_auc_delta_vs_baseline_ci95": validity_auc,
             }
             for key, f in pick.items():
                 row[key] = _ci(paired_diff_ci([f(r) for r in b], [f(r) for r in a]))
@@ -97,18 +104,19 @@ def print_table(rows: list[dict], console: Console) -> None:
     t = Table(title=f"Embedded testbed: final val metrics (mean over seeds); deltas vs {base}, "
                     "paired 95% CI", show_lines=False)
     for col in ["algorithm", "seeds", "Overall", *[f.name for f in FAMILIES],
-                f"{HARD_FAMILY} pass@{PASS_K}", "AUC", "length", "valid%",
+                f"{HARD_FAMILY} pass@{PASS_K}", "AUC", "length", "valid%", "validAUC",
                 "dOverall", "dAUC", "dLength", "dValidAUC", "CPU-s/seed"]:
         t.add_column(col, justify="left" if col == "algorithm" else "right")
     for r in rows:
         if "overall_mean" not in r:
-            t.add_row(r["algorithm"], "0", "[red]failed[/red]", *[""] * 12)
+            t.add_row(r["algorithm"], "0", "[red]failed[/red]", *[""] * 13)
             continue
         d = lambda k: r[k]["text"] if k in r and r["algorithm"] != base else "-"  # noqa
         t.add_row(r["algorithm"], str(len(r["seeds"])),
                   f"{r['overall_mean']:.1f}", *[f"{v:.1f}" for v in r["families"].values()],
                   f"{r[f'pass@{PASS_K}']:.1f}", f"{r['auc_overall']:.1f}",
                   f"{r['mean_length']:.1f}", f"{r['validity']:.1f}",
+                  f"{r['validity_auc']:.1f}",
                   d("delta_vs_baseline_ci95"), d("auc_delta_vs_baseline_ci95"),
                   d("length_delta_vs_baseline_ci95"),
                   d("validity_auc_delta_vs_baseline_ci95"),
@@ -120,57 +128,52 @@ def print_table(rows: list[dict], console: Console) -> None:
 
 
 def plot_curves(results: list[dict], labels: list[str], out: Path) -> list[Path]:
-    """Learning curves (mean over seeds): training-batch metrics and val evaluations."""
+    """Learning curves, mean over seeds: the sampled training batches (smoothed) and the
+    periodic val evaluations. Returns the PNG paths."""
+    ok = [r for r in results if r.get("status") == "ok"]
+
+    def train_series(runs, key):
+        n = min(len(r["curve"]) for r in runs)
+        y = np.mean([[row[key] for row in r["curve"][:n]] for r in runs], axis=0)
+        w = max(1, n // 20)
+        return np.arange(n - w + 1) + w, np.convolve(y, np.ones(w) / w, mode="valid")
+
+    def eval_series(runs, key):
+        n = min(len(r["evals"]) for r in runs)
+        x = [e["step"] for e in runs[0]["evals"][:n]]
+        return x, np.mean([[e[key] for e in r["evals"][:n]] for r in runs], axis=0)
+
+    train_panels = [("reward", "reward"), ("accuracy", "train accuracy"),
+                    ("entropy", "entropy"), ("response_length", "response length"),
+                    ("validity", "validity rate"), ("kl_to_start", "KL to start")]
+    eval_panels = [("overall", "val Overall"),
+                   *[(f"{f.name}/acc@1", f"val {f.name} acc@1") for f in FAMILIES],
+                   ("valid", "val validity % (greedy)"), ("length", "val greedy length")]
+    return [_grid(ok, labels, train_panels, train_series, {}, out / "curves_train.png"),
+            _grid(ok, labels, eval_panels, eval_series, {"marker": "o"},
+                  out / "curves_eval.png")]
+
+
+def _grid(runs: list[dict], labels: list[str], panels, series, style: dict,
+          path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in results if r.get("status") == "ok"]
-    paths = []
-    panels = [("reward", "reward"), ("accuracy", "train accuracy"),
-              ("entropy", "entropy"), ("response_length", "response length"),
-              ("validity", "validity rate"), ("kl_to_start", "KL to start")]
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
     for ax, (key, title) in zip(axes.flat, panels):
         for label in labels:
-            runs = [r for r in ok if r["algorithm"] == label]
-            if not runs:
-                continue
-            n = min(len(r["curve"]) for r in runs)
-            y = np.mean([[row[key] for row in r["curve"][:n]] for r in runs], axis=0)
-            w = max(1, n // 20)
-            ys = np.convolve(y, np.ones(w) / w, mode="valid")
-            ax.plot(np.arange(len(ys)) + w, ys, label=label)
+            mine = [r for r in runs if r["algorithm"] == label]
+            if mine:
+                ax.plot(*series(mine, key), label=label, **style)
         ax.set_title(title)
         ax.set_xlabel("step")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    paths.append(out / "curves_train.png")
-    fig.savefig(paths[-1], dpi=90)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
-
-    keys = [("overall", "val Overall"), *[(f"{f.name}/acc@1", f"val {f.name} acc@1")
-                                         for f in FAMILIES], ("valid", "val validity %"),
-            ("length", "val greedy length")]
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
-    for ax, (key, title) in zip(axes.flat, keys):
-        for label in labels:
-            runs = [r for r in ok if r["algorithm"] == label]
-            if not runs:
-                continue
-            n = min(len(r["evals"]) for r in runs)
-            x = [e["step"] for e in runs[0]["evals"][:n]]
-            y = np.mean([[e[key] for e in r["evals"][:n]] for r in runs], axis=0)
-            ax.plot(x, y, marker="o", label=label)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "curves_eval.png")
-    fig.savefig(paths[-1], dpi=90)
-    plt.close(fig)
-    return paths
+    return path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
