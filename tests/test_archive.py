@@ -1,6 +1,7 @@
 """The SQL archive: round trip, lineage, leaderboard, WAL, schema versions, bad input.
 
-Real SQLite files; these tests never open the vector store (no embedding model)."""
+Real SQLite files; these tests never open the vector store (``index=False``: no
+embedding model)."""
 import sqlite3
 
 import pytest
@@ -16,7 +17,7 @@ CODE = "NAME = 'x'\n\ndef shape_reward(batch):\n    return batch.correct.float()
 
 @pytest.fixture
 def archive(tmp_path):
-    a = Archive(tmp_path / "home")
+    a = Archive(tmp_path / "home", index=False)
     yield a
     a.close()
 
@@ -134,7 +135,7 @@ def test_corrupt_archive_file_is_a_clear_error(tmp_path):
 
 
 def test_newer_schema_is_refused_and_older_is_migrated(tmp_path, monkeypatch):
-    a = Archive(tmp_path)
+    a = Archive(tmp_path, index=False)
     run = a.start_run("d")
     a.add_candidate(run, "seed", 0, "p")
     a.close()
@@ -168,7 +169,7 @@ def test_a_foreign_database_is_refused(tmp_path):
 def test_poise_db_url_overrides_the_home_file(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'team.db'}"
     monkeypatch.setenv("POISE_DB_URL", url)
-    a = Archive(tmp_path / "home")
+    a = Archive(tmp_path / "home", index=False)
     a.start_run("shared")
     a.close()
     assert (tmp_path / "team.db").is_file()

@@ -123,7 +123,7 @@ def test_random_archives_only_yield_eligible_distinct_parents(spec, seed):
 
 
 def test_adapter_reads_nodes_from_the_archive(tmp_path):
-    a = Archive(tmp_path)
+    a = Archive(tmp_path, index=False)
     run = a.start_run("accurate and concise")
     seed = a.add_candidate(run, "grpo", 0, "GRPO", "def f(a):\n    return a\n",
                            status="evaluated")

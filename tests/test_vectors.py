@@ -243,3 +243,47 @@ def test_novelty_flags_identical_code_and_near_duplicate_proposals(tmp_path, emb
     assert not fresh.duplicate and fresh.reason == "novel"
     own = a.novelty(MECHANISMS[0][0], code, exclude_candidate=first)
     assert not own.duplicate
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_chroma_server_through_chroma_host(tmp_path, embedder, monkeypatch):
+    """CHROMA_HOST/CHROMA_PORT: the vectors go to a Chroma server (here a local one on
+    the loopback), not under the home."""
+    import shutil
+    import time
+
+    import chromadb
+
+    chroma = shutil.which("chroma")
+    if chroma is None:
+        pytest.skip("the chroma CLI (from the chromadb package) is not on PATH")
+    port = _free_port()
+    server = subprocess.Popen([chroma, "run", "--path", str(tmp_path / "server"),
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                chromadb.HttpClient(host="127.0.0.1", port=port).heartbeat()
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "chroma server did not start"
+                time.sleep(0.3)
+        monkeypatch.setenv("CHROMA_HOST", "127.0.0.1")
+        monkeypatch.setenv("CHROMA_PORT", str(port))
+        a, ids = _populate(tmp_path / "home", embedder)
+        assert a.similar_reflections("entropy collapse", k=1)[0].candidate_id == ids["entropy"]
+        assert not (tmp_path / "home" / "vectors").exists()
+        remote = chromadb.HttpClient(host="127.0.0.1", port=port)
+        assert remote.get_collection(f"poise-reflections-{a.uid}").count() == 4
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,260 @@
+"""Parent selection by "descendant potential".
+
+A pure function over a small node list (``Node``: id, parent ids, fitness or None,
+status, objectives, generation, signature), so it is testable without a database;
+``nodes_from_archive`` adapts an ``Archive``.
+
+Only evaluated nodes with a finite fitness are eligible parents (a node that failed
+verification, training or evaluation never is). For an eligible node i:
+
+    f_i   = (F_i - F_min) / (F_max - F_min)          fitness, min-max normalized over the
+                                                     eligible nodes (0.5 if all equal)
+    D_i   = descendants d of i at shortest depth delta_d >= 1 (through any path)
+    Delta_d = f_d - f_i                  if d is evaluated (improvement over i)
+            = failure_delta              if d failed (verification, training, evaluation)
+            (pending and duplicate descendants carry no evidence yet)
+    w_d   = gamma ** (delta_d - 1)                   depth discount
+
+    Bayesian estimate of the improvement i's descendants achieve: a Normal prior
+    N(0, tau^2) on the mean improvement, each observation Delta_d ~ N(mean, sigma^2 / w_d):
+
+    prec_i = 1 / tau^2 + sum_d w_d / sigma^2
+    mu_i   = (sum_d w_d * Delta_d / sigma^2) / prec_i        posterior mean
+    s_i    = prec_i ** -0.5                                 posterior sd
+
+    potential_i = mu_i + beta * s_i          (UCB: an unexplored node has mu = 0, s = tau)
+    div_i       = mean over the other eligible j of the Jaccard distance between the
+                  signatures of i and j (genes, or the identifiers of its code)
+    par_i       = 1 / L_i where L_i is i's non-dominated layer (1 = Pareto front) over
+                  the objectives all eligible nodes share; 0 unless there are >= 2
+
+    V_i = f_i + lam * potential_i + w_div * div_i + w_par * par_i
+
+Parents are drawn without replacement with probabilities softmax(V / temperature) by a
+``numpy`` generator seeded with ``seed`` (same nodes + same seed -> same parents);
+``temperature = 0`` takes the top V (ties: lower id). So a lineage whose children keep
+improving (mu > 0) outranks a high-scoring dead end (mu < 0), and an untried node gets
+the largest exploration bonus (beta * tau).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from memory.schema import EVALUATED, FAILED
+
+
+@dataclass(frozen=True)
+class Node:
+    """One archived candidate as selection sees it."""
+
+    id: int
+    parents: tuple[int, ...] = ()
+    fitness: float | None = None
+    status: str = EVALUATED
+    objectives: Mapping[str, float] = field(default_factory=dict)   # higher is better
+    generation: int = 0
+    signature: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    lam: float = 1.0             # weight of the descendant potential
+    beta: float = 1.0            # exploration: multiples of the posterior sd
+    tau: float = 0.3             # prior sd of the mean improvement (normalized fitness)
+    sigma: float = 0.25          # sd of one descendant's improvement
+    gamma: float = 0.5           # depth discount per generation below the child
+    failure_delta: float = -0.3  # the "improvement" a failed descendant counts as
+    w_div: float = 0.1           # weight of the diversity term
+    w_par: float = 0.2           # weight of the Pareto term (>= 2 objectives only)
+    temperature: float = 0.1     # softmax temperature of the draw; 0 = greedy
+
+
+@dataclass(frozen=True)
+class Score:
+    """A node's value V and its parts (see the module docstring)."""
+
+    id: int
+    value: float
+    fitness: float               # normalized f_i
+    mu: float
+    sd: float
+    diversity: float
+    pareto: float
+
+
+def eligible(node: Node) -> bool:
+    """Evaluated with a finite fitness: the only nodes that may parent."""
+    return (node.status == EVALUATED and node.fitness is not None
+            and math.isfinite(node.fitness))
+
+
+def score_nodes(nodes: Sequence[Node], config: SelectionConfig = SelectionConfig()
+                ) -> list[Score]:
+    """V for every eligible node, sorted by id."""
+    pool = sorted((n for n in nodes if eligible(n)), key=lambda n: n.id)
+    if not pool:
+        return []
+    norm = _normalized_fitness(pool)
+    by_id = {n.id: n for n in nodes}
+    children = _children(nodes)
+    pareto = _pareto_layers(pool)
+    scores = []
+    for node in pool:
+        mu, sd = _posterior(node, norm, by_id, children, config)
+        div = _diversity(node, pool)
+        par = 1.0 / pareto[node.id] if pareto else 0.0
+        value = (norm[node.id] + config.lam * (mu + config.beta * sd)
+                 + config.w_div * div + config.w_par * par)
+        scores.append(Score(node.id, value, norm[node.id], mu, sd, div, par))
+    return scores
+
+
+def select_parents(nodes: Sequence[Node], k: int = 1, *, seed: int = 0,
+                   config: SelectionConfig = SelectionConfig()) -> list[int]:
+    """Up to ``k`` distinct parent ids (fewer if fewer nodes are eligible).
+
+    Raises ValueError when no node is eligible (evaluate the seeds first)."""
+    scores = score_nodes(nodes, config)
+    if not scores:
+        raise ValueError("no eligible parent: no node is evaluated with a fitness "
+                         "(evaluate the seed algorithms first)")
+    k = min(k, len(scores))
+    ids = np.array([s.id for s in scores])
+    values = np.array([s.value for s in scores])
+    if config.temperature <= 0:
+        order = np.lexsort((ids, -values))
+        return [int(i) for i in ids[order[:k]]]
+    logits = (values - values.max()) / config.temperature
+    p = np.exp(logits)
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(ids), size=k, replace=False, p=p / p.sum())
+    return [int(ids[i]) for i in picked]
+
+
+# ----------------------------------------------------------------------------- terms
+
+def _normalized_fitness(pool: Sequence[Node]) -> dict[int, float]:
+    lo = min(n.fitness for n in pool)
+    hi = max(n.fitness for n in pool)
+    if hi - lo < 1e-12:
+        return {n.id: 0.5 for n in pool}
+    return {n.id: (n.fitness - lo) / (hi - lo) for n in pool}
+
+
+def _children(nodes: Sequence[Node]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for n in sorted(nodes, key=lambda n: n.id):
+        for p in dict.fromkeys(n.parents):
+            out.setdefault(p, []).append(n.id)
+    return out
+
+
+def _descendant_depths(root: int, children: Mapping[int, list[int]]) -> dict[int, int]:
+    """Shortest depth of every descendant of ``root`` (BFS; safe on a bad cycle)."""
+    depth: dict[int, int] = {}
+    queue = deque([(root, 0)])
+    while queue:
+        node, d = queue.popleft()
+        for child in children.get(node, ()):
+            if child != root and child not in depth:
+                depth[child] = d + 1
+                queue.append((child, d + 1))
+    return depth
+
+
+def _posterior(node: Node, norm: Mapping[int, float], by_id: Mapping[int, Node],
+               children: Mapping[int, list[int]], c: SelectionConfig) -> tuple[float, float]:
+    precision = 1.0 / c.tau ** 2
+    weighted = 0.0
+    for d_id, depth in _descendant_depths(node.id, children).items():
+        d = by_id[d_id]
+        if d_id in norm:
+            delta = norm[d_id] - norm[node.id]
+        elif d.status in FAILED:
+            delta = c.failure_delta
+        else:
+            continue
+        w = c.gamma ** (depth - 1) / c.sigma ** 2
+        precision += w
+        weighted += w * delta
+    return weighted / precision, precision ** -0.5
+
+
+def _diversity(node: Node, pool: Sequence[Node]) -> float:
+    others = [n for n in pool if n.id != node.id]
+    if not others or not node.signature:
+        return 0.0
+    return float(np.mean([_jaccard_distance(node.signature, n.signature) for n in others]))
+
+
+def _jaccard_distance(a: frozenset[str], b: frozenset[str]) -> float:
+    union = len(a | b)
+    return 1.0 - len(a & b) / union if union else 0.0
+
+
+def _pareto_layers(pool: Sequence[Node]) -> dict[int, int]:
+    """Non-dominated layer (1 = front) per node over the shared objectives; {} when
+    fewer than two objectives are shared."""
+    keys = sorted(set.intersection(*(set(n.objectives) for n in pool)))
+    if len(keys) < 2:
+        return {}
+    points = {n.id: np.array([float(n.objectives[k]) for k in keys]) for n in pool}
+    layers: dict[int, int] = {}
+    remaining = set(points)
+    layer = 1
+    while remaining:
+        front = {i for i in remaining
+                 if not any(_dominates(points[j], points[i]) for j in remaining if j != i)}
+        layers.update({i: layer for i in front})
+        remaining -= front
+        layer += 1
+    return layers
+
+
+def _dominates(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.all(a >= b) and np.any(a > b))
+
+
+# ----------------------------------------------------------------------------- archive
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def code_signature(code: str | None) -> frozenset[str]:
+    """The identifiers in a candidate's code: a cheap gene set for the diversity term."""
+    return frozenset(_IDENT.findall(code or ""))
+
+
+def nodes_from_archive(archive, run_id: int | None = None) -> list[Node]:
+    """Nodes for ``run_id`` (or the whole archive). Objectives are the means over the
+    candidate's evaluations; the signature is ``details["genes"]`` when the candidate
+    has one, else the identifiers of its code."""
+    nodes = []
+    parents: dict[int, list[int]] = {}
+    for edge in archive.edges(run_id):
+        parents.setdefault(edge.child_id, []).append(edge.parent_id)
+    for c in archive.candidates(run_id):
+        evals = archive.evaluations(c.id) if c.status == EVALUATED else []
+        objectives: dict[str, list[float]] = {}
+        for ev in evals:
+            for key, value in (ev.objectives or {}).items():
+                objectives.setdefault(key, []).append(float(value))
+        genes = (c.details or {}).get("genes")
+        nodes.append(Node(
+            id=c.id, parents=tuple(parents.get(c.id, ())), fitness=c.fitness,
+            status=c.status, generation=c.generation,
+            objectives={k: float(np.mean(v)) for k, v in objectives.items()},
+            signature=frozenset(map(str, genes)) if genes else code_signature(c.code)))
+    return nodes
+
+
+def select_parent_ids(archive, run_id: int | None = None, k: int = 1, *, seed: int = 0,
+                      config: SelectionConfig = SelectionConfig()) -> list[int]:
+    """``select_parents`` over the archive's candidates of ``run_id``."""
+    return select_parents(nodes_from_archive(archive, run_id), k, seed=seed, config=config)
