@@ -1,0 +1,445 @@
+"""The builtin scientist: proposes a genome by mutation or crossover, offline.
+
+The search is random under the caller's ``random.Random`` and biased, never scripted:
+
+- evidence sets preferences. Each reflection tag (the analyst's vocabulary, e.g.
+  "entropy-collapse") and each directive keyword ("concise", "accurate", ...) raises or
+  lowers the score of some genes and pushes some parameters up or down (``TAG_RULES``,
+  ``DIRECTIVE_RULES``); reflections about the parent itself count double. Reflections
+  that carry a fitness and a genome signature add an evidence score per gene: how far
+  the mean fitness of genomes carrying it sits above the mean (in standard deviations).
+- mutation changes 1-3 slots, a slot drawn with weight 1 + the positive scores of the
+  alternatives it offers; within a slot a new kind is drawn with weight exp(0.7 * score),
+  or the same kind with one parameter moved (toward the preferred direction, if any).
+- crossover takes each differing slot from one of two archive genomes, the second
+  parent's gene with probability sigmoid(score difference).
+- novelty: a genome whose signature is the parent's or any archive reference's is
+  redrawn, up to ``max_tries`` times, then with larger unbiased jumps; ``NoNovelProposal``
+  if even those all collide.
+
+Every gene keeps a non-zero probability, so no answer is privileged beyond what the
+evidence says; nothing here names a known winning combination.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
+
+from agents.builtin.genes import (CATALOG, SCHEDULE_TARGETS, SLOT_TITLES, SLOTS, Gene,
+                                  Genome, gene)
+
+CROSSOVER_RATE = 0.3
+KIND_TEMPERATURE = 0.7      # kind weight = exp(KIND_TEMPERATURE * score)
+TAG_CAP = 2.5               # the most one tag can weigh, however many reflections repeat it
+EVIDENCE_WEIGHT = 1.0       # score per standard deviation of fitness above the mean
+MAX_TRIES = 48
+
+
+class NoNovelProposal(RuntimeError):
+    """Every draw collided with a genome already in the archive references."""
+
+
+class Proposal(BaseModel):
+    """What the scientist hands the coder: a named mechanism and its genome."""
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    name: str
+    hypothesis: str
+    mechanism: str
+    math: str
+    genome: Genome
+    kind: Literal["mutation", "crossover"]
+    parents: list[str]                  # the parent genomes' signatures
+    changes: list[str] = []             # slots that differ from the first parent
+    rationale: list[str] = []           # the evidence that biased the draw
+
+    @field_validator("genome", mode="before")
+    @classmethod
+    def _parse_genome(cls, value):
+        return Genome.from_signature(value) if isinstance(value, str) else value
+
+    @field_serializer("genome")
+    def _dump_genome(self, genome: Genome) -> str:
+        return genome.signature()
+
+
+# ----------------------------------------------------------------------------- rules
+
+@dataclass(frozen=True)
+class Rule:
+    """kind rule: (slot, kind, score); direction rule: (slot, param, sign * weight);
+    value rule: (slot, param, value, score)."""
+    slot: str
+    name: str
+    score: float
+    value: str | None = None
+    is_param: bool = False
+
+
+def K(slot, kind, score):
+    return Rule(slot, kind, score)
+
+
+def D(slot, param, signed_weight):
+    return Rule(slot, param, signed_weight, is_param=True)
+
+
+def V(slot, param, value, score):
+    return Rule(slot, param, score, value=value, is_param=True)
+
+
+_STABILITY = [K("kl", "k3", 3.0), D("kl", "beta", +2.0), D("clipping", "eps", -2.0),
+              D("clipping", "eps_high", -1.0), K("clipping", "dual_clip", 1.0),
+              K("normalization", "batch_std", 1.0), K("normalization", "none", 0.5)]
+_EXPLORATION = [K("clipping", "clip_higher", 3.0), D("clipping", "eps_high", +2.0),
+                D("clipping", "eps", +1.0), K("kl", "k3", 1.0), D("kl", "beta", +1.0),
+                K("filtering", "zero_variance", 0.5)]
+_VALIDITY = [K("validity", "stats", 3.0), K("validity", "loss", 0.5),
+             K("reward", "format_penalty", 3.0), D("reward", "penalty", +1.0),
+             D("validity", "invalid_adv", -1.0), K("reward", "overlong", 1.0)]
+
+TAG_RULES: dict[str, list[Rule]] = {
+    "entropy-collapse": _EXPLORATION,
+    "length-explosion": [K("reward", "gated_length", 3.0), K("reward", "overlong", 2.0),
+                         K("reward", "uniform_length", 1.0), D("reward", "alpha", +1.5),
+                         K("aggregation", "seq_mean_token_sum_norm", 2.0),
+                         K("aggregation", "token_mean", 0.5)],
+    "length-collapse": [K("reward", "plain", 2.0), D("reward", "alpha", -2.0),
+                        K("reward", "uniform_length", -1.5), K("schedule", "warmup", 1.0),
+                        V("schedule", "target", "alpha", 2.0),
+                        K("aggregation", "seq_mean_token_mean", 1.0)],
+    "validity-drop": _VALIDITY,
+    "plateau": [K("normalization", "bernoulli", 2.0), K("normalization", "beta", 2.0),
+                K("normalization", "batch_std", 1.0), K("filtering", "zero_variance", 2.0),
+                K("baseline", "loo", 1.0), K("baseline", "batch_mean", 0.5),
+                K("clipping", "clip_higher", 1.0)],
+    "instability": _STABILITY,
+    "reward-hacking": [K("reward", "gated_length", 2.0), K("reward", "plain", 2.0),
+                       K("reward", "uniform_length", -2.0), K("kl", "k3", 1.5),
+                       D("kl", "beta", +1.0)],
+    "regression": [],     # handled as a pull back toward GRPO's genes (Preferences.revert)
+    "improvement": [],    # handled as smaller steps around the parent (Preferences.exploit)
+}
+
+DIRECTIVE_RULES: list[tuple[tuple[str, ...], list[Rule]]] = [
+    (("concise", "short", "brief", "length", "compact", "terse"),
+     [K("reward", "gated_length", 4.0), K("reward", "overlong", 1.0),
+      K("reward", "uniform_length", 0.5), K("aggregation", "seq_mean_token_sum_norm", 1.0),
+      K("schedule", "warmup", 0.5), V("schedule", "target", "alpha", 1.0)]),
+    (("accurate", "accuracy", "correct", "pass@", "reasoning"),
+     # genes that sharpen the correctness signal, none singled out
+     [K("normalization", "bernoulli", 1.0), K("normalization", "beta", 1.0),
+      K("normalization", "batch_std", 1.0), K("validity", "stats", 1.0),
+      K("filtering", "zero_variance", 1.0), K("clipping", "clip_higher", 1.0),
+      K("baseline", "loo", 1.0), K("reward", "uniform_length", -1.0)]),
+    (("stable", "robust", "safe"), _STABILITY),
+    (("explore", "diverse", "diversity", "entropy"), _EXPLORATION),
+    (("valid", "format"), _VALIDITY),
+]
+
+
+@dataclass
+class Preferences:
+    """Gene scores, parameter directions and value scores, with the reasons behind them."""
+    kind: dict[tuple[str, str], float] = field(default_factory=dict)
+    direction: dict[tuple[str, str], float] = field(default_factory=dict)
+    value: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    reasons: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    exploit: bool = False
+    revert: bool = False
+
+    def add(self, rule: Rule, weight: float, reason: str) -> None:
+        if rule.value is not None:
+            key3 = (rule.slot, rule.name, rule.value)
+            self.value[key3] = self.value.get(key3, 0.0) + weight * rule.score
+        elif rule.is_param:
+            key = (rule.slot, rule.name)
+            self.direction[key] = self.direction.get(key, 0.0) + weight * rule.score
+        else:
+            key = (rule.slot, rule.name)
+            self.kind[key] = self.kind.get(key, 0.0) + weight * rule.score
+        if rule.score > 0:
+            self.reasons.setdefault((rule.slot, rule.name), [])
+            if reason not in self.reasons[(rule.slot, rule.name)]:
+                self.reasons[(rule.slot, rule.name)].append(reason)
+
+    def direction_in(self, slot: str) -> bool:
+        return any(s == slot and w for (s, _), w in self.direction.items()) or any(
+            s == slot and w for (s, _, _), w in self.value.items())
+
+    def kind_score(self, slot: str, kind: str) -> float:
+        return max(-4.0, min(6.0, self.kind.get((slot, kind), 0.0)))
+
+    def why(self, g: Gene) -> list[str]:
+        out = list(self.reasons.get((g.slot, g.kind), []))
+        for name, _ in g.params:
+            out += [r for r in self.reasons.get((g.slot, name), []) if r not in out]
+        return out
+
+
+def preferences(parent: Genome, directive: str, reflections: Sequence[dict]) -> Preferences:
+    prefs = Preferences()
+    parent_sig = parent.signature()
+    tag_weight: dict[str, float] = {}
+    for ref in reflections:
+        w = 2.0 if _signature(ref) == parent_sig else 1.0
+        tags = ref.get("tags") or ()
+        for tag in tags.split(",") if isinstance(tags, str) else tags:
+            t = str(tag).strip().lower().replace("_", "-").replace(" ", "-")
+            tag_weight[t] = tag_weight.get(t, 0.0) + w
+    for tag, w in tag_weight.items():
+        w = min(TAG_CAP, w)
+        for rule in TAG_RULES.get(tag, ()):
+            prefs.add(rule, w, f"reflections report {tag}")
+    prefs.exploit = tag_weight.get("improvement", 0.0) > tag_weight.get("regression", 0.0)
+    prefs.revert = tag_weight.get("regression", 0.0) > tag_weight.get("improvement", 0.0)
+    if prefs.revert:  # pull the slots where the parent departs from GRPO back toward it
+        grpo = Genome.grpo()
+        for slot in parent.diff(grpo):
+            prefs.add(K(slot, getattr(grpo, slot).kind, 1.5), 1.0,
+                      "the parent regressed: revert toward GRPO")
+    text = directive.lower()
+    for words, rules in DIRECTIVE_RULES:
+        hit = next((word for word in words if word in text), None)
+        if hit:
+            for rule in rules:
+                prefs.add(rule, 1.0, f"the directive asks for {hit!r}")
+    _add_fitness_evidence(prefs, reflections)
+    return prefs
+
+
+def _add_fitness_evidence(prefs: Preferences, reflections: Sequence[dict]) -> None:
+    scored = []
+    for ref in reflections:
+        sig, fit = _signature(ref), ref.get("fitness")
+        if sig and isinstance(fit, (int, float)) and math.isfinite(fit):
+            try:
+                scored.append((Genome.from_signature(sig), float(fit)))
+            except (ValueError, KeyError):
+                continue  # a signature from an older catalog: no evidence
+    if len(scored) < 3:
+        return
+    fits = [f for _, f in scored]
+    mean = sum(fits) / len(fits)
+    sd = math.sqrt(sum((f - mean) ** 2 for f in fits) / (len(fits) - 1)) or 1.0
+    by_gene: dict[tuple[str, str], list[float]] = {}
+    for genome, fit in scored:
+        for g in genome.genes():
+            by_gene.setdefault((g.slot, g.kind), []).append(fit)
+    for (slot, kind), group in by_gene.items():
+        if len(group) == len(scored):
+            continue  # every scored genome carries it: no contrast
+        z = (sum(group) / len(group) - mean) / sd
+        score = max(-1.5, min(1.5, z)) * EVIDENCE_WEIGHT
+        prefs.add(K(slot, kind, score), 1.0, f"fitness evidence ({z:+.1f} sd)")
+
+
+def _signature(ref: dict) -> str | None:
+    sig = ref.get("genome") or ref.get("signature")
+    if isinstance(sig, Genome):
+        return sig.signature()
+    return sig if isinstance(sig, str) and sig else None
+
+
+# ----------------------------------------------------------------------------- operators
+
+def _weighted(rng: random.Random, items: list, weights: list[float]):
+    total = sum(weights)
+    x = rng.random() * total
+    for item, w in zip(items, weights):
+        x -= w
+        if x < 0:
+            return item
+    return items[-1]
+
+
+def _kind_weight(prefs: Preferences, slot: str, kind: str) -> float:
+    return math.exp(KIND_TEMPERATURE * prefs.kind_score(slot, kind))
+
+
+def _draw_value(rng: random.Random, prefs: Preferences, slot: str, param, current=None):
+    """A value for ``param``: biased by direction/value preferences, else the default
+    with probability 0.6 (when no current value is to be moved)."""
+    choices = [v for v in param.values if v != current]
+    if not choices:
+        return current
+    direction = prefs.direction.get((slot, param.name), 0.0)
+    if isinstance(param.default, str):
+        weights = [math.exp(KIND_TEMPERATURE * prefs.value.get((slot, param.name, v), 0.0))
+                   for v in choices]
+    elif direction:
+        ref = current if current is not None else param.default
+        weights = [math.exp(KIND_TEMPERATURE * direction * ((v > ref) - (v < ref)))
+                   for v in choices]
+    elif current is None and rng.random() < 0.6:
+        return param.default
+    else:
+        weights = [1.0] * len(choices)
+    return _weighted(rng, choices, weights)
+
+
+def _new_kind_gene(rng, prefs, slot: str, kind: str) -> Gene:
+    spec = CATALOG[slot][kind]
+    return gene(slot, kind, **{p.name: _draw_value(rng, prefs, slot, p) for p in spec.params})
+
+
+def _tweak_weight(prefs: Preferences, g: Gene) -> float:
+    if not g.params:
+        return 0.0
+    pull = max([abs(prefs.direction.get((g.slot, n), 0.0)) for n, _ in g.params]
+               + [max([abs(s) for (sl, n, _), s in prefs.value.items() if sl == g.slot],
+                      default=0.0)])
+    return (2.0 if prefs.exploit else 1.0) * math.exp(KIND_TEMPERATURE * min(pull, 6.0))
+
+
+def mutate_gene(rng: random.Random, prefs: Preferences, current: Gene) -> Gene:
+    """A different gene for ``current``'s slot: another kind, or one parameter moved."""
+    slot = current.slot
+    options = [k for k in CATALOG[slot] if k != current.kind]
+    weights = [_kind_weight(prefs, slot, k) for k in options]
+    tweak = _tweak_weight(prefs, current)
+    choice = _weighted(rng, options + ["<tweak>"], weights + [tweak])
+    if choice != "<tweak>":
+        return _new_kind_gene(rng, prefs, slot, choice)
+    spec = current.spec
+    movable = [p for p in spec.params if len(p.values) > 1]
+    p = _weighted(rng, movable, [1.0 + abs(prefs.direction.get((slot, q.name), 0.0))
+                                 for q in movable])
+    params = dict(current.params)
+    params[p.name] = _draw_value(rng, prefs, slot, p, current=params[p.name])
+    return gene(slot, current.kind, **params)
+
+
+def _slot_weight(prefs: Preferences, genome: Genome, slot: str) -> float:
+    current = getattr(genome, slot)
+    gain = sum(_kind_weight(prefs, slot, k) - 1.0 for k in CATALOG[slot]
+               if k != current.kind and prefs.kind_score(slot, k) > 0)
+    return 1.0 + gain + _tweak_weight(prefs, current) * (1.0 if prefs.direction_in(slot) else 0.0)
+
+
+def _repair(rng: random.Random, prefs: Preferences, slots: dict[str, Gene]) -> Genome:
+    """Fix a schedule whose target coefficient the genome lacks: retarget it."""
+    try:
+        return Genome.from_slots(slots)
+    except ValueError:
+        pass
+    sched = slots["schedule"]
+    fits = []
+    for target in SCHEDULE_TARGETS:
+        trial = dict(slots, schedule=gene("schedule", sched.kind,
+                                          **dict(sched.params, target=target)))
+        try:
+            fits.append(Genome.from_slots(trial))
+        except ValueError:
+            continue
+    weights = [math.exp(KIND_TEMPERATURE * prefs.value.get(
+        ("schedule", "target", g.schedule["target"]), 0.0)) for g in fits]
+    return _weighted(rng, fits, weights)
+
+
+def mutate(rng: random.Random, prefs: Preferences, parent: Genome,
+           n_changes: int | None = None, biased: bool = True) -> Genome:
+    if n_changes is None:
+        n_changes = 1 if prefs.exploit else 1 + (rng.random() < 0.35) + (rng.random() < 0.1)
+    neutral = Preferences()
+    p = prefs if biased else neutral
+    slots = {s: getattr(parent, s) for s in SLOTS}
+    remaining = list(SLOTS)
+    for _ in range(min(n_changes, len(remaining))):
+        slot = _weighted(rng, remaining, [_slot_weight(p, parent, s) for s in remaining])
+        remaining.remove(slot)
+        slots[slot] = mutate_gene(rng, p, slots[slot])
+    return _repair(rng, p, slots)
+
+
+def crossover(rng: random.Random, prefs: Preferences, a: Genome, b: Genome) -> Genome:
+    differ = a.diff(b)
+    slots = {s: getattr(a, s) for s in SLOTS}
+    for s in differ:
+        ga, gb = getattr(a, s), getattr(b, s)
+        edge = prefs.kind_score(s, gb.kind) - prefs.kind_score(s, ga.kind)
+        if rng.random() < 1.0 / (1.0 + math.exp(-edge)):
+            slots[s] = gb
+    if len(differ) >= 2:  # a child that is one of its parents is no crossover
+        taken = [s for s in differ if slots[s] == getattr(b, s)]
+        if not taken:
+            s = rng.choice(differ)
+            slots[s] = getattr(b, s)
+        elif len(taken) == len(differ):
+            s = rng.choice(differ)
+            slots[s] = getattr(a, s)
+    return _repair(rng, prefs, slots)
+
+
+# ----------------------------------------------------------------------------- propose
+
+def propose(parent: Genome | None, directive: str, reflections: list[dict],
+            archive_refs: list[Genome], rng: random.Random, *,
+            max_tries: int = MAX_TRIES) -> Proposal:
+    """A novel genome, by mutation of ``parent`` (GRPO if None) or crossover with an
+    archive reference, with a hypothesis that states the change and the evidence."""
+    base = parent or Genome.grpo()
+    prefs = preferences(base, directive, reflections)
+    seen = {g.signature() for g in archive_refs} | {base.signature()}
+    mates = _distinct([g for g in archive_refs if g.signature() != base.signature()])
+    pool = [base] + mates if parent is not None else _distinct(list(archive_refs))
+    for attempt in range(2 * max_tries):
+        biased = attempt < max_tries  # then larger unbiased jumps
+        if biased and len(pool) >= 2 and rng.random() < CROSSOVER_RATE:
+            a = pool[0] if parent is not None else rng.choice(pool)
+            others = [g for g in pool if g != a]
+            b = _weighted(rng, others, [1.0 + a.distance(g) for g in others])
+            child = crossover(rng, prefs, a, b)
+            kind, parents = "crossover", [a, b]
+        else:
+            child = mutate(rng, prefs, base, None if biased else 3 + rng.randrange(3),
+                           biased)
+            kind, parents = "mutation", [base]
+        if child.signature() not in seen:
+            return _proposal(child, kind, parents, prefs, directive)
+    raise NoNovelProposal(f"no novel genome in {2 * max_tries} draws around "
+                          f"{base.slug()}: every draw is already among the "
+                          f"{len(archive_refs)} archive references")
+
+
+def _distinct(genomes: list[Genome]) -> list[Genome]:
+    return list({g.signature(): g for g in genomes}.values())
+
+
+def _proposal(child: Genome, kind: str, parents: list[Genome], prefs: Preferences,
+              directive: str) -> Proposal:
+    first = parents[0]
+    changes = child.diff(first)
+    sentences, rationale = [], []
+    if kind == "crossover":
+        from_b = [s for s in changes if getattr(child, s) == getattr(parents[1], s)]
+        sentences.append(
+            f"Crossing {first.slug()} with {parents[1].slug()}: take "
+            f"{', '.join(SLOT_TITLES[s].lower() for s in from_b) or 'nothing'} from the "
+            f"second and keep the rest of the first, testing whether the mechanisms "
+            "combine.")
+    for s in changes:
+        old, new = getattr(first, s), getattr(child, s)
+        sentences.append(f"{SLOT_TITLES[s]}: {old.label()} -> {new.label()}; this "
+                         f"{new.effect()}.")
+        why = prefs.why(new)
+        rationale += [f"{s}: {r}" for r in why]
+        if not why:
+            rationale.append(f"{s}: exploration (no evidence for or against)")
+    goal = directive.strip() or "the default objective"
+    because = "; ".join(dict.fromkeys(r.split(": ", 1)[1] for r in rationale
+                                      if "exploration" not in r))
+    sentences.append(f"Hypothesis: the child beats its parent on {goal!r}"
+                     + (f" ({because})." if because else ", an untested direction."))
+    return Proposal(name=child.slug(), hypothesis=" ".join(sentences),
+                    mechanism=child.describe(), math=child.math(), genome=child, kind=kind,
+                    parents=[p.signature() for p in parents], changes=changes,
+                    rationale=rationale)
+
+
+__all__ = ["Proposal", "propose", "preferences", "Preferences", "mutate", "crossover",
+           "mutate_gene", "NoNovelProposal", "TAG_RULES", "DIRECTIVE_RULES"]
