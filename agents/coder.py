@@ -1,0 +1,75 @@
+"""The LLM coder: writes the candidate module for a proposal, and rewrites it with the
+verifier's feedback on a retry.
+
+``write_code_llm`` mirrors the builtin ``agents.builtin.coder.write_code``: it returns the
+module source. The reply must hold the module in one ```python fence; a module that does
+not parse, does not set ``NAME`` to the proposal's name, or defines no hook goes back to
+the model with what was wrong (bounded repairs, then ``AgentOutputError``). Whether the
+code is safe and correct is the verifier's job, not this one's.
+"""
+from __future__ import annotations
+
+import ast
+from typing import Any, Sequence
+
+from agents.prompts import messages, quote_data, quote_text
+from agents.scientist import MAX_CODE_CHARS, cut, proposal_view
+from agents.structured import ReplyError, extract_python_code, invoke_parsed
+from trainers.algorithm import HOOKS
+
+MAX_FEEDBACK = 8             # verifier messages shown on a retry
+MAX_FEEDBACK_CHARS = 2_000   # per message (tracebacks are long)
+
+RETRY_HINT = ("Reply again with the complete module in one ```python fenced block, and "
+              "nothing else.")
+
+
+def write_code_llm(model: Any, proposal: Any, parent_code: str,
+                   feedback: Sequence[str] | None = None, *, max_repairs: int = 2) -> str:
+    """The candidate module implementing ``proposal`` (an ``LLMProposal``, a builtin
+    ``Proposal``, or a dict with at least ``name``), starting from ``parent_code``.
+    ``feedback``: the verifier's findings on the previous attempt, if any."""
+    view = proposal_view(proposal)
+    name = str(view.get("name") or "")
+    if not name:
+        raise ValueError("write_code_llm: the proposal has no name")
+    prompt = messages(
+        "coder", proposal=quote_data("proposal", [view]),
+        parent_code=quote_text("parent_code", cut(parent_code, MAX_CODE_CHARS),
+                               lang="python"),
+        feedback=_feedback_section(feedback))
+    return invoke_parsed(model, prompt, lambda text: _parse_module(text, name),
+                         what=f"coder({name})", retry_hint=RETRY_HINT,
+                         max_repairs=max_repairs)
+
+
+def _feedback_section(feedback: Sequence[str] | None) -> str:
+    if not feedback:
+        return ""
+    items = [cut(str(f), MAX_FEEDBACK_CHARS) for f in list(feedback)[:MAX_FEEDBACK]]
+    return ("Your previous module failed verification. The verifier's findings (quoted "
+            "data) follow; fix every one and return the whole corrected module:\n"
+            + quote_data("verifier_feedback", items))
+
+
+def _parse_module(text: str, name: str) -> str:
+    code = extract_python_code(text)
+    tree = ast.parse(code)
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    if not defined & set(HOOKS):
+        raise ReplyError(f"the module defines none of the hooks ({', '.join(HOOKS)}); "
+                         "define at least the ones the proposal changes")
+    names = [_constant(n.value) for n in tree.body if isinstance(n, ast.Assign)
+             and any(isinstance(t, ast.Name) and t.id == "NAME" for t in n.targets)]
+    if not names:
+        raise ReplyError(f'the module must set NAME = "{name}" at top level')
+    if names[-1] != name:
+        raise ReplyError(f'NAME is {names[-1]!r}; it must be exactly "{name}"')
+    return code
+
+
+def _constant(node: ast.AST) -> Any:
+    return node.value if isinstance(node, ast.Constant) else ast.unparse(node)
+
+
+__all__ = ["write_code_llm"]
