@@ -32,7 +32,7 @@ CURVE_KEYS = ("overall", "acc@1", "valid", "length")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 100
+    steps: int = 80
     prompts_per_step: int = 16
     group_size: int = 8
     minibatches: int = 2

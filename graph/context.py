@@ -1,0 +1,39 @@
+"""Per-run settings, read by the nodes through ``Runtime[Context]``."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(kw_only=True)
+class Context:
+    home: str = field(default_factory=lambda: os.environ.get("POISE_HOME", ".poise"),
+                      metadata={"description": "POISE home: archive, vectors, checkpoints"})
+    candidates: int = field(default=8, metadata={
+        "description": "new candidates to propose after the seed baseline (the budget)"})
+    width: int = field(default=2, metadata={
+        "description": "candidates per round, run in parallel (Send)"})
+    seeds: int = field(default=1, metadata={"description": "training seeds per candidate"})
+    steps: int | None = field(default=None, metadata={
+        "description": "training steps per seed (None: the trainer's default budget)"})
+    train_overrides: dict = field(default_factory=dict, metadata={
+        "description": "TrainConfig fields to override (tests use tiny configs)"})
+    warm_config: dict | None = field(default=None, metadata={
+        "description": "WarmStartConfig override (None: the default warm start)"})
+    max_repairs: int = field(default=2, metadata={
+        "description": "coder <-> verifier retries before a candidate fails verification"})
+    seed: int = field(default=0, metadata={
+        "description": "seed of the builtin agents and parent selection"})
+    model: str | None = field(default=None, metadata={
+        "description": "LLM for all roles (e.g. openai:gpt-4.1-mini); None: builtin agents"})
+    train_timeout_s: float = field(default=1200.0, metadata={
+        "description": "hard wall-clock limit of one training job (sandboxed)"})
+    verify_timeout_s: float = field(default=60.0, metadata={
+        "description": "hard limit of the verifier's sandboxed hook checks"})
+    max_parallel_jobs: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={
+        "description": "training jobs at once on this machine (bounded by cores)"})
+    chat_models: dict = field(default_factory=dict, metadata={
+        "description": "role -> chat model object, beating `model` (for Python callers and "
+                       "tests with scripted models; never saved with the run)"})
+    smoke: bool = field(default=True, metadata={
+        "description": "run the verifier's few-step smoke training"})

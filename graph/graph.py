@@ -1,0 +1,450 @@
+"""The POISE loop as a LangGraph state machine.
+
+Run level::
+
+    START -> plan_round --Send x width--> candidate -> round_end -> plan_round | END
+
+Round 0 trains the seed baseline (GRPO) once: it is the root of the genealogy and the
+reference of the objective. Each ``candidate`` branch is a subgraph::
+
+    select_parent -> retrieve_evidence -> scientist -> coder -> verifier
+    verifier --pass--> trainer -> evaluate -> analyst -> archive
+    verifier --fail, retries left--> coder          (LLM coder gets the feedback)
+    verifier --fail, none left / duplicate--> analyst -> archive
+
+Every failure (a node raising, a contract violation, a crash or timeout in the sandbox)
+becomes the branch's ``status``/``error`` and is archived as a failed candidate with
+its reason; the loop goes on. The archive write is idempotent per (run, round, slot), so
+a resumed run never archives a candidate twice. Export: ``builder`` (uncompiled; tests
+compile their own with a fresh checkpointer) and ``graph`` (compiled, no checkpointer).
+"""
+from __future__ import annotations
+
+import functools
+import random
+import threading
+import traceback
+from typing import Callable, Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Command, Send
+
+from agents.builtin import analyst as builtin_analyst
+from agents.builtin import coder as builtin_coder
+from agents.builtin import scientist as builtin_scientist
+from agents.builtin.genes import Genome
+from evals.objective import ObjectiveSpec, fitness
+from graph.context import Context
+from graph.state import CandidateOutput, CandidateState, RunState
+from memory.archive import Archive
+from memory.schema import (DUPLICATE, EVALUATED, FAILED_EVALUATION, FAILED_TRAINING,
+                           FAILED_VERIFICATION)
+from memory.evidence import DUPLICATE_SIMILARITY
+from memory.selection import select_parent_ids
+from trainers.algorithm import code_hash
+from trainers.baselines import baseline_source
+
+SEED_NAME = "grpo"
+
+# ----------------------------------------------------------------------------- helpers
+
+_archives: dict[str, Archive] = {}
+_archives_lock = threading.Lock()
+_job_slots: dict[int, threading.BoundedSemaphore] = {}
+
+
+def archive_for(home: str) -> Archive:
+    """One Archive per home per process (it is thread-safe; Send branches share it)."""
+    with _archives_lock:
+        if home not in _archives:
+            _archives[home] = Archive(home)
+        return _archives[home]
+
+
+def _job_slot(n: int) -> threading.BoundedSemaphore:
+    with _archives_lock:
+        return _job_slots.setdefault(n, threading.BoundedSemaphore(n))
+
+
+def _key(state: CandidateState) -> str:
+    return f"{state['run_id']}:{state['round']}:{state['slot']}"
+
+
+def guarded(node: Callable) -> Callable:
+    """A node that raises becomes a failed branch, routed to the analyst: failures are
+    evidence, never swallowed and never fatal to the run."""
+
+    @functools.wraps(node)
+    def wrapper(state: CandidateState, runtime: Runtime[Context]):
+        if state.get("error"):
+            return {}  # an earlier node failed: pass through to the analyst/archive
+        try:
+            return node(state, runtime)
+        except Exception as e:  # noqa: BLE001 - recorded with its traceback tail
+            tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
+            return {"status": _failure_status(node.__name__),
+                    "error": f"{node.__name__} failed: {type(e).__name__}: {e} ({tb})"}
+
+    return wrapper
+
+
+def _failure_status(node: str) -> str:
+    return {"trainer": FAILED_TRAINING, "evaluate": FAILED_EVALUATION}.get(
+        node, FAILED_VERIFICATION)
+
+
+def model_for(role: str, ctx: Context):
+    """The chat model of ``role``, or None for the builtin offline agent."""
+    from agents.llm import get_model
+
+    return ctx.chat_models.get(role) or get_model(role, ctx)
+
+
+def _rng(state: CandidateState, ctx: Context) -> random.Random:
+    return random.Random(f"{ctx.seed}:{state['run_id']}:{state['round']}:{state['slot']}")
+
+
+# ----------------------------------------------------------------------------- candidate nodes
+
+@guarded
+def select_parent(state: CandidateState, runtime: Runtime[Context]) -> dict:
+    """Round 0: the seed baseline. Later: descendant-potential selection."""
+    ctx = runtime.context
+    archive = archive_for(ctx.home)
+    run_cands = archive.candidates(state["run_id"])
+    refs = sorted({(c.details or {}).get("signature") for c in run_cands} - {None})
+    if state["round"] == 0:
+        return {"parent_ids": [], "parent_code": None, "parent_signature": None,
+                "references": refs}
+    seed = ctx.seed * 100_003 + state["round"] * 101 + state["slot"]
+    pid = select_parent_ids(archive, state["run_id"], k=1, seed=seed)[0]
+    parent = archive.candidate(pid)
+    return {"parent_ids": [pid], "parent_code": parent.code,
+            "parent_signature": (parent.details or {}).get("signature"),
+            "references": refs}
+
+
+@guarded
+def retrieve_evidence(state: CandidateState, runtime: Runtime[Context]) -> dict:
+    if state["round"] == 0:
+        return {"evidence": []}
+    archive = archive_for(runtime.context.home)
+    pid = state["parent_ids"][0]
+    own = archive.reflections(pid)
+    query = own[-1].text if own else state["directive"]
+    hits = archive.similar_reflections(query, k=5)
+    evidence = [h.to_dict() for h in hits]
+    for ev in evidence:  # the builtin scientist weighs genes by fitness evidence
+        ev["text"] = ev["reflection"]
+        ev["signature"] = (archive.candidate(ev["candidate_id"]).details or {}).get("signature")
+        ev["about_parent"] = ev["candidate_id"] == pid
+    return {"evidence": evidence}
+
+
+@guarded
+def scientist(state: CandidateState, runtime: Runtime[Context]) -> dict:
+    if state["round"] == 0:
+        genome = Genome.grpo()
+        return {"proposal": {"name": SEED_NAME, "kind": "seed", "genome": genome.signature(),
+                             "hypothesis": "The seed baseline: GRPO as shipped.",
+                             "mechanism": genome.describe(), "math": genome.math()}}
+    model = model_for("scientist", runtime.context)
+    if model is not None:
+        return {"proposal": _llm_proposal(model, state, runtime.context)}
+    parent = Genome.from_signature(state["parent_signature"]) if state.get(
+        "parent_signature") else Genome.grpo()
+    refs = [Genome.from_signature(s) for s in state.get("references", [])]
+    proposal = builtin_scientist.propose(parent, state["directive"], state["evidence"],
+                                         refs, _rng(state, runtime.context))
+    return {"proposal": {"name": proposal.name, "kind": proposal.kind,
+                         "genome": proposal.genome.signature(),
+                         "hypothesis": proposal.hypothesis, "mechanism": proposal.mechanism,
+                         "math": proposal.math, "changes": list(proposal.changes),
+                         "rationale": list(proposal.rationale)}}
+
+
+def _llm_proposal(model, state: CandidateState, ctx: Context) -> dict:
+    from agents.scientist import propose_llm
+
+    archive = archive_for(ctx.home)
+    cands = archive.candidates(state["run_id"])
+    parent = archive.candidate(state["parent_ids"][0])
+    references = [{"name": c.name, "status": c.status, "fitness": c.fitness,
+                   "proposal": c.proposal[:600]} for c in cands if c.id != parent.id][-8:]
+    summary = (f"{parent.name}: status {parent.status}, fitness {parent.fitness}\n"
+               f"{parent.proposal[:1200]}")
+    prop = propose_llm(model, parent.code or "", summary, state["directive"],
+                       state["evidence"], references,
+                       taken_names=[c.name for c in cands])
+    return {"name": prop.name, "kind": prop.kind, "hypothesis": prop.hypothesis,
+            "mechanism": prop.mechanism, "math": prop.math, "changes": list(prop.changes),
+            "rationale": list(prop.rationale)}
+
+
+@guarded
+def coder(state: CandidateState, runtime: Runtime[Context]) -> dict:
+    prop = state["proposal"]
+    if prop["kind"] == "seed":
+        return {"code": baseline_source(SEED_NAME), "attempts": state.get("attempts", 0) + 1}
+    model = model_for("coder", runtime.context)
+    if model is not None and not prop.get("genome"):
+        from agents.coder import write_code_llm
+
+        code = write_code_llm(model, prop, state.get("parent_code") or "",
+                              state.get("feedback") or None)
+        return {"code": code, "attempts": state.get("attempts", 0) + 1}
+    genome = Genome.from_signature(prop["genome"])
+    return {"code": genome.render(name=prop["name"]),
+            "attempts": state.get("attempts", 0) + 1}
+
+
+def verifier(state: CandidateState, runtime: Runtime[Context]
+             ) -> Command[Literal["coder", "trainer", "analyst"]]:
+    """Static, sandboxed dynamic, smoke and consistency checks, then the novelty check."""
+    from agents.verifier import verify
+
+    if state.get("error"):
+        return Command(goto="analyst")
+    ctx = runtime.context
+    try:
+        report = verify(state["code"], _proposal_text(state["proposal"]), smoke=ctx.smoke,
+                        home=ctx.home, warm_config=ctx.warm_config,
+                        dynamic_timeout_s=ctx.verify_timeout_s,
+                        consistency_judge=_judge(state["proposal"], ctx))
+    except Exception as e:  # noqa: BLE001
+        return Command(goto="analyst", update={"status": FAILED_VERIFICATION,
+                                               "error": f"verifier crashed: {e}"})
+    if not report.passed:
+        feedback = list(report.feedback)
+        rendered = bool(state["proposal"].get("genome"))  # re-rendering gives the same code
+        if not rendered and state.get("attempts", 0) <= ctx.max_repairs:
+            return Command(goto="coder", update={"feedback": feedback})
+        return Command(goto="analyst", update={
+            "status": FAILED_VERIFICATION, "feedback": feedback,
+            "error": f"verification failed at {report.stage}: " + "; ".join(feedback[:3])})
+    if state["round"] > 0:
+        # Builtin proposals are novel by construction (the scientist redraws a genome
+        # already in the archive), and their templated texts read alike: for them only
+        # identical code counts as a duplicate. LLM proposals also face the embedding
+        # check (memory.evidence.DUPLICATE_SIMILARITY).
+        threshold = 1.01 if state["proposal"].get("genome") else DUPLICATE_SIMILARITY
+        nov = archive_for(ctx.home).novelty(_proposal_text(state["proposal"]), state["code"],
+                                            threshold=threshold)
+        if nov.duplicate:
+            return Command(goto="analyst", update={
+                "status": DUPLICATE, "error": "near-duplicate of an archived candidate: "
+                + "; ".join(m.reason for m in nov.matches[:2])})
+    return Command(goto="trainer", update={"feedback": []})
+
+
+@guarded
+def trainer(state: CandidateState, runtime: Runtime[Context]) -> dict:
+    """One sandboxed training job per seed, at most ``max_parallel_jobs`` at once."""
+    from trainers.sandbox import run_in_sandbox
+
+    ctx = runtime.context
+    train_config = dict(ctx.train_overrides)
+    if ctx.steps is not None:
+        train_config["steps"] = ctx.steps
+    results, errors = [None] * ctx.seeds, []
+
+    def one(seed: int):
+        payload = {"source": state["code"], "seed": seed, "home": ctx.home,
+                   "train_config": train_config}
+        if ctx.warm_config:
+            payload["warm_config"] = ctx.warm_config
+        with _job_slot(ctx.max_parallel_jobs):
+            res = run_in_sandbox("train", payload, timeout_s=ctx.train_timeout_s)
+        if res.ok:
+            results[seed] = res.value
+        else:
+            errors.append(f"seed {seed}: {res.kind}: {res.error}")
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in range(ctx.seeds)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        return {"status": FAILED_TRAINING, "error": "training failed: " + "; ".join(errors)}
+    return {"results": results}
+
+
+@guarded
+def evaluate(state: CandidateState, runtime: Runtime[Context]) -> dict:
+    """Fitness per seed from the held-out (val) evaluation under the run's objective."""
+    spec = ObjectiveSpec(**state["objective"])
+    ref = state.get("reference")
+    reference = (ref["overall"], ref["length"]) if ref else None
+    for r in state["results"]:
+        r["fitness"] = fitness(spec, r["final"]["overall"], r["final"]["length"], reference)
+    fits = [r["fitness"] for r in state["results"]]
+    return {"fitness": sum(fits) / len(fits), "status": EVALUATED}
+
+
+def analyst(state: CandidateState, runtime: Runtime[Context]) -> dict:
+    """A mechanism-level diagnosis of the curves, or of why the candidate failed."""
+    if state.get("error"):
+        status = state.get("status") or FAILED_VERIFICATION
+        return {"status": status, "diagnosis": {
+            "text": f"{state['proposal'].get('name', 'candidate')} did not train: "
+                    f"{state['error']}", "tags": [status.replace("_", "-")]}}
+    first = state["results"][0]
+    ref = state.get("reference")
+    baseline = ref.get("final") if ref else None
+    model = model_for("analyst", runtime.context)
+    try:
+        if model is not None and state["proposal"].get("kind") != "seed":
+            from agents.analyst import diagnose_llm
+
+            diag = diagnose_llm(model, state["proposal"], first["curve"], first["evals"],
+                                first["final"], baseline)
+        else:
+            sig = state["proposal"].get("genome")
+            diag = builtin_analyst.diagnose(first["curve"], first["evals"], first["final"],
+                                            baseline, Genome.from_signature(sig) if sig
+                                            else None)
+        return {"diagnosis": {"text": diag.text, "tags": list(diag.tags)}}
+    except Exception as e:  # noqa: BLE001 - the candidate trained; keep it
+        return {"diagnosis": {"text": f"analyst failed: {e}", "tags": ["analyst-error"]}}
+
+
+def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
+    """Write the candidate, its evaluations and its reflection (once per slot)."""
+    ctx = runtime.context
+    arch = archive_for(ctx.home)
+    key = _key(state)
+    existing = [c for c in arch.candidates(state["run_id"])
+                if (c.details or {}).get("key") == key]
+    if existing:
+        cand = existing[0]
+    else:
+        prop = state.get("proposal") or {"name": f"candidate-r{state['round']}"}
+        status = state.get("status") or FAILED_VERIFICATION
+        genome = prop.get("genome")
+        details = {"key": key, "round": state["round"], "slot": state["slot"],
+                   "signature": genome, "genes": genome.split(";") if genome else None,
+                   "kind": prop.get("kind"), "feedback": state.get("feedback") or []}
+        cid = arch.add_candidate(
+            state["run_id"], arch.unique_name(prop["name"]), state["round"],
+            _proposal_text(prop), state.get("code"), parents=state.get("parent_ids", []),
+            status=status, error=state.get("error"), details=details)
+        for seed, r in enumerate(state.get("results") or []):
+            if r is None:
+                continue
+            arch.add_evaluation(cid, seed, "local", metrics={"val": r["final"]},
+                                fitness=r.get("fitness"), wall_time=r.get("cpu_seconds"),
+                                objectives={"overall": r["final"]["overall"],
+                                            "neg_length": -r["final"]["length"]},
+                                curves={k: [[row["step"], row[k]] for row in r["curve"]]
+                                        for k in ("reward", "accuracy", "entropy",
+                                                  "response_length", "validity",
+                                                  "kl_to_start")})
+        diag = state.get("diagnosis") or {}
+        if diag.get("text"):
+            arch.add_reflection(cid, diag["text"], diag.get("tags", []))
+        cand = arch.candidate(cid)
+    return {"finished": [{"id": cand.id, "name": cand.name, "parents": arch.parents(cand.id),
+                          "status": cand.status, "fitness": cand.fitness,
+                          "round": state["round"], "slot": state["slot"],
+                          "error": cand.error}]}
+
+
+def _judge(prop: dict, ctx: Context):
+    """Consistency judge: the genome rule for builtin proposals, the LLM judge when a
+    verifier model is configured, else the verifier's builtin keyword rule (None)."""
+    if prop.get("genome"):
+        return _genome_judge(prop)
+    model = model_for("verifier", ctx)
+    if model is None:
+        return None
+    from agents.judge import judge_consistency_llm
+
+    return functools.partial(judge_consistency_llm, model)
+
+
+def _genome_judge(prop: dict):
+    """The builtin consistency rule for a genome proposal: the code is exactly the
+    rendered genome, so it does what the proposal says. None: the verifier's default."""
+    if not prop.get("genome") or prop.get("kind") == "seed":
+        return None
+    expected = code_hash(Genome.from_signature(prop["genome"]).render(name=prop["name"]))
+
+    def judge(_proposal_text: str, code: str) -> tuple[bool, str]:
+        if code_hash(code) == expected:
+            return True, "code is the proposal's rendered genome"
+        return False, "the code is not the rendered genome of the proposal"
+
+    return judge
+
+
+def _proposal_text(prop: dict) -> str:
+    return "\n\n".join(f"{k}: {prop[k]}" for k in ("name", "hypothesis", "mechanism", "math")
+                       if prop.get(k))
+
+
+# ----------------------------------------------------------------------------- run nodes
+
+def plan_round(state: RunState, runtime: Runtime[Context]) -> Command:
+    ctx = runtime.context
+    rnd = state.get("round", 0)
+    done = len([c for c in state.get("finished", []) if c["round"] > 0])
+    width = 1 if rnd == 0 else min(ctx.width, ctx.candidates - done)
+    base = {k: state[k] for k in ("run_id", "directive", "objective")}
+    return Command(goto=[Send("candidate", {**base, "round": rnd, "slot": slot,
+                                            "reference": state.get("reference"),
+                                            "attempts": 0})
+                         for slot in range(width)])
+
+
+def round_end(state: RunState, runtime: Runtime[Context]
+              ) -> Command[Literal["plan_round", "__end__"]]:
+    ctx = runtime.context
+    rnd = state.get("round", 0)
+    update: dict = {"round": rnd + 1}
+    if rnd == 0:
+        seed = [c for c in state.get("finished", []) if c["round"] == 0]
+        if not seed or seed[0]["status"] != EVALUATED:
+            why = seed[0]["error"] if seed else "no result"
+            raise RuntimeError(f"the seed baseline failed, nothing to improve on: {why}")
+        ev = archive_for(ctx.home).evaluations(seed[0]["id"])
+        finals = [e.metrics["val"] for e in ev]
+        update["reference"] = {
+            "overall": sum(f["overall"] for f in finals) / len(finals),
+            "length": sum(f["length"] for f in finals) / len(finals),
+            "final": finals[0]}
+    done = len([c for c in state.get("finished", []) if c["round"] > 0])
+    if done >= ctx.candidates:
+        return Command(goto=END, update=update)
+    return Command(goto="plan_round", update=update)
+
+
+# ----------------------------------------------------------------------------- builder
+
+candidate_builder = StateGraph(CandidateState, context_schema=Context,
+                               output_schema=CandidateOutput)
+for _node in (select_parent, retrieve_evidence, scientist, coder, verifier, trainer,
+              evaluate, analyst, archive):
+    candidate_builder.add_node(_node.__name__, _node)
+candidate_builder.add_edge(START, "select_parent")
+candidate_builder.add_edge("select_parent", "retrieve_evidence")
+candidate_builder.add_edge("retrieve_evidence", "scientist")
+candidate_builder.add_edge("scientist", "coder")
+candidate_builder.add_edge("coder", "verifier")
+candidate_builder.add_edge("trainer", "evaluate")
+candidate_builder.add_edge("evaluate", "analyst")
+candidate_builder.add_edge("analyst", "archive")
+candidate_builder.add_edge("archive", END)
+candidate_graph = candidate_builder.compile()
+
+builder = StateGraph(RunState, context_schema=Context)
+builder.add_node("plan_round", plan_round)
+builder.add_node("candidate", candidate_graph)
+builder.add_node("round_end", round_end)
+builder.add_edge(START, "plan_round")
+builder.add_edge("candidate", "round_end")
+
+graph = builder.compile()
+
+__all__ = ["builder", "graph", "candidate_builder", "archive_for", "Context"]

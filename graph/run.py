@@ -1,0 +1,237 @@
+"""Run the POISE loop: ``python -m graph.run --directive "accurate and concise"``.
+
+Embedded defaults: builtin offline agents, the local CPU trainer, SQLite + embedded
+Chroma under ``--home``. Shows live progress, ends with a leaderboard, and writes
+``<home>/runs/<run_id>/summary.json``. ``--resume RUN_ID`` continues a killed run from
+its last checkpoint; finished candidates are not redone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from evals.objective import objective_from_directive
+from graph.context import Context
+
+
+class UsageError(Exception):
+    """Bad input from the person: one clear line, exit code 2."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m graph.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--directive", help="what to optimize, e.g. \"accurate and concise\"")
+    p.add_argument("--candidates", type=int, default=8,
+                   help="new candidates after the seed baseline (default 8)")
+    p.add_argument("--home", default=None, help="POISE home (default $POISE_HOME or ./.poise)")
+    p.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a stopped run")
+    p.add_argument("--model", default=None,
+                   help="LLM for all agents, e.g. openai:gpt-4.1-mini (default: builtin)")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per candidate")
+    p.add_argument("--steps", type=int, default=None, help="training steps per seed")
+    p.add_argument("--width", type=int, default=2, help="candidates per round, in parallel")
+    p.add_argument("--seed", type=int, default=0, help="seed of the builtin agents")
+    p.add_argument("--no-smoke", action="store_true", help="skip the verifier's smoke run")
+    p.add_argument("--config", type=Path, default=None,
+                   help="JSON file of Context fields (e.g. train_overrides, warm_config)")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+    args = p.parse_args(argv)
+    for name in ("candidates", "seeds", "width"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    if args.steps is not None and args.steps < 1:
+        p.error("--steps must be at least 1")
+    if args.resume is None and args.directive is None:
+        p.error("--directive is required (or --resume RUN_ID)")
+    return args
+
+
+def prepare(args: argparse.Namespace):
+    """Home, archive, run id, context and graph input; raises UsageError."""
+    from memory.archive import Archive
+    from memory.schema import ArchiveError
+
+    home = Path(args.home or os.environ.get("POISE_HOME", ".poise"))
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to home {home}: {e.strerror}") from None
+    if args.model and args.model != "builtin":
+        from agents.llm import get_model
+        try:
+            get_model("scientist", Context(home=str(home), model=args.model))
+        except Exception as e:  # noqa: BLE001 - a config problem, said in one line
+            raise UsageError(str(e)) from None
+    try:
+        archive = Archive(home)
+    except ArchiveError as e:
+        raise UsageError(str(e)) from None
+    if args.resume is not None:
+        try:
+            run = archive.run(args.resume)
+        except ArchiveError:
+            raise UsageError(f"no run {args.resume} in {home}: see python -m memory.query "
+                             "or start one with --directive") from None
+        ctx = Context(**{k: v for k, v in run.config.get("context", {}).items()
+                         if k in {f.name for f in fields(Context)}})
+        ctx.home = str(home)
+        return home, archive, run.id, run.directive, ctx, None
+    try:
+        spec = objective_from_directive(args.directive)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    ctx = Context(home=str(home), candidates=args.candidates, width=args.width,
+                  seeds=args.seeds, steps=args.steps, seed=args.seed,
+                  model=None if args.model in (None, "builtin") else args.model,
+                  smoke=not args.no_smoke, **_config_file(args.config))
+    saved = {k: v for k, v in asdict(ctx).items() if k not in ("home", "chat_models")}
+    run_id = archive.start_run(spec.directive, {"context": saved,
+                                                "objective": spec.model_dump()})
+    state = {"run_id": run_id, "directive": spec.directive,
+             "objective": spec.model_dump(), "round": 0, "reference": None}
+    return home, archive, run_id, spec.directive, ctx, state
+
+
+def _config_file(path: Path | None) -> dict:
+    """Context fields from a JSON file; unknown keys are an error, not ignored."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"cannot read --config {path}: {e}") from None
+    allowed = {f.name for f in fields(Context)} - {"home", "candidates", "width", "seeds",
+                                                  "steps", "seed", "model", "smoke",
+                                                  "chat_models"}
+    unknown = sorted(set(data) - allowed)
+    if not isinstance(data, dict) or unknown:
+        raise UsageError(f"--config {path}: unknown keys {unknown}; allowed: "
+                         f"{sorted(allowed)}")
+    return data
+
+
+def compile_graph(home: Path):
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from graph.graph import builder
+
+    conn = sqlite3.connect(home / "graph.db", check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    return builder.compile(checkpointer=SqliteSaver(conn))
+
+
+def run(args: argparse.Namespace, console: Console) -> dict:
+    home, archive, run_id, directive, ctx, state = prepare(args)
+    app = compile_graph(home)
+    config = {"configurable": {"thread_id": f"run-{run_id}"}, "recursion_limit": 10_000}
+    if state is None:  # resuming
+        snapshot = app.get_state(config)
+        if not snapshot.values:
+            raise UsageError(f"run {run_id} has no checkpoint to resume from")
+        if not snapshot.next:
+            console.print(f"run {run_id} already finished")
+    spec = objective_from_directive(directive)
+    console.rule(f"POISE run {run_id}")
+    console.print(f"directive: [bold]{directive}[/bold]\nobjective: {spec.describe()}\n"
+                  f"agents: {ctx.model or 'builtin (offline)'}; trainer: local CPU; "
+                  f"budget: {ctx.candidates} candidates x {ctx.seeds} seed(s); home: {home}")
+    started = time.time()
+    _stream(app, state, config, ctx, console, quiet=args.quiet)
+    wall = time.time() - started
+    summary = write_summary(archive, app, config, run_id, directive, home, wall)
+    archive.finish_run(run_id)
+    print_leaderboard(archive, run_id, console)
+    console.print(f"wall time {wall:.0f} s; summary: {home / 'runs' / str(run_id)}")
+    return summary
+
+
+def _stream(app, state, config, ctx: Context, console: Console, quiet: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total = ctx.candidates + 1
+    done = len(app.get_state(config).values.get("finished", [])) if state is None else 0
+    best: float | None = None
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, disable=quiet) as bar:
+        task = bar.add_task("starting", total=total, completed=done)
+        for ns, update in app.stream(state, config, context=ctx, stream_mode="updates",
+                                     subgraphs=True):
+            for node, value in (update or {}).items():
+                where = "round ?" if not ns else ns[0].split(":")[0]
+                bar.update(task, description=f"{node} ({where}); best {_fmt(best)}")
+                if node == "archive" and value:
+                    for c in value.get("finished", []):
+                        bar.advance(task)
+                        if c["fitness"] is not None:
+                            best = c["fitness"] if best is None else max(best, c["fitness"])
+                        console.log(f"round {c['round']} #{c['id']} {c['name']}: "
+                                    f"{c['status']} fitness {_fmt(c['fitness'])}"
+                                    + (f" ({c['error'][:120]})" if c.get("error") else ""))
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
+                  wall: float) -> dict:
+    cands = archive.candidates(run_id)
+    rows = [{"id": c.id, "name": c.name, "parents": archive.parents(c.id),
+             "status": c.status, "fitness": c.fitness,
+             "generation": c.generation, "error": c.error} for c in cands]
+    board = archive.leaderboard(run_id)
+    summary = {"run_id": run_id, "directive": directive, "candidates": rows,
+               "best": ({"id": board[0].candidate_id, "name": board[0].name,
+                         "fitness": board[0].fitness} if board else None),
+               "wall_seconds": wall}
+    out = home / "runs" / str(run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+def print_leaderboard(archive, run_id: int, console: Console) -> None:
+    t = Table(title=f"run {run_id}: leaderboard (val fitness, mean over seeds)")
+    for col in ("#", "candidate", "gen", "parents", "fitness", "sd", "seeds"):
+        t.add_column(col, justify="left" if col == "candidate" else "right")
+    for i, s in enumerate(archive.leaderboard(run_id), 1):
+        t.add_row(str(i), s.name, str(s.generation), ",".join(map(str, s.parent_ids)) or "-",
+                  f"{s.fitness:.2f}", f"{s.fitness_sd:.2f}", str(s.seeds))
+    console.print(t)
+    failed = [c for c in archive.candidates(run_id) if c.status != "evaluated"]
+    for c in failed:
+        console.print(f"[yellow]{c.name}[/yellow] {c.status}: {(c.error or '')[:160]}")
+
+
+def main(argv=None) -> int:
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        args = parse_args(argv)
+        run(args, console)
+    except UsageError as e:
+        err.print(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted: resume with --resume RUN_ID (see the run header)")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,57 @@
+"""Graph state: the run-level state and the per-candidate state of one Send branch.
+
+TypedDicts (no defaults: TypedDict ignores them). ``finished`` is the only key a
+candidate branch writes back to the run; it accumulates with ``operator.add``.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Annotated, TypedDict
+
+
+class CandidateSummary(TypedDict):
+    id: int
+    name: str
+    parents: list[int]
+    status: str
+    fitness: float | None
+    round: int
+    slot: int
+    error: str | None
+
+
+class RunState(TypedDict, total=False):
+    run_id: int
+    directive: str
+    objective: dict                     # evals.objective.ObjectiveSpec as a dict
+    round: int                          # 0 = the seed baseline, then 1, 2, ...
+    reference: dict | None              # GRPO's {"overall", "length"} from round 0
+    finished: Annotated[list[CandidateSummary], operator.add]
+
+
+class CandidateState(TypedDict, total=False):
+    run_id: int
+    directive: str
+    objective: dict
+    round: int
+    slot: int
+    reference: dict | None
+    parent_ids: list[int]
+    parent_code: str | None
+    parent_signature: str | None
+    references: list[str]               # genome signatures in the archive (novelty, crossover)
+    evidence: list[dict]                # retrieved reflections
+    proposal: dict                      # name, hypothesis, mechanism, math, kind, genome?
+    code: str
+    attempts: int                       # coder <-> verifier rounds used
+    feedback: list[str]                 # the verifier's last feedback for the coder
+    results: list[dict]                 # per-seed TrainResult dicts
+    fitness: float | None
+    diagnosis: dict                     # text, tags
+    status: str                         # archive status once decided
+    error: str | None                   # why it failed, if it did
+    finished: Annotated[list[CandidateSummary], operator.add]
+
+
+class CandidateOutput(TypedDict):
+    finished: Annotated[list[CandidateSummary], operator.add]

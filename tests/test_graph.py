@@ -1,0 +1,99 @@
+"""The loop end to end on a tiny testbed: real LangGraph (SQLite checkpointer), SQLite
+archive, Chroma and the embedding model; builtin agents; sandboxed training."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = Path(__file__).parent / "data" / "tiny_context.json"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_cli(home, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "graph.run", "--home", str(home), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _candidates(home):
+    con = sqlite3.connect(home / "archive.db")
+    try:
+        return con.execute("select id, name, status, details from candidate order by id"
+                           ).fetchall()
+    finally:
+        con.close()
+
+
+def test_run_archives_every_candidate_with_lineage_and_reflection(tmp_path):
+    home = tmp_path / "home"
+    r = _run_cli(home, "--directive", "accurate and concise", "--candidates", "3",
+                 "--config", str(TINY), "--no-smoke", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((home / "runs" / "1" / "summary.json").read_text())
+    assert summary["run_id"] == 1 and summary["directive"] == "accurate and concise"
+    cands = summary["candidates"]
+    assert len(cands) == 4  # the seed baseline + 3 proposals
+    assert cands[0]["name"] == "grpo" and cands[0]["parents"] == []
+    assert all(c["parents"] for c in cands[1:])  # every proposal has a parent
+    for c in cands:
+        assert {"id", "name", "parents", "status", "fitness"} <= set(c)
+        if c["status"] != "evaluated":
+            assert c["error"], c  # a failure carries its reason
+    assert summary["best"] is not None
+    from memory.archive import Archive
+    with Archive(home) as a:
+        assert all(a.reflections(c["id"]) for c in cands)
+        evaluated = [c for c in cands if c["status"] == "evaluated"]
+        assert all(len(a.evaluations(c["id"])) == 1 for c in evaluated)
+    assert "leaderboard" in r.stdout
+
+
+def test_kill_and_resume_redoes_nothing_and_loses_nothing(tmp_path):
+    home = tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, "-m", "graph.run", "--home", str(home),
+                             "--directive", "accurate", "--candidates", "4", "--config",
+                             str(TINY), "--no-smoke", "--quiet"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline:  # kill -9 once two candidates are archived
+            if (home / "archive.db").exists():
+                try:
+                    if len(_candidates(home)) >= 2:
+                        break
+                except sqlite3.Error:
+                    pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("the run archived nothing in time")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {row[0]: row[1] for row in _candidates(home)}
+    assert 2 <= len(before) < 5
+    r = _run_cli(home, "--resume", "1", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = _candidates(home)
+    assert len(after) == 5  # seed + 4, none lost
+    keys = [json.loads(row[3])["key"] for row in after]
+    assert len(set(keys)) == len(keys)  # no slot archived twice
+    assert {row[0]: row[1] for row in after if row[0] in before} == before  # not redone
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--directive", "   "], "directive is empty"),
+    (["--resume", "42"], "no run 42"),
+    (["--directive", "x", "--candidates", "0"], "at least 1"),
+    (["--directive", "x", "--bogus"], "unrecognized arguments"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, message):
+    r = _run_cli(tmp_path / "home", *args, timeout=120)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
