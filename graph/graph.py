@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import random
 import threading
+import time
 import traceback
 from typing import Callable, Literal
 
@@ -207,6 +208,7 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
     if state.get("error"):
         return Command(goto="analyst")
     ctx = runtime.context
+    began = time.time()
     try:
         report = verify(state["code"], _proposal_text(state["proposal"]), smoke=ctx.smoke,
                         home=ctx.home, warm_config=ctx.warm_config,
@@ -215,13 +217,15 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
     except Exception as e:  # noqa: BLE001
         return Command(goto="analyst", update={"status": FAILED_VERIFICATION,
                                                "error": f"verifier crashed: {e}"})
+    spans = state.get("verify_spans", []) + [[began, time.time()]]
     if not report.passed:
         feedback = list(report.feedback)
         rendered = bool(state["proposal"].get("genome"))  # re-rendering gives the same code
         if not rendered and state.get("attempts", 0) <= ctx.max_repairs:
-            return Command(goto="coder", update={"feedback": feedback})
+            return Command(goto="coder", update={"feedback": feedback,
+                                                 "verify_spans": spans})
         return Command(goto="analyst", update={
-            "status": FAILED_VERIFICATION, "feedback": feedback,
+            "status": FAILED_VERIFICATION, "feedback": feedback, "verify_spans": spans,
             "error": f"verification failed at {report.stage}: " + "; ".join(feedback[:3])})
     if state["round"] > 0:
         # Builtin proposals are novel by construction (the scientist redraws a genome
@@ -233,9 +237,10 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
                                             threshold=threshold)
         if nov.duplicate:
             return Command(goto="analyst", update={
-                "status": DUPLICATE, "error": "near-duplicate of an archived candidate: "
+                "status": DUPLICATE, "verify_spans": spans,
+                "error": "near-duplicate of an archived candidate: "
                 + "; ".join(m.reason for m in nov.matches[:2])})
-    return Command(goto="trainer", update={"feedback": []})
+    return Command(goto="trainer", update={"feedback": [], "verify_spans": spans})
 
 
 @guarded
@@ -255,9 +260,10 @@ def trainer(state: CandidateState, runtime: Runtime[Context]) -> dict:
         if ctx.warm_config:
             payload["warm_config"] = ctx.warm_config
         with _job_slot(ctx.max_parallel_jobs):
+            began = time.time()
             res = run_in_sandbox("train", payload, timeout_s=ctx.train_timeout_s)
         if res.ok:
-            results[seed] = res.value
+            results[seed] = {**res.value, "span": [began, time.time()]}
         else:
             errors.append(f"seed {seed}: {res.kind}: {res.error}")
 
@@ -325,7 +331,9 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
         genome = prop.get("genome")
         details = {"key": key, "round": state["round"], "slot": state["slot"],
                    "signature": genome, "genes": genome.split(";") if genome else None,
-                   "kind": prop.get("kind"), "feedback": state.get("feedback") or []}
+                   "kind": prop.get("kind"), "feedback": state.get("feedback") or [],
+                   "verify_spans": state.get("verify_spans", []),
+                   "train_spans": [r["span"] for r in state.get("results") or [] if r]}
         cid = arch.add_candidate(
             state["run_id"], arch.unique_name(prop["name"]), state["round"],
             _proposal_text(prop), state.get("code"), parents=state.get("parent_ids", []),

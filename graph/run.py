@@ -154,7 +154,12 @@ def run(args: argparse.Namespace, console: Console) -> dict:
     summary = write_summary(archive, app, config, run_id, directive, home, wall)
     archive.finish_run(run_id)
     print_leaderboard(archive, run_id, console)
-    console.print(f"wall time {wall:.0f} s; summary: {home / 'runs' / str(run_id)}")
+    shares = summary["time_shares"]
+    console.print(f"wall time {wall:.0f} s: training+evaluation "
+                  f"{100 * shares['training_and_evaluation']:.1f}%, verification "
+                  f"{100 * shares['verification']:.1f}%, orchestration "
+                  f"{100 * shares['orchestration']:.1f}%; summary: "
+                  f"{home / 'runs' / str(run_id) / 'summary.json'}")
     return summary
 
 
@@ -193,16 +198,38 @@ def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
              "status": c.status, "fitness": c.fitness,
              "generation": c.generation, "error": c.error} for c in cands]
     board = archive.leaderboard(run_id)
+    end = time.time()
+    train = _covered([s for c in cands for s in (c.details or {}).get("train_spans", [])],
+                     end - wall, end)
+    verify = _covered([s for c in cands for s in (c.details or {}).get("verify_spans", [])]
+                      + [s for c in cands for s in (c.details or {}).get("train_spans", [])],
+                      end - wall, end) - train
     summary = {"run_id": run_id, "directive": directive, "candidates": rows,
                "best": ({"id": board[0].candidate_id, "name": board[0].name,
                          "fitness": board[0].fitness} if board else None),
-               "wall_seconds": wall}
+               "wall_seconds": wall,
+               "time_shares": {"training_and_evaluation": train / wall,
+                               "verification": verify / wall,
+                               "orchestration": max(0.0, 1 - (train + verify) / wall)}}
     out = home / "runs" / str(run_id)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / "summary.json")
     return summary
+
+
+def _covered(spans: list, lo: float, hi: float) -> float:
+    """Seconds of [lo, hi] covered by the union of ``spans`` ([start, end] pairs)."""
+    clipped = sorted((max(a, lo), min(b, hi)) for a, b in spans if b > lo and a < hi)
+    total, cur_a, cur_b = 0.0, None, None
+    for a, b in clipped:
+        if cur_b is None or a > cur_b:
+            total += 0.0 if cur_b is None else cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    return total + (0.0 if cur_b is None else cur_b - cur_a)
 
 
 def print_leaderboard(archive, run_id: int, console: Console) -> None:

@@ -45,7 +45,8 @@ class CandidateState(TypedDict, total=False):
     code: str
     attempts: int                       # coder <-> verifier rounds used
     feedback: list[str]                 # the verifier's last feedback for the coder
-    results: list[dict]                 # per-seed TrainResult dicts
+    results: list[dict]                 # per-seed TrainResult dicts (+ "span": wall times)
+    verify_spans: list[list[float]]     # [start, end] wall times of verifier calls
     fitness: float | None
     diagnosis: dict                     # text, tags
     status: str                         # archive status once decided

@@ -45,6 +45,9 @@ def test_run_archives_every_candidate_with_lineage_and_reflection(tmp_path):
         if c["status"] != "evaluated":
             assert c["error"], c  # a failure carries its reason
     assert summary["best"] is not None
+    shares = summary["time_shares"]
+    assert shares["training_and_evaluation"] > 0 and shares["verification"] > 0
+    assert abs(sum(shares.values()) - 1) < 1e-6
     from memory.archive import Archive
     with Archive(home) as a:
         assert all(a.reflections(c["id"]) for c in cands)
@@ -97,3 +100,10 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, message):
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_time_shares_count_overlapping_spans_once():
+    from graph.run import _covered
+    assert _covered([[0, 2], [1, 3], [5, 6]], 0, 10) == 4
+    assert _covered([[0, 2], [8, 12]], 1, 10) == 3  # clipped to the window
+    assert _covered([], 0, 1) == 0

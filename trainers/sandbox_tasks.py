@@ -214,24 +214,20 @@ def _loss_and_grad(algo, logp, old_logp, adv, mask, batch, ref_logp):
 
 def _train_configs(payload: dict, smoke: bool):
     from evals.tasks import VOCAB_SIZE
-    from trainers.local.evaluate import EvalConfig
-    from trainers.local.trainer import TrainConfig
+    from trainers.local.trainer import train_config_from_dict
     from trainers.local.warmstart import WarmStartConfig, warm_config_from_dict
 
     tc = dict(SMOKE_TRAIN_CONFIG) if smoke else {}
     tc.update(payload.get("train_config") or {})
     if smoke and "steps" in payload:
         tc["steps"] = int(payload["steps"])
-    for key in ("curve_eval", "final_eval"):
-        if isinstance(tc.get(key), dict):
-            tc[key] = EvalConfig(**tc[key])
     warm = payload.get("warm_config") or (SMOKE_WARM_CONFIG if smoke else None)
     if warm is None:
-        return TrainConfig(**tc), WarmStartConfig()
+        return train_config_from_dict(tc), WarmStartConfig()
     warm = dict(warm)
     if isinstance(warm.get("model"), dict):
         warm["model"] = {"vocab_size": VOCAB_SIZE, **warm["model"]}
-    return TrainConfig(**tc), warm_config_from_dict(warm)
+    return train_config_from_dict(tc), warm_config_from_dict(warm)
 
 
 def _setup_train(payload: dict, smoke: bool = False):

@@ -36,16 +36,11 @@ def set_single_thread_env() -> None:
 
 
 def _configs(job: Job):
-    from trainers.local.evaluate import EvalConfig
-    from trainers.local.trainer import TrainConfig
+    from trainers.local.trainer import train_config_from_dict
     from trainers.local.warmstart import WarmStartConfig, warm_config_from_dict
 
-    tc = dict(job.train_config)
-    for key in ("curve_eval", "final_eval"):
-        if isinstance(tc.get(key), dict):
-            tc[key] = EvalConfig(**tc[key])
     warm = warm_config_from_dict(job.warm_config) if job.warm_config else WarmStartConfig()
-    return TrainConfig(**tc), warm
+    return train_config_from_dict(job.train_config), warm
 
 
 def run_job(job: Job, progress_queue=None) -> dict:

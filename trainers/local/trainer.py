@@ -49,6 +49,15 @@ class TrainConfig:
         return asdict(self)
 
 
+def train_config_from_dict(d: dict) -> TrainConfig:
+    """A TrainConfig from its ``as_dict()`` form (nested EvalConfigs as dicts)."""
+    d = dict(d)
+    for key in ("curve_eval", "final_eval"):
+        if isinstance(d.get(key), dict):
+            d[key] = EvalConfig(**d[key])
+    return TrainConfig(**d)
+
+
 @dataclass
 class TrainResult:
     algorithm: str
