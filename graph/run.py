@@ -19,7 +19,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from evals.objective import objective_from_directive
+from agents.objective import objective_for
+from evals.objective import ObjectiveSpec, objective_from_directive
 from graph.context import Context
 
 
@@ -69,10 +70,11 @@ def prepare(args: argparse.Namespace):
         probe.unlink()
     except OSError as e:
         raise UsageError(f"cannot write to home {home}: {e.strerror}") from None
-    if args.model and args.model != "builtin":
+    model = None
+    if args.model != "builtin":
         from agents.llm import get_model
         try:
-            get_model("scientist", Context(home=str(home), model=args.model))
+            model = get_model("scientist", Context(home=str(home), model=args.model))
         except Exception as e:  # noqa: BLE001 - a config problem, said in one line
             raise UsageError(str(e)) from None
     try:
@@ -88,9 +90,9 @@ def prepare(args: argparse.Namespace):
         ctx = Context(**{k: v for k, v in run.config.get("context", {}).items()
                          if k in {f.name for f in fields(Context)}})
         ctx.home = str(home)
-        return home, archive, run.id, run.directive, ctx, None
+        return home, archive, run.id, run.directive, ctx, None, run.config
     try:
-        spec = objective_from_directive(args.directive)
+        spec, how = objective_for(args.directive, model)
     except ValueError as e:
         raise UsageError(str(e)) from None
     ctx = Context(home=str(home), candidates=args.candidates, width=args.width,
@@ -99,10 +101,11 @@ def prepare(args: argparse.Namespace):
                   smoke=not args.no_smoke, **_config_file(args.config))
     saved = {k: v for k, v in asdict(ctx).items() if k not in ("home", "chat_models")}
     run_id = archive.start_run(spec.directive, {"context": saved,
-                                                "objective": spec.model_dump()})
+                                                "objective": spec.model_dump(),
+                                                "objective_source": how})
     state = {"run_id": run_id, "directive": spec.directive,
              "objective": spec.model_dump(), "round": 0, "reference": None}
-    return home, archive, run_id, spec.directive, ctx, state
+    return home, archive, run_id, spec.directive, ctx, state, archive.run(run_id).config
 
 
 def _config_file(path: Path | None) -> dict:
@@ -134,7 +137,7 @@ def compile_graph(home: Path):
 
 
 def run(args: argparse.Namespace, console: Console) -> dict:
-    home, archive, run_id, directive, ctx, state = prepare(args)
+    home, archive, run_id, directive, ctx, state, run_config = prepare(args)
     app = compile_graph(home)
     config = {"configurable": {"thread_id": f"run-{run_id}"}, "recursion_limit": 10_000}
     if state is None:  # resuming
@@ -143,9 +146,12 @@ def run(args: argparse.Namespace, console: Console) -> dict:
             raise UsageError(f"run {run_id} has no checkpoint to resume from")
         if not snapshot.next:
             console.print(f"run {run_id} already finished")
-    spec = objective_from_directive(directive)
+    spec = ObjectiveSpec(**run_config["objective"]) if "objective" in run_config else \
+        objective_from_directive(directive)
+    how = run_config.get("objective_source", "builtin keyword mapping")
     console.rule(f"POISE run {run_id}")
-    console.print(f"directive: [bold]{directive}[/bold]\nobjective: {spec.describe()}\n"
+    console.print(f"directive: [bold]{directive}[/bold]\nobjective: {spec.describe()} "
+                  f"({how})\n"
                   f"agents: {ctx.model or 'builtin (offline)'}; trainer: local CPU; "
                   f"budget: {ctx.candidates} candidates x {ctx.seeds} seed(s); home: {home}")
     started = time.time()
