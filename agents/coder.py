@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from agents.prompts import messages, quote_data, quote_text
 from agents.scientist import MAX_CODE_CHARS, cut, proposal_view
 from agents.structured import ReplyError, extract_python_code, invoke_parsed
-from trainers.algorithm import HOOKS
+from trainers.algorithm import HOOKS, parse_source
 
 MAX_FEEDBACK = 8             # verifier messages shown on a retry
 MAX_FEEDBACK_CHARS = 2_000   # per message (tracebacks are long)
@@ -54,7 +54,7 @@ def _feedback_section(feedback: Sequence[str] | None) -> str:
 
 def _parse_module(text: str, name: str) -> str:
     code = extract_python_code(text)
-    tree = ast.parse(code)
+    tree = parse_source(code)
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     if not defined & set(HOOKS):
         raise ReplyError(f"the module defines none of the hooks ({', '.join(HOOKS)}); "

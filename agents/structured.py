@@ -18,6 +18,8 @@ from typing import Any, Callable, Sequence, TypeVar
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ValidationError
 
+from trainers.algorithm import compile_source
+
 MAX_REPLY_CHARS = 200_000   # a longer reply is runaway generation, not an answer
 ECHO_CHARS = 4_000          # how much of a bad reply goes back into the conversation
 
@@ -207,7 +209,7 @@ def extract_python_code(text: str) -> str:
                          "module in exactly one")
     code = python[0].strip("\n") + "\n"
     try:
-        compile(code, "<candidate>", "exec")
+        compile_source(code)
     except SyntaxError as e:
         raise ReplyError(f"the module does not parse: line {e.lineno}: {e.msg}") from None
     return code

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from trainers.algorithm import HOOKS
+from trainers.algorithm import HOOKS, parse_source
 from trainers.sandbox import SandboxResult, check_source, run_in_sandbox
 
 Stage = Literal["static", "dynamic", "smoke", "consistency"]
@@ -129,7 +129,7 @@ def static_problems(source: str) -> tuple[list[str], list[str]]:
     if problems and (problems[0].startswith("the candidate source")
                      or "syntax error" in problems[0]):
         return problems, []
-    tree = ast.parse(source)
+    tree = parse_source(source)
     warnings: list[str] = []
     defs: dict[str, list[ast.FunctionDef]] = {}
     assigned: dict[str, ast.AST] = {}
@@ -310,7 +310,7 @@ def _judge_consistency(proposal: str, source: str, judge: ConsistencyJudge | Non
 
 
 def _defined_hooks(source: str) -> set[str]:
-    tree = ast.parse(source)
+    tree = parse_source(source)
     return {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in HOOKS}
 
 

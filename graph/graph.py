@@ -217,15 +217,21 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
     except Exception as e:  # noqa: BLE001
         return Command(goto="analyst", update={"status": FAILED_VERIFICATION,
                                                "error": f"verifier crashed: {e}"})
-    spans = state.get("verify_spans", []) + [[began, time.time()]]
+    ended = time.time()
+    spans = state.get("verify_spans", []) + [[began, ended]]
+    smoke_wall = report.metrics.get("smoke", {}).get("wall_s")
+    smoke_spans = state.get("smoke_spans", []) + (
+        [[ended - smoke_wall, ended]] if smoke_wall else [])
     if not report.passed:
         feedback = list(report.feedback)
         rendered = bool(state["proposal"].get("genome"))  # re-rendering gives the same code
         if not rendered and state.get("attempts", 0) <= ctx.max_repairs:
             return Command(goto="coder", update={"feedback": feedback,
-                                                 "verify_spans": spans})
+                                                 "verify_spans": spans,
+                                                 "smoke_spans": smoke_spans})
         return Command(goto="analyst", update={
             "status": FAILED_VERIFICATION, "feedback": feedback, "verify_spans": spans,
+            "smoke_spans": smoke_spans,
             "error": f"verification failed at {report.stage}: " + "; ".join(feedback[:3])})
     if state["round"] > 0:
         # Builtin proposals are novel by construction (the scientist redraws a genome
@@ -237,10 +243,11 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
                                             threshold=threshold)
         if nov.duplicate:
             return Command(goto="analyst", update={
-                "status": DUPLICATE, "verify_spans": spans,
+                "status": DUPLICATE, "verify_spans": spans, "smoke_spans": smoke_spans,
                 "error": "near-duplicate of an archived candidate: "
                 + "; ".join(m.reason for m in nov.matches[:2])})
-    return Command(goto="trainer", update={"feedback": [], "verify_spans": spans})
+    return Command(goto="trainer", update={"feedback": [], "verify_spans": spans,
+                                           "smoke_spans": smoke_spans})
 
 
 @guarded
@@ -333,6 +340,7 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
                    "signature": genome, "genes": genome.split(";") if genome else None,
                    "kind": prop.get("kind"), "feedback": state.get("feedback") or [],
                    "verify_spans": state.get("verify_spans", []),
+                   "smoke_spans": state.get("smoke_spans", []),
                    "train_spans": [r["span"] for r in state.get("results") or [] if r]}
         cid = arch.add_candidate(
             state["run_id"], arch.unique_name(prop["name"]), state["round"],

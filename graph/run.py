@@ -162,8 +162,9 @@ def run(args: argparse.Namespace, console: Console) -> dict:
     print_leaderboard(archive, run_id, console)
     shares = summary["time_shares"]
     console.print(f"wall time {wall:.0f} s: training+evaluation "
-                  f"{100 * shares['training_and_evaluation']:.1f}%, verification "
-                  f"{100 * shares['verification']:.1f}%, orchestration "
+                  f"{100 * shares['training_and_evaluation']:.1f}%, verifier smoke training "
+                  f"{100 * shares['smoke_training']:.1f}%, verifier checks "
+                  f"{100 * shares['verification_checks']:.1f}%, orchestration "
                   f"{100 * shares['orchestration']:.1f}%; summary: "
                   f"{home / 'runs' / str(run_id) / 'summary.json'}")
     return summary
@@ -205,18 +206,25 @@ def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
              "generation": c.generation, "error": c.error} for c in cands]
     board = archive.leaderboard(run_id)
     end = time.time()
-    train = _covered([s for c in cands for s in (c.details or {}).get("train_spans", [])],
-                     end - wall, end)
-    verify = _covered([s for c in cands for s in (c.details or {}).get("verify_spans", [])]
-                      + [s for c in cands for s in (c.details or {}).get("train_spans", [])],
-                      end - wall, end) - train
+
+    def spans(*keys):
+        return [sp for c in cands for k in keys for sp in (c.details or {}).get(k, [])]
+
+    # Training and evaluation = the trainer's sandboxed jobs; the verifier's few-step
+    # smoke training is reported apart, as is the rest of verification (static and
+    # sandboxed hook checks), so each reading of "orchestration" can be taken.
+    lo = end - wall
+    train = _covered(spans("train_spans"), lo, end)
+    smoke = _covered(spans("train_spans", "smoke_spans"), lo, end) - train
+    checks = _covered(spans("train_spans", "verify_spans"), lo, end) - train - smoke
     summary = {"run_id": run_id, "directive": directive, "candidates": rows,
                "best": ({"id": board[0].candidate_id, "name": board[0].name,
                          "fitness": board[0].fitness} if board else None),
                "wall_seconds": wall,
                "time_shares": {"training_and_evaluation": train / wall,
-                               "verification": verify / wall,
-                               "orchestration": max(0.0, 1 - (train + verify) / wall)}}
+                               "smoke_training": smoke / wall,
+                               "verification_checks": checks / wall,
+                               "orchestration": max(0.0, 1 - (train + smoke + checks) / wall)}}
     out = home / "runs" / str(run_id)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "summary.json.tmp"

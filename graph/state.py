@@ -47,6 +47,7 @@ class CandidateState(TypedDict, total=False):
     feedback: list[str]                 # the verifier's last feedback for the coder
     results: list[dict]                 # per-seed TrainResult dicts (+ "span": wall times)
     verify_spans: list[list[float]]     # [start, end] wall times of verifier calls
+    smoke_spans: list[list[float]]      # ... and of their smoke-training parts
     fitness: float | None
     diagnosis: dict                     # text, tags
     status: str                         # archive status once decided

@@ -46,7 +46,7 @@ def test_run_archives_every_candidate_with_lineage_and_reflection(tmp_path):
             assert c["error"], c  # a failure carries its reason
     assert summary["best"] is not None
     shares = summary["time_shares"]
-    assert shares["training_and_evaluation"] > 0 and shares["verification"] > 0
+    assert shares["training_and_evaluation"] > 0 and shares["verification_checks"] > 0
     assert abs(sum(shares.values()) - 1) < 1e-6
     from memory.archive import Archive
     with Archive(home) as a:

@@ -18,7 +18,9 @@ wrapped module runs in the local trainer and (through an adapter) in VERL.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
+import threading
 import types
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,6 +30,24 @@ import torch
 from torch import Tensor
 
 HOOKS = ("shape_reward", "compute_advantages", "policy_loss")
+
+# CPython 3.11's parser is not thread-safe: two threads parsing at once can fail with
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905), and
+# the graph verifies candidates in parallel threads. Every parse in the process goes
+# through this lock.
+PARSE_LOCK = threading.Lock()
+
+
+def parse_source(source: str, filename: str = "<candidate>") -> ast.Module:
+    """``ast.parse`` under the process-wide parse lock."""
+    with PARSE_LOCK:
+        return ast.parse(source, filename)
+
+
+def compile_source(source: str, filename: str = "<candidate>"):
+    """``compile(..., "exec")`` under the process-wide parse lock."""
+    with PARSE_LOCK:
+        return compile(source, filename, "exec")
 
 
 class CandidateError(Exception):
@@ -109,7 +129,7 @@ def load_module(source: str | Path, *, name: str | None = None) -> types.ModuleT
     """
     text, origin = _read_source(source)
     try:
-        code = compile(text, origin, "exec")
+        code = compile_source(text, origin)
     except SyntaxError as e:
         raise CandidateError("load", f"syntax error at line {e.lineno}: {e.msg}") from None
     module = types.ModuleType(name or "poise_candidate")

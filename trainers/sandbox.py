@@ -52,6 +52,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+from trainers.algorithm import parse_source
+
 Kind = Literal["ok", "timeout", "memory", "crash", "contract", "blocked"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MARKER = "POISE_SANDBOX_RUN"
@@ -304,7 +306,7 @@ def check_source(source: str) -> list[str]:
         return [f"the candidate source is {len(source)} characters; the limit is "
                 f"{MAX_SOURCE_CHARS}"]
     try:
-        tree = ast.parse(source)
+        tree = parse_source(source)
     except SyntaxError as e:
         return [f"line {e.lineno}: syntax error: {e.msg}"]
     except (ValueError, RecursionError, MemoryError) as e:
