@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from trainers.algorithm import load_algorithm
-from trainers.local.evaluate import evaluate, testbed_profile
+from trainers.local import evaluate as ev
 from trainers.local.trainer import TrainConfig, train
 from trainers.local.warmstart import WarmStartConfig, load_or_build
 
@@ -21,7 +21,7 @@ def warm(tmp_path_factory):
 
 
 def test_warm_start_gives_grpo_something_to_work_with(warm):
-    prof = testbed_profile(warm)
+    prof = ev.testbed_profile(warm)
     for fam, row in prof.items():
         assert row["t1_invalid"] >= 2.0, (fam, row)          # the format breaks
         assert row["correct_length_sd"] >= 2.0, (fam, row)   # length varies among correct
@@ -32,7 +32,7 @@ def test_warm_start_gives_grpo_something_to_work_with(warm):
 
 def test_grpo_improves_and_the_sign_flipped_control_collapses(warm):
     cfg = replace(TrainConfig(), steps=40, eval_every=20)
-    start = evaluate(warm, cfg.final_eval)["overall"]
+    start = ev.evaluate(warm, cfg.final_eval)["overall"]
     grpo = train(load_algorithm("grpo"), warm, seed=0, cfg=cfg)
     flip = train(load_algorithm("evals/calibration/sign_flip.py"), warm, seed=0, cfg=cfg)
     assert grpo.final["overall"] > start + 5, (start, grpo.final["overall"])
