@@ -252,22 +252,27 @@ def _check_finite(hook: str, out: Tensor) -> None:
                              f"(NaN or inf) out of {out.numel()}")
 
 
-def load_algorithm(spec: str | Path) -> Algorithm:
-    """A shipped baseline by name (``grpo``, ``dr_grpo``, ...) or a candidate .py file."""
+def resolve_algorithm(spec: str | Path) -> tuple[str, str]:
+    """A shipped baseline (module name ``dr_grpo`` or its slug ``dr-grpo``) or a candidate
+    .py file -> (label, source text); the label is the module name or the file's stem."""
     from trainers.baselines import BASELINES, baseline_source
 
     key = str(spec).strip()
-    if key.replace("-", "_") in BASELINES:  # the module name or its NAME slug
+    if key.replace("-", "_") in BASELINES:
         key = key.replace("-", "_")
-    if key in BASELINES:
-        return Algorithm.from_source(baseline_source(key))
+        return key, baseline_source(key)
     path = Path(key)
     if path.suffix == ".py":
         if not path.is_file():
             raise CandidateError("load", f"no such candidate file: {path}")
-        return Algorithm.from_source(path)
+        return path.stem, path.read_text()
     raise CandidateError("load", f"unknown algorithm {key!r}: expected one of "
                          f"{', '.join(BASELINES)} or a path to a .py candidate file")
+
+
+def load_algorithm(spec: str | Path) -> Algorithm:
+    """A shipped baseline by name (``grpo``, ``dr_grpo``, ...) or a candidate .py file."""
+    return Algorithm.from_source(resolve_algorithm(spec)[1])
 
 
 def group_stats(values: Tensor, group: Tensor, num_groups: int | None = None
@@ -283,4 +288,5 @@ def group_stats(values: Tensor, group: Tensor, num_groups: int | None = None
 
 
 __all__ = ["Rollouts", "Algorithm", "CandidateError", "load_module", "load_algorithm",
+           "resolve_algorithm",
            "code_hash", "group_stats", "HOOKS", "ROLLOUT_FIELDS"]

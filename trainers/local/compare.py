@@ -24,27 +24,13 @@ from rich.table import Table
 
 from evals.stats import format_ci, mean_ci, paired_diff_ci
 from evals.tasks import FAMILIES, HARD_FAMILY, PASS_K
-from trainers.algorithm import CandidateError
-from trainers.baselines import BASELINES, baseline_source
+from trainers.algorithm import CandidateError, resolve_algorithm
+from trainers.baselines import BASELINES
 from trainers.local.jobs import Job, run_jobs
 from trainers.local.trainer import TrainConfig
 from trainers.local.warmstart import WarmStartConfig, default_home, load_or_build
 
 OVERALL_KEY = "overall"
-
-
-def resolve_algorithm(spec: str) -> tuple[str, str]:
-    """A baseline name or a candidate .py path -> (label, source text)."""
-    spec = spec.strip()
-    if spec in BASELINES:
-        return spec, baseline_source(spec)
-    path = Path(spec)
-    if path.suffix == ".py":
-        if not path.is_file():
-            raise CandidateError("load", f"no such candidate file: {path}")
-        return path.stem, path.read_text()
-    raise CandidateError("load", f"unknown algorithm {spec!r}: expected one of "
-                         f"{', '.join(BASELINES)} or a path to a .py candidate file")
 
 
 def validity_auc(run: dict) -> float:
