@@ -167,6 +167,11 @@ def run(args: argparse.Namespace, console: Console) -> dict:
                   f"{100 * shares['verification_checks']:.1f}%, orchestration "
                   f"{100 * shares['orchestration']:.1f}%; summary: "
                   f"{home / 'runs' / str(run_id) / 'summary.json'}")
+    try:  # the report is a view of the archive: its failure must not fail the run
+        from graph.report import write_report
+        console.print(f"report: {write_report(home, run_id)}", soft_wrap=True)
+    except Exception as e:  # noqa: BLE001 - said as a warning, the run's results stand
+        console.print(f"[yellow]warning: report not written: {e}[/yellow]")
     return summary
 
 
