@@ -136,8 +136,11 @@ def compile_graph(home: Path):
     return builder.compile(checkpointer=SqliteSaver(conn))
 
 
-def run(args: argparse.Namespace, console: Console) -> dict:
+def run(args: argparse.Namespace, console: Console, on_start=None) -> dict:
+    """Run (or resume) the loop. ``on_start(run_id)`` is called once the run exists."""
     home, archive, run_id, directive, ctx, state, run_config = prepare(args)
+    if on_start is not None:
+        on_start(run_id)
     app = compile_graph(home)
     config = {"configurable": {"thread_id": f"run-{run_id}"}, "recursion_limit": 10_000}
     if state is None:  # resuming

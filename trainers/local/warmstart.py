@@ -40,9 +40,11 @@ class WarmStartConfig:
 
 
 def warm_config_from_dict(d: dict) -> WarmStartConfig:
+    from evals.tasks import VOCAB_SIZE
+
     d = dict(d)
-    if isinstance(d.get("model"), dict):
-        d["model"] = ModelConfig(**d["model"])
+    if isinstance(d.get("model"), dict):  # the vocabulary is the task's unless given
+        d["model"] = ModelConfig(**{"vocab_size": VOCAB_SIZE, **d["model"]})
     if isinstance(d.get("noise"), dict):
         d["noise"] = CorpusNoise(**d["noise"])
     return WarmStartConfig(**d)

@@ -1,0 +1,111 @@
+"""The discovery campaign end to end on the tiny testbed: search (the real loop), promote,
+test on the held-out split with paired seeds, rediscovery, report; resumes; bad input.
+
+The tiny testbed cannot learn arithmetic (every score is 0), so this checks the plumbing
+and the bookkeeping, not a discovery: the real campaign's numbers are in the README."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = Path(__file__).parent / "data" / "tiny_context.json"
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--candidates", "2", "--width", "2", "--screen-steps", "2", "--steps", "3",
+        "--promote", "1", "--promote-seeds", "2", "--seeds", "2", "--baselines", "grpo,rloo",
+        "--rediscovery", "--no-smoke", "--config", str(TINY), "--quiet"]
+
+
+def _campaign(tmp_path, *extra, directive="accurate and concise"):
+    return subprocess.run([sys.executable, "-m", "evals.campaign", "--directive", directive,
+                           "--home", str(tmp_path / "home"), "--out", str(tmp_path / "out"),
+                           *extra], cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("campaign")
+    r = _campaign(tmp, *ARGS)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return tmp, r
+
+
+def test_campaign_writes_every_stage(campaign):
+    tmp, _ = campaign
+    out = tmp / "out"
+    data = json.loads((out / "campaign.json").read_text())
+    assert data["directive"] == "accurate and concise"
+    assert "shortening" in data["objective"]
+    # search: the loop archived the seed + 2 candidates
+    from memory.archive import Archive
+    with Archive(tmp / "home") as a:
+        cands = a.candidates(data["run_id"])
+        assert len(cands) == 3 and a.run(data["run_id"]).status == "done"
+        names = {c.name for c in cands if c.generation > 0}
+    # promotion: one candidate from the search, 2 fresh seeds, val split
+    prom = data["promote"]
+    assert [r["name"] for r in prom["rows"]] == [prom["winner"]]
+    assert prom["winner"] in names and prom["rows"][0]["seeds"] == 2
+    assert prom["seeds"] == [1000, 1001]
+    # test: the baselines asked for + the winner, paired fresh seeds, CIs vs GRPO
+    test = data["test"]
+    assert test["seeds"] == [2000, 2001]
+    labels = [r["algorithm"] for r in test["rows"]]
+    assert labels == ["grpo", "rloo", f"winner:{prom['winner']}"]
+    for r in test["rows"][1:]:
+        ci = r["delta_vs_baseline_ci95"]
+        assert ci["n"] == 2 and ci["low"] <= ci["mean"] <= ci["high"]
+    assert test["best_baseline"] in ("grpo", "rloo")
+    assert test["vs_best_baseline"]["overall"]["n"] == 2
+    # winner: lineage from the root GRPO to the winner, mechanism in words and math
+    assert data["lineage"][0]["name"] == "grpo" and data["lineage"][-1]["name"] == prom["winner"]
+    assert data["mechanism"]["signature"] and data["mechanism"]["words"]
+    # rediscovery: DAPO and Dr. GRPO scored at the screening budget
+    for k in ("dapo", "dr_grpo"):
+        v = data["rediscovery"][k]
+        assert "score" in v and v["known_genes"] >= 3 and len(v["closest"]) == 2
+    comp = data["compute"]
+    assert comp["total_cpu_s"] > 0 and comp["test_cpu_s"] > 0 and comp["search_wall_s"] > 0
+    md = (out / "campaign.md").read_text()
+    assert "Held-out test split" in md and "Rediscovery" in md and "Lineage" in md
+    assert "python -m evals.campaign --directive 'accurate and concise'" in md
+    png = (out / "best_so_far.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_rerun_resumes_without_training_again(campaign):
+    tmp, _ = campaign
+    cache = tmp / "home" / "campaign-cache"
+    before = sorted(p.name for p in cache.iterdir())
+    r = _campaign(tmp, *ARGS)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "already finished" in r.stdout
+    assert sorted(p.name for p in cache.iterdir()) == before  # every run came from cache
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--candidates", "0"], "--candidates must be at least 1"),
+    (["--seeds", "1"], "at least 2"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    r = _campaign(tmp_path, *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unknown_baseline_is_refused_before_any_test_training(tmp_path):
+    from evals.campaign import CampaignError, parse_args, test_stage
+    from rich.console import Console
+
+    args = parse_args(["--directive", "accurate", "--out", str(tmp_path),
+                       "--baselines", "grpo,nope"])
+    with pytest.raises(CampaignError, match=r"unknown: \['nope'\]"):
+        test_stage(args, tmp_path, ("w", "x"), {}, Console(quiet=True))
+    assert not (tmp_path / "campaign-cache").exists()
+
+
+def test_out_dir_of_another_directive_is_refused(campaign):
+    tmp, _ = campaign
+    r = _campaign(tmp, *ARGS, directive="accurate")
+    assert r.returncode == 2 and "holds a campaign" in r.stderr
