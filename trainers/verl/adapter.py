@@ -37,6 +37,7 @@ GPG, CISPO) it weighs micro-batch token means by sequences instead of tokens.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from dataclasses import dataclass
 
@@ -97,6 +98,7 @@ class Settings:
     max_length: int           # data.max_response_length: the response budget in tokens
     total_steps: int          # trainer.total_training_steps
     run_token: str = "local"  # tells apart runs of one candidate on one Ray cluster
+    step_log: str = ""        # JSONL the estimator appends its per-step stats to ("": none)
 
 
 class StepClock:
@@ -113,9 +115,7 @@ class StepClock:
         self.calls = 0
 
     def advance(self) -> int:
-        from verl.utils.skip.skip_manager import SkipManager
-
-        step = SkipManager.step - 1 if SkipManager.step >= 1 else self.calls
+        step = verl_global_step() - 1 if verl_global_step() >= 1 else self.calls
         self.calls += 1
         with self._lock:
             self._local[self.key] = step
@@ -137,6 +137,13 @@ class StepClock:
             if raw is not None:
                 return int(raw)
         return None
+
+
+def verl_global_step() -> int:
+    """verl's 1-based global step in a trainer process, -1 elsewhere."""
+    from verl.utils.skip.skip_manager import SkipManager
+
+    return int(SkipManager.step)
 
 
 def _ray_ready() -> bool:
@@ -222,9 +229,27 @@ class VerlCandidate:
         rewards = self.algorithm.shape_reward(batch)                    # (bs,)
         adv = self.algorithm.compute_advantages(batch, rewards)         # (bs,) or (bs, T)
         adv = (adv.unsqueeze(-1) if adv.dim() == 1 else adv) * batch.response_mask
-        adv = adv.to(token_level_rewards.dtype if token_level_rewards.is_floating_point()
-                      else torch.float32)
+        if self.settings.step_log:
+            self._log_step(batch, rewards)
+        adv = adv.float()
         return adv, adv
+
+    def _log_step(self, batch: Rollouts, rewards: Tensor) -> None:
+        """One line per estimate in verl's file-logger format ({"step", "data"}), with
+        what verl does not log: the shaped reward, accuracy and validity of the batch.
+        ``step`` is verl's 1-based global step (the estimator's step + 1)."""
+        per_group = torch.zeros(batch.num_groups).index_add_(0, batch.group,
+                                                             batch.correct.float())
+        size = torch.bincount(batch.group).float()
+        data = {"poise/reward": float(rewards.mean()),
+                "poise/accuracy": float(batch.correct.float().mean()),
+                "poise/validity": float(batch.valid.float().mean()),
+                "poise/response_length": float(batch.length.float().mean()),
+                "poise/all_fail_groups": float((per_group == 0).float().mean()),
+                "poise/all_correct_groups": float((per_group == size).float().mean())}
+        line = json.dumps({"step": batch.step + 1, "data": data}) + "\n"
+        with open(self.settings.step_log, "a") as fh:  # one write: whole lines
+            fh.write(line)
 
     def compute_policy_loss(self, old_log_prob: Tensor, log_prob: Tensor, advantages: Tensor,
                             response_mask: Tensor, loss_agg_mode: str = "token-mean",

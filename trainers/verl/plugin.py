@@ -139,7 +139,7 @@ from trainers.verl.reward import compute_score  # noqa: F401
 
 NAME = {analysis.registered!r}
 SETTINGS = Settings(max_length={settings.max_length!r}, total_steps={settings.total_steps!r},
-                    run_token={settings.run_token!r})
+                    run_token={settings.run_token!r}, step_log={settings.step_log!r})
 CANDIDATE_SOURCE = {source!r}
 
 CANDIDATE = register_candidate(CANDIDATE_SOURCE, SETTINGS, name=NAME)
