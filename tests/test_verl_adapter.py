@@ -66,12 +66,32 @@ def local_advantages(algo, batch):
     return (adv[:, None] if adv.dim() == 1 else adv) * batch.response_mask
 
 
+# Candidates whose reward reads what only the outcome code and the mask carry.
+SHAPED = {
+    "format-penalty": '''
+import torch
+NAME = "format-penalty"
+def shape_reward(batch):
+    return batch.correct.float() - 0.5 * (~batch.valid).float()        # (N,)
+''',
+    "dace": '''
+import torch
+NAME = "dace"
+def shape_reward(batch):
+    frac = batch.length.float() / batch.max_length                      # (N,)
+    return batch.correct.float() * (1.0 - 0.3 * frac)
+''',
+}
+
+
+def source_of(name):
+    return SHAPED[name] if name in SHAPED else baseline_source(name)
+
+
 @pytest.fixture(scope="module")
 def registered():
-    out = {}
-    for name in BASELINES:
-        out[name] = register_candidate(baseline_source(name), SETTINGS)
-    return out
+    return {name: register_candidate(source_of(name), SETTINGS)
+            for name in (*BASELINES, *SHAPED)}
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +112,7 @@ def actor_config(**global_info):
 
 def test_every_baseline_is_in_verls_registries_under_a_unique_name(registered):
     names = {c.name for c in registered.values()}
-    assert len(names) == len(BASELINES)
+    assert len(names) == len(registered)
     for cand in registered.values():
         assert cand.name.startswith("poise_") and cand.source_hash[:8] in cand.name
         assert core_algos.get_adv_estimator_fn(cand.name) == cand.estimate_advantages
@@ -111,11 +131,11 @@ def test_registering_again_is_idempotent_and_a_clash_is_refused(registered):
 
 # ----------------------------------------------------------------------------- advantages
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", (*BASELINES, *SHAPED))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_advantages_through_verl_match_the_local_hooks(registered, name, seed):
     batch = make_batch(seed)
-    algo = Algorithm.from_source(baseline_source(name))
+    algo = Algorithm.from_source(source_of(name))
     rewards, mask, index = verl_inputs(batch)
     fn = core_algos.get_adv_estimator_fn(registered[name].name)
     adv, returns = fn(token_level_rewards=rewards, response_mask=mask, index=index,

@@ -52,6 +52,8 @@ def test_config_from_yaml_env_file_and_env_vars(tmp_path):
                       "OPENAI_API_KEY=unrelated\nPOISE_VERL_VAL_FILES=x.parquet,y.parquet\n")
     cfg = load_verl_config(None, env={"POISE_TRAINER_CONFIG": str(dotenv)})
     assert cfg.ray_address == "http://head:8265" and cfg.val_files == ["x.parquet", "y.parquet"]
+    example = Path(__file__).resolve().parents[1] / "trainers" / "verl" / "verl.example.yaml"
+    assert load_verl_config(example, env={}).val_n == 32
 
 
 @pytest.mark.parametrize("text, message", [
@@ -60,6 +62,7 @@ def test_config_from_yaml_env_file_and_env_vars(tmp_path):
     ("verl: {rollout_n: 1}", "at least 2"),
     ("verl: {ray_address: head:8265}", "http://host:8265"),
     ("verl: [1, 2]", "must be a mapping"),
+    ("verl: {overall_weights: {aime24/pass@32: 0.5}}", "sum to 1"),
 ])
 def test_bad_configs_say_what_is_wrong(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
@@ -307,11 +310,29 @@ def test_tailer_reads_verls_file_logger_into_curves_and_an_evaluation(tmp_path, 
     val = record["metrics"]["val"]
     assert record["step"] == 0 and record["backend"] == "verl"
     assert val["aime24/acc@1"] == pytest.approx(100 * 6 / 16)   # mean@4 of acc
-    assert 0 < val["aime24/pass@4"] <= 75.0                     # 3 of 4 prompts solvable
+    assert 0 < val["aime24/pass@4"] < 75.0     # verl's bootstrap: below the true 3 of 4
+    assert record["pass_at_k"] == "verl's bootstrap best@k"
     assert val["math500/valid"] == 50.0 and val["math500/acc@1"] == 50.0
     assert val["overall"] == pytest.approx(0.5 * val["aime24/pass@4"] + 25.0)
     assert record["objectives"]["neg_length"] == -val["length"]
     logger.finish()
+    # verl's per-sample validation dump (the fields PPOTrainer._write_generations writes)
+    # gives the unbiased pass@k the local backend reports
+    val_dir = tmp_path / "val_generations"
+    val_dir.mkdir()
+    with open(val_dir / "0.jsonl", "w") as fh:
+        for j, (source, uid, response, truth) in enumerate(outputs):
+            info = compute_score(source, response, truth)
+            fh.write(json.dumps({"input": uid, "output": response, "gts": truth,
+                                 "score": info["score"], "step": 0, **info,
+                                 "uid": f"{uid}_0_{j}"}) + "\n")
+    tail.val_dir = val_dir
+    record = tail.evaluation()
+    val = record["metrics"]["val"]
+    assert record["pass_at_k"].startswith("unbiased")
+    assert val["aime24/pass@4"] == pytest.approx(75.0)
+    assert val["aime24/pass@2"] == pytest.approx(100 * (0 + 0.5 + 5 / 6 + 1) / 4)
+    assert val["aime24/pass@1"] == pytest.approx(val["aime24/acc@1"])
 
 
 def test_a_restarted_run_is_read_from_the_start(tmp_path):

@@ -13,7 +13,9 @@ response mask; groups from ``index``) and runs the candidate's ``shape_reward`` 
 ``compute_advantages`` (GRPO's where the candidate omits one): the candidate's shaped
 reward is what trains, the code is only the carrier. This needs
 ``algorithm.use_kl_in_reward=False`` (the launcher sets it; a KL-shaped reward is refused
-with a message).
+with a message). Because verl logs only the code (``critic/score``), the estimator
+appends the batch's shaped reward, accuracy and validity to ``Settings.step_log``, in
+verl's file-logger format (read by trainers/verl/metrics.py).
 
 The policy loss runs on a micro-batch on a GPU worker; verl passes it no group ids and no
 outcomes. What it sees as ``batch``:

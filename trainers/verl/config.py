@@ -92,10 +92,13 @@ class VerlConfig:
                             f"{self.ray_address!r}")
         if not self.model:
             problems.append("model is empty")
-        for key, w in self.overall_weights.items():
-            if "/" not in str(key) or not isinstance(w, (int, float)) or w <= 0:
-                problems.append(f"overall_weights: {key!r}: {w!r} must be "
-                                "'<source>/<metric>': positive number")
+        if self.overall_weights:
+            from evals.metrics import OverallSpec
+
+            try:
+                OverallSpec(self.overall_weights)
+            except ValueError as e:
+                problems.append(f"overall_weights: {e}")
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -141,6 +141,8 @@ def override_values(cfg: VerlConfig, plugin: Plugin, run_dir: Path, seed: int,
         "trainer.val_before_train": True,
         "trainer.critic_warmup": 0,
         "trainer.default_local_dir": str(run_dir / "checkpoints"),
+        # per-sample validation results: unbiased pass@k (trainers/verl/metrics.py)
+        "trainer.validation_data_dir": str(run_dir / "val_generations"),
     }
     # verl passes this runtime_env to ray.init: every actor gets the plugin and the logs.
     for key, value in env.items():
@@ -292,7 +294,7 @@ def launch(plan: LaunchPlan, poll_s: float = 10.0, on_poll=None,
 
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = plan.run_dir / "launch.log"
-    tail = MetricsTail(plan.metrics_path, plan.step_log)
+    tail = MetricsTail(plan.metrics_path, plan.step_log, plan.run_dir / "val_generations")
     started = time.time()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(plan.command, env={**os.environ, **plan.env}, stdout=log,

@@ -18,7 +18,9 @@ grad_norm when logged). ``evaluation()`` turns the validation metrics into the f
 record the local backend writes (trainers/local/evaluate.py), in points (0-100):
 ``<source>/acc@1`` (mean@N of ``acc``: greedy accuracy when validation draws one
 greedy sample, else the mean single-sample accuracy at the validation temperature),
-``<source>/pass@k`` (verl's ``acc/best@k/mean``, a bootstrap estimate from N samples),
+``<source>/pass@k`` (the unbiased estimator of Chen et al., as the local backend, from
+verl's per-sample validation dump in ``trainer.validation_data_dir`` when it is there;
+else verl's ``acc/best@k/mean``, a bootstrap with replacement that underestimates it),
 ``<source>/valid``, ``<source>/length`` (characters, see trainers/verl/reward.py), the
 means over sources ``acc@1`` / ``valid`` / ``length``, and ``overall`` when Overall
 weights are configured and every weighted metric was measured.
@@ -87,6 +89,7 @@ class MetricsTail:
 
     verl_log: Path
     step_log: Path | None = None
+    val_dir: Path | None = None   # trainer.validation_data_dir: <step>.jsonl per validation
     steps: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -136,24 +139,66 @@ class MetricsTail:
         if not vals:
             return None
         step, raw = vals[-1]
-        flat = evaluation_metrics(raw, overall_weights)
+        flat, how = self._flat(step, raw, overall_weights)
         return {"backend": "verl", "step": step, "metrics": {"val": flat},
+                "pass_at_k": how,
                 "objectives": {k: v for k, v in (("overall", flat.get("overall")),
                                                  ("neg_length", -flat["length"]
                                                   if "length" in flat else None))
                                if v is not None},
                 "curves": self.curves(),
-                "evals": [{"step": s, **evaluation_metrics(r, overall_weights)}
+                "evals": [{"step": s, **self._flat(s, r, overall_weights)[0]}
                           for s, r in vals]}
+
+    def _flat(self, step: int, raw: dict, overall_weights: dict | None
+              ) -> tuple[dict[str, float], str]:
+        dump = Path(self.val_dir) / f"{step}.jsonl" if self.val_dir is not None else None
+        exact = pass_at_k_from_dump(dump) if dump is not None and dump.is_file() else {}
+        how = "unbiased, from verl's validation dump" if exact else "verl's bootstrap best@k"
+        return evaluation_metrics(raw, overall_weights, exact), how
 
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def evaluation_metrics(raw: dict[str, float], overall_weights: dict | None = None
-                       ) -> dict[str, float]:
-    """verl's ``val-core|val-aux/<source>/<var>/<metric>`` -> the local record's keys."""
+def pass_at_k_from_dump(path: Path) -> dict[str, float]:
+    """``<source>/pass@k`` (points) from one validation dump of verl
+    (``PPOTrainer._write_generations``: one JSON object per sample with ``uid``
+    ``<prompt uid>_<session>_<index>`` and the reward's extra info ``acc``, ``source``),
+    for k = 1, 2, 4, ... up to the fewest samples any prompt of the source has."""
+    import numpy as np
+
+    from evals.metrics import pass_at_k
+
+    counts: dict[str, dict[str, list[int]]] = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            source, acc = str(rec["source"]), float(rec["acc"])
+        except (ValueError, KeyError, TypeError):
+            continue  # an unfinished line, or a sample without POISE's extra info
+        parts = str(rec.get("uid", "")).rsplit("_", 2)
+        prompt = parts[0] if len(parts) == 3 else str(rec.get("input", ""))
+        nc = counts.setdefault(source, {}).setdefault(prompt, [0, 0])
+        nc[0] += 1
+        nc[1] += int(acc > 0.5)
+    out = {}
+    for source, by_prompt in counts.items():
+        n, c = np.array(list(by_prompt.values())).T
+        k = 1
+        while k <= n.min():
+            out[f"{source}/pass@{k}"] = 100.0 * float(np.mean(pass_at_k(n, c, k)))
+            k *= 2
+        if n.min() & (n.min() - 1):  # also k = n when n is not a power of two
+            out[f"{source}/pass@{n.min()}"] = 100.0 * float(np.mean(pass_at_k(n, c, n.min())))
+    return out
+
+
+def evaluation_metrics(raw: dict[str, float], overall_weights: dict | None = None,
+                       exact_pass: dict[str, float] | None = None) -> dict[str, float]:
+    """verl's ``val-core|val-aux/<source>/<var>/<metric>`` -> the local record's keys;
+    ``exact_pass`` (from ``pass_at_k_from_dump``) replaces verl's bootstrap pass@k."""
     per_source: dict[str, dict[str, float]] = {}
     for key, value in raw.items():
         parts = key.split("/")
@@ -167,6 +212,13 @@ def evaluation_metrics(raw: dict[str, float], overall_weights: dict | None = Non
                 out[name] = value if name == "length" else 100.0 * value
         elif var == "acc" and metric.startswith("best@") and metric.endswith("/mean"):
             out[f"pass@{metric[len('best@'):-len('/mean')]}"] = 100.0 * value
+    if exact_pass:
+        for m in per_source.values():
+            for k in [k for k in m if k.startswith("pass@")]:
+                del m[k]
+        for key, value in exact_pass.items():
+            source, metric = key.split("/", 1)
+            per_source.setdefault(source, {})[metric] = value
     flat: dict[str, float] = {}
     for source, metrics in sorted(per_source.items()):
         flat.update({f"{source}/{k}": v for k, v in metrics.items()})
