@@ -15,7 +15,7 @@ from trainers.verl import data as verl_data
 from trainers.verl.adapter import Settings, register_candidate
 from trainers.verl.config import ConfigError, VerlConfig, load_verl_config
 from trainers.verl.launcher import (LaunchError, check_composed, compose, hydra_value,
-                                    plan_launch, preflight)
+                                    launch, plan_launch, preflight)
 from trainers.verl.metrics import JsonlTail, MetricsTail, evaluation_metrics
 from trainers.verl.reward import compute_score
 
@@ -148,6 +148,34 @@ def test_a_ray_cluster_gets_a_job_submission(parquet_files, tmp_path):
     assert entry[:3] == ["python3", "-m", "verl.trainer.main_ppo"]
     composed = compose(plan.overrides)
     assert composed.reward.custom_reward_function.path == plan.plugin.path.name  # in working_dir
+
+
+def test_launch_runs_the_command_and_tails_its_metrics(grpo_plan, tmp_path):
+    """verl cannot train here; a stand-in child writes verl's log format to the plan's
+    VERL_FILE_LOGGER_PATH, as main_ppo would, and the launcher tails it to the end."""
+    import dataclasses
+    import sys
+
+    writer = (
+        "import json, os, time\n"
+        "path = os.environ['VERL_FILE_LOGGER_PATH']\n"
+        "os.makedirs(os.path.dirname(path), exist_ok=True)\n"
+        "with open(path, 'wb', buffering=0) as fh:\n"
+        "    for step in (1, 2, 3):\n"
+        "        fh.write(json.dumps({'step': step, 'data': {'actor/entropy': 1.0 / step,"
+        " 'val-core/gsm8k/acc/mean@8': 0.1 * step}}).encode() + b'\\n')\n"
+        "        time.sleep(0.2)\n")
+    plan = dataclasses.replace(grpo_plan, command=[sys.executable, "-c", writer])
+    seen = []
+    result = launch(plan, poll_s=0.1, on_poll=lambda t: seen.append(max(t.steps)))
+    assert result["returncode"] == 0 and seen and seen[-1] <= 3
+    assert result["curves"]["entropy"][-1] == [3, pytest.approx(1 / 3)]
+    assert result["evaluation"]["metrics"]["val"]["gsm8k/acc@1"] == pytest.approx(30.0)
+    hung = dataclasses.replace(grpo_plan, metrics_path=tmp_path / "none.jsonl",
+                               step_log=tmp_path / "none2.jsonl",
+                               command=[sys.executable, "-c", "import time; time.sleep(600)"])
+    result = launch(hung, poll_s=0.1, timeout_s=1.0)
+    assert result["timed_out"] and result["returncode"] != 0 and result["evaluation"] is None
 
 
 def test_preflight_says_what_is_missing_here(parquet_files):

@@ -288,14 +288,16 @@ def preflight(cfg: VerlConfig) -> list[str]:
 
 def launch(plan: LaunchPlan, poll_s: float = 10.0, on_poll=None,
            timeout_s: float | None = None) -> dict:
-    """Run the plan's command to its end, tailing its metrics; returns {"returncode",
-    "curves", "evaluation", "log"}. ``on_poll(tail)`` is called after each poll."""
+    """Run the plan's command to its end (or ``timeout_s``: its process group is
+    stopped), tailing its metrics; returns {"returncode", "timed_out", "curves",
+    "evaluation", "log", "wall_seconds"}. ``on_poll(tail)`` is called after each poll."""
     from trainers.verl.metrics import MetricsTail
 
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = plan.run_dir / "launch.log"
     tail = MetricsTail(plan.metrics_path, plan.step_log, plan.run_dir / "val_generations")
     started = time.time()
+    timed_out = False
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(plan.command, env={**os.environ, **plan.env}, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=plan.run_dir,
@@ -304,6 +306,7 @@ def launch(plan: LaunchPlan, poll_s: float = 10.0, on_poll=None,
             while proc.poll() is None:
                 if timeout_s is not None and time.time() - started > timeout_s:
                     _stop(proc)
+                    timed_out = True
                     break
                 if tail.poll() and on_poll is not None:
                     on_poll(tail)
@@ -312,7 +315,7 @@ def launch(plan: LaunchPlan, poll_s: float = 10.0, on_poll=None,
             _stop(proc)
             raise
     tail.poll()
-    return {"returncode": proc.returncode, "curves": tail.curves(),
+    return {"returncode": proc.returncode, "timed_out": timed_out, "curves": tail.curves(),
             "evaluation": tail.evaluation(plan.config.overall_weights),
             "log": str(log_path), "wall_seconds": time.time() - started}
 
