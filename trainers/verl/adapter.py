@@ -117,7 +117,8 @@ class StepClock:
         self.calls = 0
 
     def advance(self) -> int:
-        step = verl_global_step() - 1 if verl_global_step() >= 1 else self.calls
+        global_step = verl_global_step()
+        step = global_step - 1 if global_step >= 1 else self.calls
         self.calls += 1
         with self._lock:
             self._local[self.key] = step
