@@ -46,13 +46,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=None,
                    help="JSON file of Context fields (e.g. train_overrides, warm_config)")
     p.add_argument("--quiet", action="store_true", help="no live progress")
+    p.add_argument("--trainer", choices=("local", "verl"), default="local",
+                   help="training backend (verl: trainers/verl, needs GPUs)")
+    p.add_argument("--trainer-config", default=None, metavar="FILE",
+                   help="verl settings, YAML or .env (default $POISE_TRAINER_CONFIG)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --trainer verl: print the verl command and composed config "
+                        "(the seed GRPO's, or each candidate's of --resume RUN_ID); no training")
     args = p.parse_args(argv)
+    if args.dry_run and args.trainer != "verl":
+        p.error("--dry-run needs --trainer verl")
     for name in ("candidates", "seeds", "width"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
-    if args.resume is None and args.directive is None:
+    if args.resume is None and args.directive is None and not args.dry_run:
         p.error("--directive is required (or --resume RUN_ID)")
     return args
 
@@ -267,11 +276,34 @@ def print_leaderboard(archive, run_id: int, console: Console) -> None:
         console.print(f"[yellow]{c.name}[/yellow] {c.status}: {(c.error or '')[:160]}")
 
 
+def run_verl(args: argparse.Namespace) -> int:
+    """The verl backend (trainers/verl/launcher.py); --resume RUN_ID picks the candidates
+    whose commands a dry run prints."""
+    from trainers.verl.launcher import graph_entry
+
+    home = Path(args.home or os.environ.get("POISE_HOME", ".poise"))
+    candidates = None
+    if args.resume is not None and args.dry_run:
+        from memory.archive import Archive
+        from memory.schema import ArchiveError
+
+        try:
+            archive = Archive(home)
+            candidates = [(c.name, c.code) for c in archive.candidates(args.resume) if c.code]
+        except ArchiveError as e:
+            raise UsageError(str(e)) from None
+        if not candidates:
+            raise UsageError(f"run {args.resume} in {home} has no candidate code")
+    return graph_entry(candidates, args.trainer_config, home, args.dry_run, args.seed)
+
+
 def main(argv=None) -> int:
     console = Console()
     err = Console(stderr=True)
     try:
         args = parse_args(argv)
+        if args.trainer == "verl":
+            return run_verl(args)
         run(args, console)
     except UsageError as e:
         err.print(f"error: {e}")
