@@ -21,6 +21,7 @@ from rich.table import Table
 
 from agents.objective import objective_for
 from evals.objective import ObjectiveSpec, objective_from_directive
+from graph import tracing
 from graph.context import Context
 
 
@@ -136,10 +137,11 @@ def compile_graph(home: Path):
     return builder.compile(checkpointer=SqliteSaver(conn))
 
 
-def run(args: argparse.Namespace, console: Console) -> dict:
+def run(args: argparse.Namespace, console: Console, tracer=None) -> dict:
     home, archive, run_id, directive, ctx, state, run_config = prepare(args)
     app = compile_graph(home)
-    config = {"configurable": {"thread_id": f"run-{run_id}"}, "recursion_limit": 10_000}
+    config = {"configurable": {"thread_id": f"run-{run_id}"}, "recursion_limit": 10_000,
+              **tracing.run_config(tracer, run_id, directive, resumed=state is None)}
     if state is None:  # resuming
         snapshot = app.get_state(config)
         if not snapshot.values:
@@ -269,7 +271,9 @@ def main(argv=None) -> int:
     err = Console(stderr=True)
     try:
         args = parse_args(argv)
-        run(args, console)
+        tracer = tracing.start()  # None unless LangSmith tracing is on
+        with tracing.session(tracer):  # sends every trace before the CLI exits
+            run(args, console, tracer)
     except UsageError as e:
         err.print(f"error: {e}")
         return 2
