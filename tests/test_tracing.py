@@ -7,12 +7,12 @@ One traced run (2 candidates, LLM agents) and one untraced run (builtin agents) 
 every test. No network, no real key."""
 from __future__ import annotations
 
+import ast
 import email
 import gzip
 import io
 import json
 import os
-import re
 import sqlite3
 import subprocess
 import sys
@@ -212,51 +212,75 @@ def _env(**extra) -> dict:
     return env
 
 
-def _cli(home, env, *args):
-    # A Python wrapper around graph.run.main reports, after the run, whether any
-    # LangSmith client or LangChain tracer object exists and which threads run.
-    probe = ("import gc, sys, threading\n"
-             "from graph.run import main\n"
-             "rc = main(sys.argv[1:])\n"
-             "from langsmith import Client\n"
-             "from langchain_core.tracers.langchain import LangChainTracer\n"
-             "objs = [type(o).__name__ for o in gc.get_objects()\n"
-             "        if isinstance(o, (Client, LangChainTracer))]\n"
-             "print('PROBE ' + repr({'rc': rc, 'objects': objs,\n"
-             "      'threads': sorted(t.name for t in threading.enumerate())}))\n"
-             "sys.exit(rc)\n")
-    return subprocess.run([sys.executable, "-c", probe, "--home", str(home),
-                           "--directive", "accurate and concise", "--config", str(TINY),
-                           "--no-smoke", "--quiet", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+PROBE = """\
+import gc, sys, threading
+from graph.run import main
+rc = main(sys.argv[1:])
+from langchain_core.tracers.langchain import LangChainTracer
+from langsmith import Client
+objs = [type(o).__name__ for o in gc.get_objects() if isinstance(o, (Client, LangChainTracer))]
+print("PROBE " + repr({"rc": rc, "objects": objs,
+                       "threads": sorted(t.name for t in threading.enumerate())}))
+sys.exit(rc)
+"""
 
 
-def _probe(proc) -> dict:
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE ")]
-    assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
-    import ast
+class Loop:
+    """``python -m graph.run`` (through ``main``, in a wrapper that reports, after the
+    run, every LangSmith client or LangChain tracer object alive and every thread)."""
 
-    return ast.literal_eval(line[-1][len("PROBE "):])
+    def __init__(self, home: Path, env: dict, *args: str):
+        self.home, self.log = home, home.parent / f"{home.name}.log"
+        home.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", PROBE, "--home", str(home), "--directive",
+                 "accurate and concise", "--config", str(TINY), "--no-smoke", "--quiet",
+                 *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def finish(self) -> dict:
+        """Wait; the probe's report. Fails with the output's tail if the run failed."""
+        self.proc.wait(timeout=600)
+        self.output = self.log.read_text()
+        line = [ln for ln in self.output.splitlines() if ln.startswith("PROBE ")]
+        assert self.proc.returncode == 0 and line, self.output[-3000:]
+        return ast.literal_eval(line[-1][len("PROBE "):])
 
 
 @pytest.fixture(scope="module")
-def traced(tmp_path_factory):
-    """One traced run: LLM agents (the real ChatOpenAI against the stand-in), the seed
-    baseline and one LLM candidate, whose analyst call fails with the key echoed."""
-    ls, oa = LangSmithStandIn(), OpenAIStandIn()
-    home = tmp_path_factory.mktemp("traced") / "home"
+def loops(tmp_path_factory):
+    """Two tiny loops at once (seed baseline + 1 candidate each), each with its own
+    LangSmith stand-in. Traced: LLM agents (the real ChatOpenAI against the OpenAI
+    stand-in), the analyst call failing with the key echoed. Untraced: builtin agents,
+    LangSmith endpoint and key set but tracing not switched on."""
+    ls, ls_off, oa = LangSmithStandIn(), LangSmithStandIn(), OpenAIStandIn()
+    root, started = tmp_path_factory.mktemp("loops"), []
     try:
-        env = _env(LANGSMITH_TRACING="true", LANGSMITH_ENDPOINT=ls.url,
-                   LANGSMITH_API_KEY=LANGSMITH_KEY, LANGSMITH_PROJECT="poise-test",
-                   POISE_MODEL="openai:test-model", OPENAI_BASE_URL=oa.url + "/v1",
-                   OPENAI_API_KEY=OPENAI_KEY)
-        proc = _cli(home, env, "--candidates", "1")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        yield {"proc": proc, "probe": _probe(proc), "ls": ls, "oa": oa, "home": home,
-               "runs": ls.runs()}
+        started.append(Loop(root / "traced", _env(
+            LANGSMITH_TRACING="true", LANGSMITH_ENDPOINT=ls.url,
+            LANGSMITH_API_KEY=LANGSMITH_KEY, LANGSMITH_PROJECT="poise-test",
+            POISE_MODEL="openai:test-model", OPENAI_BASE_URL=oa.url + "/v1",
+            OPENAI_API_KEY=OPENAI_KEY), "--candidates", "1"))
+        started.append(Loop(root / "untraced", _env(
+            LANGSMITH_ENDPOINT=ls_off.url, LANGSMITH_API_KEY=LANGSMITH_KEY),
+            "--candidates", "1"))
+        on, off = started
+        traced = {"probe": on.finish(), "ls": ls, "oa": oa, "home": on.home,
+                  "runs": ls.runs()}
+        untraced = {"probe": off.finish(), "ls": ls_off, "output": off.output}
+        yield traced, untraced
     finally:
-        ls.close()
-        oa.close()
+        for loop in started:
+            if loop.proc.poll() is None:
+                loop.proc.kill()
+                loop.proc.wait()
+        for server in (ls, ls_off, oa):
+            server.close()
+
+
+@pytest.fixture(scope="module")
+def traced(loops):
+    return loops[0]
 
 
 def _named(runs: dict, name: str) -> dict:
@@ -379,21 +403,33 @@ def test_no_key_reaches_langsmith_and_the_echoed_one_is_redacted(traced):
     assert "for key [redacted]" in llm["error"]
 
 
+def test_trainer_metrics_are_means_over_seeds_and_fitness_is_the_evaluate_nodes():
+    from graph.graph import evaluate
+    from graph.tracing import final_metrics
+
+    def final(overall, length, acc):
+        return {"overall": overall, "length": length, "valid": 90.0 + acc,
+                **{f"add{n}/acc@1": acc * n for n in (2, 3, 5)}, "add5/pass@16": 50.0}
+
+    state = {"objective": {"directive": "accurate and concise", "length_weight": 0.2},
+             "reference": {"overall": 30.0, "length": 20.0},
+             "results": [{"final": final(31.0, 12.0, 1.0)}, {"final": final(29.5, 18.0, 3.0)}]}
+    m = final_metrics(state, state["results"])
+    assert m["seeds"] == 2 and m["overall"] == pytest.approx(30.25)
+    assert (m["add2_acc"], m["add3_acc"], m["add5_acc"]) == (4.0, 6.0, 10.0)
+    assert (m["length"], m["validity"]) == (15.0, 92.0)
+    node = evaluate.__wrapped__(state, None)  # the graph's own fitness, mean over seeds
+    assert m["fitness"] == pytest.approx(node["fitness"])
+    assert final_metrics(state, [None]) == {}  # no seed trained: nothing to report
+
+
 # ----------------------------------------------------------------------------- untraced
 
-def test_untraced_run_creates_no_client_and_sends_nothing(tmp_path):
+def test_untraced_run_creates_no_client_and_sends_nothing(loops):
     """LangSmith endpoint and key set, tracing not switched on: no request, no client,
     no tracer, no background thread."""
-    ls = LangSmithStandIn()
-    try:
-        proc = _cli(tmp_path / "home", _env(LANGSMITH_ENDPOINT=ls.url,
-                                            LANGSMITH_API_KEY=LANGSMITH_KEY),
-                    "--candidates", "1")
-        probe = _probe(proc)
-        assert probe["rc"] == 0, proc.stderr[-3000:]
-        assert probe["objects"] == []
-        assert not [t for t in probe["threads"] if "tracing" in t], probe["threads"]
-        assert ls.requests == []
-    finally:
-        ls.close()
-    assert "leaderboard" in proc.stdout
+    untraced = loops[1]
+    assert untraced["probe"]["objects"] == []
+    assert not [t for t in untraced["probe"]["threads"] if "tracing" in t]
+    assert untraced["ls"].requests == []
+    assert "leaderboard" in untraced["output"]
