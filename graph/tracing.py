@@ -40,6 +40,7 @@ CANDIDATE_KEYS = ("candidate_key", "round", "generation", "slot")
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 MIN_SECRET_CHARS = 8        # shorter values ("1", "true") are no secrets and match anywhere
 REDACTED = "[redacted]"
+ANONYMIZE_DEPTH = 64        # strings nested deeper are not scanned (LangSmith's default: 24)
 DEFAULT_PROJECT = "poise"
 FLUSH_TIMEOUT_S = 30.0      # a dead endpoint must not hang the CLI's exit
 
@@ -115,12 +116,13 @@ def secret_values(environ: dict | None = None) -> tuple[str, ...]:
 
 
 def anonymizer(secrets: tuple[str, ...]):
-    """LangSmith's secret anonymizer plus an exact-match rule for each value."""
-    from langsmith.anonymizer import create_secret_anonymizer
+    """An exact-match rule for each value (first, so that no pattern rule cuts a known
+    secret in two), then LangSmith's default secret patterns."""
+    from langsmith.anonymizer import DEFAULT_SECRET_RULES, create_anonymizer
 
-    rules = [{"pattern": re.compile(re.escape(s)), "replace": REDACTED}
+    exact = [{"pattern": re.compile(re.escape(s)), "replace": REDACTED}
              for s in dict.fromkeys(secrets) if s]
-    return create_secret_anonymizer(extra_rules=rules)
+    return create_anonymizer(exact + list(DEFAULT_SECRET_RULES), max_depth=ANONYMIZE_DEPTH)
 
 
 # ----------------------------------------------------------------------------- labels
