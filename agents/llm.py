@@ -16,8 +16,9 @@ Any other ``provider:model`` goes through ``langchain.chat_models.init_chat_mode
 (the provider's package must be installed). The key is handed to the client only: it is
 never logged, put in an error message or stored by POISE.
 
-The returned runnable carries a run name ``poise.<role>`` and the tag ``<role>``, so
-LangSmith traces (LANGSMITH_TRACING=true) show which agent made each call.
+The returned runnable carries a run name ``<role> LLM`` and the tags ``<role>`` and
+``role:<role>``, so LangSmith traces (LANGSMITH_TRACING=true) show which agent made each
+call (inside a run, graph/tracing.py names every LLM call the same way).
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def get_model(role: str, context: Any = None) -> ChatModel | None:
                           "(e.g. openai:gpt-4o-mini) or 'builtin' for the offline agents")
     model = _openai(spec, source, name) if provider == "openai" else \
         _other(spec, source, provider, name)
-    return model.with_config(run_name=f"poise.{role}", tags=[role],
+    return model.with_config(run_name=f"{role} LLM", tags=[role, f"role:{role}"],
                              metadata={"poise_role": role, "poise_model": spec})
 
 

@@ -287,22 +287,27 @@ def trainer(state: CandidateState, runtime: Runtime[Context]) -> dict:
 @guarded
 def evaluate(state: CandidateState, runtime: Runtime[Context]) -> dict:
     """Fitness per seed from the held-out (val) evaluation under the run's objective."""
-    spec = ObjectiveSpec(**state["objective"])
-    ref = state.get("reference")
-    reference = (ref["overall"], ref["length"]) if ref else None
     for r in state["results"]:
-        r["fitness"] = fitness(spec, r["final"]["overall"], r["final"]["length"], reference)
+        r["fitness"] = seed_fitness(state["objective"], state.get("reference"), r["final"])
     fits = [r["fitness"] for r in state["results"]]
     return {"fitness": sum(fits) / len(fits), "status": EVALUATED}
+
+
+def seed_fitness(objective: dict, reference: dict | None, final: dict) -> float:
+    """The fitness of one seed's final evaluation under the run's objective."""
+    ref = (reference["overall"], reference["length"]) if reference else None
+    return fitness(ObjectiveSpec(**objective), final["overall"], final["length"], ref)
 
 
 def analyst(state: CandidateState, runtime: Runtime[Context]) -> dict:
     """A mechanism-level diagnosis of the curves, or of why the candidate failed."""
     if state.get("error"):
         status = state.get("status") or FAILED_VERIFICATION
+        # no proposal when select_parent, retrieve_evidence or the scientist failed
+        name = (state.get("proposal") or {}).get("name", "candidate")
         return {"status": status, "diagnosis": {
-            "text": f"{state['proposal'].get('name', 'candidate')} did not train: "
-                    f"{state['error']}", "tags": [status.replace("_", "-")]}}
+            "text": f"{name} did not train: {state['error']}",
+            "tags": [status.replace("_", "-")]}}
     first = state["results"][0]
     ref = state.get("reference")
     baseline = ref.get("final") if ref else None

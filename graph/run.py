@@ -21,6 +21,7 @@ from rich.table import Table
 
 from agents.objective import objective_for
 from evals.objective import ObjectiveSpec, objective_from_directive
+from graph import tracing
 from graph.context import Context
 
 
@@ -145,13 +146,14 @@ def compile_graph(home: Path):
     return builder.compile(checkpointer=SqliteSaver(conn))
 
 
-def run(args: argparse.Namespace, console: Console, on_start=None) -> dict:
+def run(args: argparse.Namespace, console: Console, tracer=None, on_start=None) -> dict:
     """Run (or resume) the loop. ``on_start(run_id)`` is called once the run exists."""
     home, archive, run_id, directive, ctx, state, run_config = prepare(args)
     if on_start is not None:
         on_start(run_id)
     app = compile_graph(home)
-    config = {"configurable": {"thread_id": f"run-{run_id}"}, "recursion_limit": 10_000}
+    config = {"configurable": {"thread_id": f"run-{run_id}"}, "recursion_limit": 10_000,
+              **tracing.run_config(tracer, run_id, directive, resumed=state is None)}
     if state is None:  # resuming
         snapshot = app.get_state(config)
         if not snapshot.values:
@@ -304,7 +306,9 @@ def main(argv=None) -> int:
         args = parse_args(argv)
         if args.trainer == "verl":
             return run_verl(args)
-        run(args, console)
+        tracer = tracing.start()  # None unless LangSmith tracing is on
+        with tracing.session(tracer):  # sends every trace before the CLI exits
+            run(args, console, tracer)
     except UsageError as e:
         err.print(f"error: {e}")
         return 2

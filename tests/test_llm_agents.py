@@ -329,7 +329,8 @@ def test_get_model_per_role_override_and_context(clean_env):
     assert get_model("scientist") is None
     coder = get_model("coder")
     assert coder.bound.model_name == "coder-model"
-    assert coder.config["run_name"] == "poise.coder" and coder.config["tags"] == ["coder"]
+    assert coder.config["run_name"] == "coder LLM"
+    assert coder.config["tags"] == ["coder", "role:coder"]
     # an explicit context value beats the environment; models[role] beats model
     assert get_model("coder", {"model": "builtin"}) is None
     ctx = {"model": "builtin", "models": {"analyst": "openai:analyst-model"}}
