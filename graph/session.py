@@ -329,7 +329,7 @@ def _resume_session(args, console: Console) -> tuple[Session, dict | None, bool]
         session.show_header(payload["directive"], resumed=True)
         return session, payload, False
     session.show_header(snapshot.values.get("directive", directive), resumed=True)
-    if snapshot.next:
+    if snapshot.tasks:  # not .next: a task whose writes were saved is not listed there
         console.print("the session stopped during a round: finishing that round first")
         return session, session.advance(None), False
     console.print(f"thread {session.thread} already finished")

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         return e.code
     except KeyboardInterrupt:
         hint = session.resume_hint() if session else "python -m graph.steer --thread run-ID"
-        Console(stderr=True).print(f"\ninterrupted during a round; resume with: {hint}",
+        Console(stderr=True, highlight=False).print(f"\ninterrupted during a round; resume with: {hint}",
                                    soft_wrap=True)
         return 130
 

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -210,6 +211,23 @@ def test_select_parent_node_honours_veto_and_pin(tmp_path):
     assert pinned["parent_ids"] == [2]
 
 
+def test_plan_round_sends_vetoes_and_the_pin_once():
+    from langgraph.runtime import Runtime
+
+    from graph.context import Context
+    from graph.graph import plan_round
+
+    state = {"run_id": 1, "directive": "accurate", "objective": {}, "round": 3,
+             "finished": [], "vetoed": [4], "pinned": 2}
+    out = plan_round(state, Runtime(context=Context(home="unused", width=2, candidates=8)))
+    assert [(s.arg["slot"], s.arg["pinned"], s.arg["vetoed"]) for s in out.goto] == [
+        (0, 2, [4]), (1, 2, [4])]
+    assert out.update == {"pinned": None}  # the pin holds for one round
+    unsteered = plan_round({**state, "vetoed": [], "pinned": None},
+                           Runtime(context=Context(home="unused", width=1, candidates=8)))
+    assert unsteered.update is None and unsteered.goto[0].arg["pinned"] is None
+
+
 def test_steer_node_pauses_applies_and_survives_a_new_connection(tmp_path):
     """The steer node between rounds, in a graph with the real SQLite checkpointer:
     each instruction is acknowledged at a new pause; a second connection (as a new
@@ -252,13 +270,18 @@ def test_steer_node_pauses_applies_and_survives_a_new_connection(tmp_path):
                                             said="make it more concise").model_dump()),
                  config, context=ctx)
     first.invoke(Command(resume={"veto": [2]}), config, context=ctx)
+    ctx = Context(home=str(tmp_path), candidates=5, width=1, steer=True)  # as the session does
+    first.invoke(Command(resume={"budget": {"candidates": 5}}), config, context=ctx)
+    assert first.get_state(config).interrupts[0].value["budget"]["candidates"] == 5
+    assert archive.run(run).config["context"]["candidates"] == 5  # resumes read it there
     first.invoke(Command(resume={"go": 0}), config, context=ctx)  # a bad value: refused
     pause = first.get_state(config).interrupts[0].value
     assert pause["notes"][0].startswith("refused: not an instruction")
     again = app()  # a new connection to the same checkpoint
     pause = again.get_state(config).interrupts[0].value
     assert pause["directive"] == "accurate and concise" and pause["vetoed"] == [2]
-    assert pause["applied"] == ["directive 'accurate and concise'", "veto #2"]
+    assert pause["applied"] == ["directive 'accurate and concise'", "veto #2",
+                                "budget candidates=5"]
     # the new objective re-scored the archive: #2 is 50% shorter at equal Overall
     board = {r["id"]: r["fitness"] for r in pause["leaderboard"]}
     assert board == {1: pytest.approx(40.0), 2: pytest.approx(50.0)}
@@ -272,10 +295,13 @@ def test_steer_node_pauses_applies_and_survives_a_new_connection(tmp_path):
     v = final.values
     assert v["directive"] == "accurate and concise" and v["vetoed"] == [2]
     assert v["objective"]["length_weight"] == 0.2 and v["quiet_rounds"] == 1
-    assert [e.get("said") for e in v["steering"]] == ["make it more concise", None, None]
+    assert [e.get("said") for e in v["steering"]] == ["make it more concise", None, None,
+                                                       None]
     # /go 2: the next pause is skipped once (quiet_rounds 1 -> 0), no interrupt
     out = steer({**start, **v}, SimpleNamespace(context=ctx))
     assert out.goto == "plan_round" and out.update == {"quiet_rounds": 0}
+    unsteered = steer({**start, **v}, SimpleNamespace(context=replace(ctx, steer=False)))
+    assert unsteered.goto == "plan_round"
 
 
 # ----------------------------------------------------------------------------- the terminal
