@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timezone
 from pathlib import Path
+from typing import Any
 
+from langgraph.types import Command
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -25,9 +26,6 @@ from graph.graph import model_for
 from graph.run import UsageError, compile_graph, prepare, print_leaderboard, write_summary
 from graph.steering import (COMMANDS, FREE_TEXT_HELP, Action, Instruction,
                             action_from_intent, parse_line)
-
-THREAD = re.compile(r"^(?:run-)?(\d+)$")
-
 
 class Left(Exception):
     """The person left the session (``/quit``, end of input, Ctrl-C at the prompt)."""
@@ -86,31 +84,35 @@ class Session:
     def converse(self, payload: dict) -> dict | None:
         """Read lines until one lets the run go on; the next pause's payload (or None)."""
         while True:
-            try:
-                line = self.console.input("steer> ")
+            try:  # everything but sending an instruction happens at the pause
+                action = self.interpret(self.console.input("steer> "), payload["directive"])
+                if action.message:
+                    self.console.print(escape(action.message))
+                if action.kind == "quit":
+                    raise Left("quit", 0)
+                if action.kind != "instruct":
+                    self.answer(action, payload)
+                    continue
             except KeyboardInterrupt:
                 raise Left("interrupted", 130) from None
             except EOFError:
                 raise Left("end of input", 0) from None
-            action = self.interpret(line, payload["directive"])
-            if action.message:
-                self.console.print(escape(action.message))
-            if action.kind == "quit":
-                raise Left("quit", 0)
-            if action.kind == "help":
-                self.show_help()
-            elif action.kind == "leaderboard":
-                print_leaderboard(self.archive, self.run_id, self.console)
-            elif action.kind == "status":
-                self.show_status(payload)
-            elif action.kind == "why":
-                self.console.print(escape(why_text(self.archive, int(action.target))))
-            elif action.kind == "instruct":
-                payload = self.instruct(action.instruction)
-                if payload is None or action.instruction.releases:
-                    return payload
-                for note in payload["notes"]:
-                    self.console.print(escape(note))
+            payload = self.instruct(action.instruction)
+            if payload is None or action.instruction.releases:
+                return payload
+            for note in payload["notes"]:
+                self.console.print(escape(note))
+
+    def answer(self, action: Action, payload: dict) -> None:
+        """The read-only actions, answered here from the archive and the pause."""
+        if action.kind == "help":
+            self.show_help()
+        elif action.kind == "leaderboard":
+            print_leaderboard(self.archive, self.run_id, self.console)
+        elif action.kind == "status":
+            self.show_status(payload)
+        elif action.kind == "why":
+            self.console.print(escape(why_text(self.archive, int(action.target))))
 
     def interpret(self, line: str, directive: str) -> Action:
         """Slash commands are parsed; free text goes to the scientist model when one is
@@ -124,9 +126,11 @@ class Session:
                  for c in self.archive.candidates(self.run_id)]
         try:
             intent = interpret_llm(self.model, line, directive, cands)
-        except AgentOutputError as e:
+        except Exception as e:  # noqa: BLE001 - said to the person; the rules take over
+            problem = e.problems[-1] if isinstance(e, AgentOutputError) else \
+                f"{type(e).__name__}: {e}"
             action = parse_line(line, directive, self.resolve)
-            note = f"(the scientist model gave no usable reading: {e.problems[-1][:120]}; " \
+            note = f"(the scientist model gave no usable reading: {problem[:160]}; " \
                    "the builtin rules read it)"
             return replace(action, message=f"{note} {action.message}".strip())
         return action_from_intent(intent, self.resolve, line.strip())
@@ -135,12 +139,16 @@ class Session:
         """Send one instruction to the paused run (after completing it here)."""
         if instr.directive is not None and instr.objective is None:
             from agents.objective import objective_for
+            from evals.objective import objective_from_directive
 
             try:
                 spec, how = objective_for(instr.directive, self.model)
-            except ValueError as e:
+            except ValueError as e:  # an empty directive
                 self.console.print(escape(f"refused: {e}"))
-                return self.app.get_state(self.config).interrupts[0].value
+                return {**self.app.get_state(self.config).interrupts[0].value, "notes": []}
+            except Exception as e:  # noqa: BLE001 - the model failed; say so, map keywords
+                spec = objective_from_directive(instr.directive)
+                how = f"builtin keyword mapping (the LLM failed: {type(e).__name__}: {e})"
             instr = instr.model_copy(update={"objective": spec.model_dump(),
                                              "objective_source": how})
         if instr.budget:
@@ -220,6 +228,7 @@ class Session:
         run = self.archive.run(self.run_id)
         started = run.started if run.started.tzinfo else run.started.replace(
             tzinfo=timezone.utc)
+        # the run's whole span, the pauses for the person included (orchestration)
         wall = max(1e-6, time.time() - started.timestamp())
         write_summary(self.archive, self.app, self.config, self.run_id, run.directive,
                       self.home, wall)
@@ -230,9 +239,7 @@ class Session:
                            f"{self.home / 'runs' / str(self.run_id) / 'summary.json'}")
 
 
-def _resume(instr: Instruction):
-    from langgraph.types import Command
-
+def _resume(instr: Instruction) -> Command:
     return Command(resume=instr.model_dump())
 
 
@@ -285,10 +292,22 @@ def why_text(archive, cid: int, similar: int = 3) -> str:
 
 # ----------------------------------------------------------------------------- main
 
-def open_session(args: argparse.Namespace, console: Console
-                 ) -> tuple[Session, dict | None, bool]:
-    """The session, its first pause's payload (None: the run is at its end) and whether
-    the run had already finished before this session."""
+@dataclass
+class Opening:
+    """Where a session starts: at a pause (``payload``), by running the graph from
+    ``value`` (a new run's input, or None to finish a round cut short), or at the end
+    of a run that had already finished."""
+    payload: dict | None = None
+    value: Any = None
+    finished: bool = False
+
+    def first_pause(self, session: "Session") -> dict | None:
+        return self.payload if self.payload is not None else session.advance(self.value)
+
+
+def open_session(args: argparse.Namespace, console: Console) -> tuple[Session, Opening]:
+    """A new steered run's session (``args.directive``) or a resumed one (``args.thread``);
+    raises UsageError for an unknown thread."""
     if args.thread is not None:
         return _resume_session(args, console)
     ns = argparse.Namespace(
@@ -300,16 +319,15 @@ def open_session(args: argparse.Namespace, console: Console
     session = Session(home, archive, run_id, ctx, console)
     session.show_header(directive, resumed=False)
     console.print("training the seed baseline (GRPO)...")
-    return session, session.advance(state), False
+    return session, Opening(value=state)
 
 
-def _resume_session(args, console: Console) -> tuple[Session, dict | None, bool]:
+def _resume_session(args, console: Console) -> tuple[Session, Opening]:
+    from graph.steer import thread_run_id, unknown_thread
     from memory.archive import Archive
     from memory.schema import ArchiveError
 
-    from graph.steer import unknown_thread
-
-    run_id = int(THREAD.match(args.thread.strip()).group(1))
+    run_id = thread_run_id(args.thread)
     home = Path(args.home or os.environ.get("POISE_HOME", ".poise"))
     unknown = UsageError(unknown_thread(args.thread, home))
     if not (home / "graph.db").is_file():
@@ -327,13 +345,11 @@ def _resume_session(args, console: Console) -> tuple[Session, dict | None, bool]
     if snapshot.interrupts:  # the pause's payload carries what was said at it
         payload = snapshot.interrupts[0].value
         session.show_header(payload["directive"], resumed=True)
-        return session, payload, False
+        return session, Opening(payload=payload)
     session.show_header(snapshot.values.get("directive", directive), resumed=True)
     if snapshot.tasks:  # not .next: a task whose writes were saved is not listed there
         console.print("the session stopped during a round: finishing that round first")
-        return session, session.advance(None), False
+        return session, Opening(value=None)
     console.print(f"thread {session.thread} already finished")
     print_leaderboard(archive, run_id, console)
-    return session, None, True
-
-
+    return session, Opening(finished=True)

@@ -66,9 +66,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def thread_run_id(thread: str) -> int:
+    """The run id of a checked thread id (``run-3`` or ``3``)."""
+    return int(_THREAD.match(thread.strip()).group(1))
+
+
 def unknown_thread(thread: str, home: Path) -> str:
-    run_id = _THREAD.match(thread.strip()).group(1)
-    return f"no thread run-{run_id} in {home}: start a session with --directive"
+    return f"no thread run-{thread_run_id(thread)} in {home}: start a session with --directive"
 
 
 def main(argv=None) -> int:
@@ -84,8 +88,8 @@ def main(argv=None) -> int:
     console = Console(highlight=False)
     session = None
     try:
-        session, payload, finished = open_session(args, console)
-        return 0 if finished else session.drive(payload)
+        session, opening = open_session(args, console)
+        return 0 if opening.finished else session.drive(opening.first_pause(session))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)  # one line, never wrapped
         return 2
@@ -95,8 +99,8 @@ def main(argv=None) -> int:
         return e.code
     except KeyboardInterrupt:
         hint = session.resume_hint() if session else "python -m graph.steer --thread run-ID"
-        Console(stderr=True, highlight=False).print(f"\ninterrupted during a round; resume with: {hint}",
-                                   soft_wrap=True)
+        Console(stderr=True, highlight=False).print(
+            f"\ninterrupted during a round; resume with: {hint}", soft_wrap=True)
         return 130
 
 

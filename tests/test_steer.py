@@ -121,6 +121,32 @@ def test_the_llm_reading_of_free_text_maps_to_the_same_instructions():
     assert a.instruction.veto == [2]
 
 
+def test_a_session_with_a_model_lets_the_scientist_read_free_text(tmp_path):
+    """Free text goes to the configured scientist model; slash commands never do; a
+    model that gives nothing usable leaves the reading to the rules, saying so."""
+    import io
+
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+    from rich.console import Console
+
+    from graph.context import Context
+    from graph.session import Session
+
+    archive, run, ids = _archive(tmp_path)
+    replies = ['{"action": "pin", "candidate": "bv4-grpo", "reply": "pinning bv4-grpo"}'] \
+        + ["not json"] * 3
+    model = GenericFakeChatModel(messages=iter([AIMessage(content=r) for r in replies]))
+    ctx = Context(home=str(tmp_path), chat_models={"scientist": model})
+    session = Session(tmp_path, archive, run, ctx, Console(file=io.StringIO()))
+    a = session.interpret("build on the shorter one next", "accurate")
+    assert a.instruction.pin == ids[1] and a.message == "pinning bv4-grpo"
+    assert session.interpret("/veto grpo", "accurate").instruction.veto == [ids[0]]
+    a = session.interpret("make it more concise", "accurate")  # the model's 3 bad replies
+    assert a.instruction.directive == "accurate and concise"
+    assert a.message.startswith("(the scientist model gave no usable reading")
+
+
 # ----------------------------------------------------------------------------- applying
 
 def _cands():
