@@ -3,6 +3,7 @@
 Run level::
 
     START -> plan_round --Send x width--> candidate -> round_end -> plan_round | END
+    round_end -> steer -> plan_round | END      (Context.steer: python -m graph.steer)
 
 Round 0 trains the seed baseline (GRPO) once: it is the root of the genealogy and the
 reference of the objective. Each ``candidate`` branch is a subgraph::
