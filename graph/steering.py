@@ -197,19 +197,22 @@ _GO = re.compile(r"^(?:go|go on|continue|keep going|carry on|run|proceed)"
                  r"(?:\s+(?:for\s+)?(?P<n>\d+)\s+(?:more\s+)?rounds?)?[.!]*$")
 _BOARD = re.compile(r"\b(leaderboard|ranking|standings|best so far|who is winning)\b")
 _WHY = re.compile(r"\bwhy\b")
-_NEGATION = re.compile(r"\b(not|don'?t|do not|no longer|forget|ignore|never mind|"
-                       r"stop caring|without|drop)\b|\baccuracy only\b|\bonly accura")
-_BREVITY = re.compile(r"\b(concise\w*|short\w*|brie\w*|terse|verbose|wordy|length\w*)\b")
-# (pattern in the person's words, the word added to the directive, the words that show
-# the directive already asks for it); the builtin scientist and objective read these.
+# A negation governs a word up to three words after it in the same clause: "don't care
+# about length".
+_NOT = (r"\b(?:not|don'?t|do not|no longer|forget|ignore|never mind|stop caring|without|"
+        r"drop)\b(?:\s+\w+){0,3}?\s+")
+_BRIEF = r"(?:concise\w*|short\w*|brie\w*|terse|length\w*|verbose|wordy)"
+_LONGER = re.compile(rf"{_NOT}{_BRIEF}|\baccuracy only\b|\bonly (?:about )?accura|"
+                     r"\btoo (?:short|brief|terse|concise)\b|\blonger\b|"
+                     r"\bmore (?:verbose|detail)")
+# (the person's words, the word added to the directive, the words that show the directive
+# already asks for it): the builtin scientist's directive rules and objective read these.
 _REFINEMENTS = [
-    (re.compile(r"\baccura\w*|\bcorrect\w*"), "accurate",
-     ("accurate", "accuracy", "correct")),
-    (re.compile(r"\b(stable|stabler|stability|robust\w*|unstable)\b"), "stable",
-     ("stable", "robust")),
-    (re.compile(r"\b(explor\w*|divers\w*|entropy)\b"), "explore more",
+    (r"(?:accura\w*|correct\w*)", "accurate", ("accurate", "accuracy", "correct")),
+    (r"(?:stable|stabler|stability|robust\w*|unstable)", "stable", ("stable", "robust")),
+    (r"(?:explor\w*|divers\w*|entropy)", "explore more",
      ("explore", "diverse", "diversity", "entropy")),
-    (re.compile(r"\b(valid\w*|format\w*)\b"), "valid format", ("valid", "format")),
+    (r"(?:valid\w*|format\w*)", "valid format", ("valid", "format")),
 ]
 _BRIEF_WORDS = ("concise", "short", "brief", "terse", "efficient", "length", "compact")
 
@@ -270,20 +273,23 @@ def action_from_intent(intent: Any, resolve: Resolve, said: str) -> Action:
 
 
 def refine_directive(directive: str, request: str) -> str | None:
-    """The directive refined by a free-text request, or None when no rule applies."""
+    """The directive refined by a free-text request, or None when no rule applies.
+    Brevity: asked for -> "concise" is added; negated, "too short", "longer" or
+    "accuracy only" -> the clauses about length are dropped. Accuracy, stability,
+    exploration, format validity: asked for (not negated) -> the word is added."""
     low = request.lower()
     matched = False
     new = directive.strip()
-    if _BREVITY.search(low):
+    if re.search(rf"\b{_BRIEF}\b", low) or _LONGER.search(low):
         matched = True
-        if _NEGATION.search(low):
+        if _LONGER.search(low):
             clauses = [c.strip() for c in re.split(r",|;|\band\b", new)]
             kept = [c for c in clauses if c and not any(w in c.lower() for w in _BRIEF_WORDS)]
             new = " and ".join(kept) or "accurate"
         elif not any(w in new.lower() for w in _BRIEF_WORDS):
             new = f"{new} and concise"
-    for pattern, word, present in _REFINEMENTS:
-        if pattern.search(low) and not _NEGATION.search(low):
+    for words, word, present in _REFINEMENTS:
+        if re.search(rf"\b{words}\b", low) and not re.search(rf"{_NOT}{words}", low):
             matched = True
             if not any(w in new.lower() for w in present):
                 new = f"{new} and {word}"

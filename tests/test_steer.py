@@ -80,6 +80,10 @@ def test_bad_lines_give_a_helpful_message_not_a_crash(line, says):
     ("concise", "don't care about length any more", "accurate"),
     ("accurate", "be more stable and explore more", "accurate and stable and explore more"),
     ("concise", "it should be more accurate", "concise and accurate"),
+    ("accurate", "more concise but not less accurate", "accurate and concise"),
+    ("accurate and concise", "the answers are too short now", "accurate"),
+    ("concise", "forget about length, make it accurate", "accurate"),
+    ("accurate", "robust please, don't explore", "accurate and stable"),
 ])
 def test_free_text_rules_refine_the_directive(directive, said, expected):
     a = _parse(said, directive)
