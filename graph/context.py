@@ -37,3 +37,6 @@ class Context:
                        "tests with scripted models; never saved with the run)"})
     smoke: bool = field(default=True, metadata={
         "description": "run the verifier's few-step smoke training"})
+    steer: bool = field(default=False, metadata={
+        "description": "pause between rounds for a person (python -m graph.steer): the run "
+                       "waits at an interrupt() for instructions"})

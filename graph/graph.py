@@ -3,6 +3,7 @@
 Run level::
 
     START -> plan_round --Send x width--> candidate -> round_end -> plan_round | END
+    round_end -> steer -> plan_round | END      (Context.steer: python -m graph.steer)
 
 Round 0 trains the seed baseline (GRPO) once: it is the root of the genealogy and the
 reference of the objective. Each ``candidate`` branch is a subgraph::
@@ -20,6 +21,7 @@ compile their own with a fresh checkpointer) and ``graph`` (compiled, no checkpo
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import threading
@@ -29,13 +31,14 @@ from typing import Callable, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Command, Send
+from langgraph.types import Command, Send, interrupt
 
 from agents.builtin import analyst as builtin_analyst
 from agents.builtin import coder as builtin_coder
 from agents.builtin import scientist as builtin_scientist
 from agents.builtin.genes import Genome
 from evals.objective import ObjectiveSpec, fitness
+from graph import steering
 from graph.context import Context
 from graph.state import CandidateOutput, CandidateState, RunState
 from memory.archive import Archive
@@ -119,7 +122,8 @@ def select_parent(state: CandidateState, runtime: Runtime[Context]) -> dict:
         return {"parent_ids": [], "parent_code": None, "parent_signature": None,
                 "references": refs}
     seed = ctx.seed * 100_003 + state["round"] * 101 + state["slot"]
-    pid = select_parent_ids(archive, state["run_id"], k=1, seed=seed)[0]
+    pid = state.get("pinned") or select_parent_ids(
+        archive, state["run_id"], k=1, seed=seed, exclude=state.get("vetoed") or ())[0]
     parent = archive.candidate(pid)
     return {"parent_ids": [pid], "parent_code": parent.code,
             "parent_signature": (parent.details or {}).get("signature"),
@@ -344,6 +348,7 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
         details = {"key": key, "round": state["round"], "slot": state["slot"],
                    "signature": genome, "genes": genome.split(";") if genome else None,
                    "kind": prop.get("kind"), "feedback": state.get("feedback") or [],
+                   "changes": prop.get("changes"), "rationale": prop.get("rationale"),
                    "verify_spans": state.get("verify_spans", []),
                    "smoke_spans": state.get("smoke_spans", []),
                    "train_spans": [r["span"] for r in state.get("results") or [] if r]}
@@ -413,14 +418,16 @@ def plan_round(state: RunState, runtime: Runtime[Context]) -> Command:
     done = len([c for c in state.get("finished", []) if c["round"] > 0])
     width = 1 if rnd == 0 else min(ctx.width, ctx.candidates - done)
     base = {k: state[k] for k in ("run_id", "directive", "objective")}
-    return Command(goto=[Send("candidate", {**base, "round": rnd, "slot": slot,
+    steered = {"vetoed": state.get("vetoed") or [], "pinned": state.get("pinned")}
+    return Command(goto=[Send("candidate", {**base, **steered, "round": rnd, "slot": slot,
                                             "reference": state.get("reference"),
                                             "attempts": 0})
-                         for slot in range(width)])
+                         for slot in range(width)],
+                   update={"pinned": None} if state.get("pinned") else None)
 
 
 def round_end(state: RunState, runtime: Runtime[Context]
-              ) -> Command[Literal["plan_round", "__end__"]]:
+              ) -> Command[Literal["plan_round", "steer", "__end__"]]:
     ctx = runtime.context
     rnd = state.get("round", 0)
     update: dict = {"round": rnd + 1}
@@ -435,10 +442,55 @@ def round_end(state: RunState, runtime: Runtime[Context]
             "overall": sum(f["overall"] for f in finals) / len(finals),
             "length": sum(f["length"] for f in finals) / len(finals),
             "final": finals[0]}
+    if ctx.steer:
+        return Command(goto="steer", update=update)
     done = len([c for c in state.get("finished", []) if c["round"] > 0])
     if done >= ctx.candidates:
         return Command(goto=END, update=update)
     return Command(goto="plan_round", update=update)
+
+
+def steer(state: RunState, runtime: Runtime[Context]
+          ) -> Command[Literal["plan_round", "__end__"]]:
+    """A steering session's pause between rounds (graph/steering.py): interrupt() with
+    the round's summary, apply each instruction the person sends and pause again, until
+    one says go (N rounds before the next pause) or stop. Pauses also when the budget
+    is spent, so the person may raise it."""
+    ctx = runtime.context
+    done = len([c for c in state.get("finished", []) if c["round"] > 0])
+    quiet = state.get("quiet_rounds", 0)
+    if not ctx.steer or (quiet > 0 and done < ctx.candidates):
+        return Command(goto="plan_round" if done < ctx.candidates else END,
+                       update={"quiet_rounds": max(0, quiet - 1)})
+    arch = archive_for(ctx.home)
+    budget = {k: getattr(ctx, k) for k in steering.BUDGET_KEYS}
+    current, notes, applied = steering.Steering.of(state), [], []
+    while True:  # on resume the node reruns: earlier answers replay from the checkpoint
+        raw = interrupt(steering.pause_payload(arch, state, current, budget, notes, applied))
+        instr, problem = steering.parse_resume(raw)
+        if instr is None:
+            notes = [problem]
+            continue
+        before = current
+        current, notes = steering.apply_instruction(
+            current, instr, arch.candidates(state["run_id"]))
+        steering.record_instruction(arch, state["run_id"], before, current, instr,
+                                    _saved_context(ctx), state.get("reference"))
+        applied.append(instr)
+        if instr.releases:
+            break
+    log = [{"round": state["round"] - 1, **i.model_dump(exclude_defaults=True)}
+           for i in applied]
+    update = {**current.update(), "steering": log,
+              "quiet_rounds": (instr.go or 1) - 1}
+    return Command(goto=END if instr.stop or done >= ctx.candidates else "plan_round",
+                   update=update)
+
+
+def _saved_context(ctx: Context) -> dict:
+    """The Context as the archive's run config keeps it (as graph.run saves it)."""
+    return {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)
+            if f.name not in ("home", "chat_models")}
 
 
 # ----------------------------------------------------------------------------- builder
@@ -463,6 +515,7 @@ builder = StateGraph(RunState, context_schema=Context)
 builder.add_node("plan_round", plan_round)
 builder.add_node("candidate", candidate_graph)
 builder.add_node("round_end", round_end)
+builder.add_node("steer", steer)
 builder.add_edge(START, "plan_round")
 builder.add_edge("candidate", "round_end")
 

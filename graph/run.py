@@ -100,6 +100,7 @@ def prepare(args: argparse.Namespace):
         ctx = Context(**{k: v for k, v in run.config.get("context", {}).items()
                          if k in {f.name for f in fields(Context)}})
         ctx.home = str(home)
+        ctx.steer = getattr(args, "steer", False)  # graph.run finishes a steered run unattended
         return home, archive, run.id, run.directive, ctx, None, run.config
     try:
         spec, how = objective_for(args.directive, model)
@@ -108,7 +109,8 @@ def prepare(args: argparse.Namespace):
     ctx = Context(home=str(home), candidates=args.candidates, width=args.width,
                   seeds=args.seeds, steps=args.steps, seed=args.seed,
                   model=None if args.model in (None, "builtin") else args.model,
-                  smoke=not args.no_smoke, **_config_file(args.config))
+                  smoke=not args.no_smoke, steer=getattr(args, "steer", False),
+                  **_config_file(args.config))
     saved = {k: v for k, v in asdict(ctx).items() if k not in ("home", "chat_models")}
     run_id = archive.start_run(spec.directive, {"context": saved,
                                                 "objective": spec.model_dump(),
@@ -128,7 +130,7 @@ def _config_file(path: Path | None) -> dict:
         raise UsageError(f"cannot read --config {path}: {e}") from None
     allowed = {f.name for f in fields(Context)} - {"home", "candidates", "width", "seeds",
                                                   "steps", "seed", "model", "smoke",
-                                                  "chat_models"}
+                                                  "chat_models", "steer"}
     unknown = sorted(set(data) - allowed)
     if not isinstance(data, dict) or unknown:
         raise UsageError(f"--config {path}: unknown keys {unknown}; allowed: "
@@ -158,6 +160,9 @@ def run(args: argparse.Namespace, console: Console, tracer=None, on_start=None) 
         snapshot = app.get_state(config)
         if not snapshot.values:
             raise UsageError(f"run {run_id} has no checkpoint to resume from")
+        if snapshot.interrupts:
+            raise UsageError(f"run {run_id} is paused in a steering session: continue it "
+                             f"with python -m graph.steer --home {home} --thread run-{run_id}")
         if not snapshot.next:
             console.print(f"run {run_id} already finished")
     spec = ObjectiveSpec(**run_config["objective"]) if "objective" in run_config else \

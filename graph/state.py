@@ -27,6 +27,11 @@ class RunState(TypedDict, total=False):
     round: int                          # 0 = the seed baseline, then 1, 2, ...
     reference: dict | None              # GRPO's {"overall", "length"} from round 0
     finished: Annotated[list[CandidateSummary], operator.add]
+    # Steering (python -m graph.steer); absent in unsteered runs.
+    vetoed: list[int]                   # candidate ids a person barred from parenting
+    pinned: int | None                  # the next round's parent, chosen by a person
+    quiet_rounds: int                   # rounds to run before the next pause ("/go N")
+    steering: Annotated[list[dict], operator.add]   # applied instructions, with the round
 
 
 class CandidateState(TypedDict, total=False):
@@ -36,6 +41,8 @@ class CandidateState(TypedDict, total=False):
     round: int
     slot: int
     reference: dict | None
+    vetoed: list[int]                   # never chosen as parent
+    pinned: int | None                  # the parent, when a person pinned one
     parent_ids: list[int]
     parent_code: str | None
     parent_signature: str | None

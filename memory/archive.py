@@ -27,7 +27,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from sqlalchemy import func, update
 from sqlalchemy.engine import make_url
@@ -134,6 +134,31 @@ class Archive:
             run = _get(s, Run, run_id)
             run.status, run.finished = status, utcnow()
             s.commit()
+
+    def update_run(self, run_id: int, *, directive: str | None = None,
+                   config: dict | None = None) -> None:
+        """Change a run's directive (a person steering it) and/or merge ``config`` keys
+        into its config. A new directive re-indexes the run's vectors: their metadata
+        carries it."""
+        with self.session() as s:
+            run = _get(s, Run, run_id)
+            if config:
+                run.config = _jsonable({**run.config, **config}, "config")
+            changed = directive is not None and directive != run.directive
+            if changed:
+                run.directive = directive
+                cids = list(s.exec(select(Candidate.id).where(Candidate.run_id == run_id)))
+                s.exec(update(Candidate).where(col(Candidate.id).in_(cids))
+                       .values(indexed=False))
+                s.exec(update(Reflection).where(col(Reflection.candidate_id).in_(cids))
+                       .values(indexed=False))
+            s.commit()
+            if changed:
+                refl = list(s.exec(select(Reflection.id).where(
+                    col(Reflection.candidate_id).in_(cids))))
+        if changed:
+            self._index_now("proposals", cids)
+            self._index_now("reflections", refl)
 
     def run(self, run_id: int) -> Run:
         with self.session() as s:
@@ -298,6 +323,24 @@ class Archive:
         with self.session() as s:
             return list(s.exec(select(Evaluation).where(
                 Evaluation.candidate_id == candidate_id).order_by(Evaluation.seed)).all())
+
+    def rescore(self, run_id: int, score: Callable[[Evaluation], float | None]) -> int:
+        """Recompute the fitness of every evaluation of ``run_id`` with ``score`` (e.g.
+        after the run's objective changed) and the candidates' cached means; returns
+        the number of evaluations rescored."""
+        with self.session() as s:
+            rows = s.exec(select(Evaluation).join(
+                Candidate, col(Candidate.id) == Evaluation.candidate_id).where(
+                Candidate.run_id == run_id)).all()
+            for ev in rows:
+                ev.fitness = score(ev)
+            s.flush()
+            for cid in {ev.candidate_id for ev in rows}:
+                cand = _get(s, Candidate, cid)
+                cand.fitness = s.exec(select(func.avg(Evaluation.fitness)).where(
+                    Evaluation.candidate_id == cid)).one()
+            s.commit()
+            return len(rows)
 
     def leaderboard(self, run_id: int | None = None, limit: int | None = None
                     ) -> list[Standing]:

@@ -42,7 +42,7 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -116,14 +116,22 @@ def score_nodes(nodes: Sequence[Node], config: SelectionConfig = SelectionConfig
 
 
 def select_parents(nodes: Sequence[Node], k: int = 1, *, seed: int = 0,
-                   config: SelectionConfig = SelectionConfig()) -> list[int]:
+                   config: SelectionConfig = SelectionConfig(),
+                   exclude: Collection[int] = ()) -> list[int]:
     """Up to ``k`` distinct parent ids (fewer if fewer nodes are eligible).
 
+    ``exclude``: ids that may not parent (a person's veto). They still count as
+    evidence: their fitness enters the normalization and their ancestors' posteriors.
     Raises ValueError when no node is eligible (evaluate the seeds first)."""
     scores = score_nodes(nodes, config)
     if not scores:
         raise ValueError("no eligible parent: no node is evaluated with a fitness "
                          "(evaluate the seed algorithms first)")
+    excluded = set(exclude)
+    scores = [s for s in scores if s.id not in excluded]
+    if not scores:
+        raise ValueError("no eligible parent: every evaluated node is excluded "
+                         f"({sorted(excluded)})")
     k = min(k, len(scores))
     ids = np.array([s.id for s in scores])
     values = np.array([s.value for s in scores])
@@ -255,6 +263,8 @@ def nodes_from_archive(archive, run_id: int | None = None) -> list[Node]:
 
 
 def select_parent_ids(archive, run_id: int | None = None, k: int = 1, *, seed: int = 0,
-                      config: SelectionConfig = SelectionConfig()) -> list[int]:
+                      config: SelectionConfig = SelectionConfig(),
+                      exclude: Collection[int] = ()) -> list[int]:
     """``select_parents`` over the archive's candidates of ``run_id``."""
-    return select_parents(nodes_from_archive(archive, run_id), k, seed=seed, config=config)
+    return select_parents(nodes_from_archive(archive, run_id), k, seed=seed, config=config,
+                          exclude=exclude)
