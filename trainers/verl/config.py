@@ -70,6 +70,9 @@ class VerlConfig:
                                    "validation metrics, e.g. {aime24/pass@32: 0.2, ...}; "
                                    "empty: no Overall")
     overrides: list = _f([], "extra Hydra overrides, appended last (they win)")
+    entrypoint: str = _f("verl.trainer.main_ppo", "the trainer: a module run with python -m, "
+                                                   "or a .py script (a verl recipe's main "
+                                                   "takes the same overrides)")
 
     def __post_init__(self):
         problems = []

@@ -183,8 +183,9 @@ def plan_launch(source: str, cfg: VerlConfig, home: str | Path, label: str = "ca
         env["PYTHONPATH"] = os.pathsep.join([str(plugin.path.parent), str(REPO_ROOT)])
     values = override_values(cfg, plugin, run_dir, seed, env)
     overrides = to_overrides(values, cfg.overrides)
-    entry = ["python3" if cfg.ray_address else sys.executable, "-m",
-             "verl.trainer.main_ppo", *overrides]
+    entry = ["python3" if cfg.ray_address else sys.executable,
+             *([str(Path(cfg.entrypoint).resolve())] if cfg.entrypoint.endswith(".py")
+               else ["-m", cfg.entrypoint]), *overrides]
     if cfg.ray_address:
         runtime_env = {"working_dir": str(plugin.path.parent),
                        "py_modules": [str(REPO_ROOT / "trainers")], "env_vars": env}

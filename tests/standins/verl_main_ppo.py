@@ -1,0 +1,126 @@
+"""A CPU stand-in for ``python -m verl.trainer.main_ppo`` (real verl needs GPUs + vLLM).
+
+It stands in for the GPU parts only, the rollout engine and the FSDP actor; everything of
+POISE's it touches is real and runs as verl would run it: it imports the plugin named by
+``VERL_USE_EXTERNAL_MODULES`` (which registers the candidate in verl's registries), loads
+``reward.custom_reward_function`` from its path, and each step grades synthetic
+``\\boxed{}`` answers with it, calls the candidate's estimator through verl's
+``get_adv_estimator_fn`` and its loss through ``get_policy_loss_fn`` with verl's own
+config classes, and writes verl's file-logger JSONL (``$VERL_FILE_LOGGER_PATH``),
+validation metrics under verl's names and a validation dump. The "policy" is a single
+probability of answering correctly that rises with the step, so the curves move.
+Used by tests/test_verl_backend.py through VerlConfig.entrypoint.
+"""
+import importlib
+import importlib.util
+import json
+import os
+import random
+import sys
+
+import torch
+
+
+def overrides(argv):
+    out = {}
+    for arg in argv:
+        if "=" in arg:
+            k, v = arg.split("=", 1)
+            out[k.lstrip("+~")] = v
+    return out
+
+
+def main(argv):
+    cfg = overrides(argv)
+    if cfg.get("standin.fail") == "true":
+        print("stand-in: failing as asked", file=sys.stderr)
+        return 3
+    importlib.import_module(os.environ["VERL_USE_EXTERNAL_MODULES"])  # registers it
+    from verl.trainer.config import AlgoConfig
+    from verl.trainer.ppo import core_algos
+    from verl.workers.config.actor import ActorConfig, PolicyLossConfig
+
+    spec = importlib.util.spec_from_file_location("reward_fn",
+                                                  cfg["reward.custom_reward_function.path"])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    score = getattr(mod, cfg["reward.custom_reward_function.name"])
+    name = cfg["algorithm.adv_estimator"]
+    adv_fn = core_algos.get_adv_estimator_fn(name)
+    loss_fn = core_algos.get_policy_loss_fn(cfg["actor_rollout_ref.actor.policy_loss.loss_mode"])
+    n = int(cfg["actor_rollout_ref.rollout.n"])
+    steps = int(cfg["trainer.total_training_steps"])
+    test_freq = int(cfg["trainer.test_freq"])
+    val_n = int(cfg["actor_rollout_ref.rollout.val_kwargs.n"])
+    rng = random.Random(int(cfg.get("data.seed", 0)))
+    torch.manual_seed(int(cfg.get("data.seed", 0)))
+    log = open(os.environ["VERL_FILE_LOGGER_PATH"], "a")
+    val_dir = cfg["trainer.validation_data_dir"]
+    os.makedirs(val_dir, exist_ok=True)
+    prompts, length = 4, 16
+
+    def answer(p_correct, truth):
+        u = rng.random()
+        if u < p_correct:
+            return f"so the answer is \\boxed{{{truth}}}"
+        return f"so the answer is \\boxed{{{truth + 1}}}" if u < 0.9 else "I am not sure"
+
+    def validate(step, p):
+        rows, acc, valid, lens = [], [], [], []
+        for q in range(8):
+            for i in range(val_n):
+                text = answer(p, q)
+                s = score("standin_math", text, str(q))
+                rows.append({"uid": f"q{q}_0_{i}", "source": s["source"], "acc": s["acc"]})
+                acc.append(s["acc"]); valid.append(s["valid"]); lens.append(s["length"])
+        with open(os.path.join(val_dir, f"{step}.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        m = f"mean@{val_n}"
+        return {f"val-core/standin_math/acc/{m}": sum(acc) / len(acc),
+                f"val-aux/standin_math/valid/{m}": sum(valid) / len(valid),
+                f"val-aux/standin_math/length/{m}": sum(lens) / len(lens)}
+
+    def p_at(step):
+        return min(0.9, 0.2 + 0.05 * step)
+
+    if cfg.get("trainer.val_before_train") == "True":
+        log.write(json.dumps({"step": 0, "data": validate(0, p_at(0))}) + "\n")
+        log.flush()
+    actor = ActorConfig(strategy="fsdp", rollout_n=n, ppo_micro_batch_size_per_gpu=1,
+                        policy_loss=PolicyLossConfig(loss_mode="vanilla"))
+    for step in range(1, steps + 1):
+        bs = prompts * n
+        rewards = torch.zeros(bs, length)
+        mask = torch.zeros(bs, length)
+        index = []
+        for row in range(bs):
+            q = row // n
+            s = score("standin_math", answer(p_at(step), q), str(q))
+            ln = rng.randint(4, length)
+            mask[row, :ln] = 1
+            rewards[row, ln - 1] = s["score"]
+            index.append(f"uid{step}-{q}")
+        adv, _ = adv_fn(token_level_rewards=rewards, response_mask=mask,
+                        index=__import__("numpy").array(index, dtype=object), config=AlgoConfig())
+        old = -2.0 * torch.rand(bs, length)
+        logp = (old + 0.1 * torch.randn(bs, length)).requires_grad_(True)
+        actor.global_batch_info.update({"dp_size": 1, "batch_num_tokens": int(mask.sum()),
+                                        "global_batch_size": bs})
+        loss, metrics = loss_fn(old_log_prob=old, log_prob=logp, advantages=adv,
+                                response_mask=mask.bool(), loss_agg_mode="token-mean",
+                                config=actor, rollout_is_weights=None)
+        loss.backward()
+        data = {"actor/entropy": 1.0 - 0.03 * step, "actor/pg_loss": float(loss),
+                "response_length/mean": float(mask.sum(1).mean()),
+                "actor/pg_clipfrac": float(metrics.get("actor/pg_clipfrac", 0.0)),
+                "actor/kl_loss": 0.001 * step,
+                "actor/grad_norm": float(logp.grad.norm())}
+        if step % test_freq == 0 or step == steps:
+            data.update(validate(step, p_at(step)))
+        log.write(json.dumps({"step": step, "data": data}) + "\n")
+        log.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
