@@ -300,9 +300,11 @@ def analyst(state: CandidateState, runtime: Runtime[Context]) -> dict:
     """A mechanism-level diagnosis of the curves, or of why the candidate failed."""
     if state.get("error"):
         status = state.get("status") or FAILED_VERIFICATION
+        # no proposal when select_parent, retrieve_evidence or the scientist failed
+        name = (state.get("proposal") or {}).get("name", "candidate")
         return {"status": status, "diagnosis": {
-            "text": f"{state['proposal'].get('name', 'candidate')} did not train: "
-                    f"{state['error']}", "tags": [status.replace("_", "-")]}}
+            "text": f"{name} did not train: {state['error']}",
+            "tags": [status.replace("_", "-")]}}
     first = state["results"][0]
     ref = state.get("reference")
     baseline = ref.get("final") if ref else None
