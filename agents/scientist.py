@@ -28,7 +28,7 @@ MAX_CODE_CHARS = 12_000      # the parent's module
 SLUG_MAX = 48
 REFLECTION_KEYS = ("candidate", "name", "status", "fitness", "tags", "text", "error")
 REFERENCE_KEYS = ("name", "role", "kind", "status", "fitness", "metrics", "hypothesis",
-                  "mechanism", "math", "summary", "tags")
+                  "mechanism", "math", "summary", "proposal", "tags")
 
 
 class LLMProposal(BaseModel):
