@@ -7,7 +7,8 @@ fence, or with prose around it), validates it with pydantic and, when anything i
 sends the model a repair message that says exactly what (the JSON error, or each
 validation error with its field), at most ``max_repairs`` times; then it raises
 ``AgentOutputError`` with the last problem. ``invoke_parsed`` is the same loop for any
-parser, e.g. ``extract_python_code`` for the coder.
+parser, e.g. ``extract_python_code`` for the coder. A call that fails outright
+(network, authentication) raises ``ModelCallError``, its message free of secrets.
 
 Whatever the reply, a call ends in a valid value or ``AgentOutputError`` after at most
 ``1 + max_repairs`` model calls: a bad reply of any shape (too deep, a number too long,
@@ -26,6 +27,7 @@ from typing import Annotated, Any, Callable, Sequence, TypeVar
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import AfterValidator, BaseModel, ValidationError
 
+from agents.redact import redact
 from trainers.algorithm import compile_source
 
 MAX_REPLY_CHARS = 200_000   # a longer reply is runaway generation, not an answer
@@ -65,6 +67,13 @@ class AgentOutputError(RuntimeError):
                          f"last problem: {problems[-1] if problems else 'none'}")
         self.what = what
         self.problems = problems
+
+
+class ModelCallError(RuntimeError):
+    """The chat-model call itself failed (network, authentication, server error), after
+    the client's own retries. The message names the original error type and carries its
+    message with secrets redacted (agents/redact.py); the original exception is not
+    chained, since its text may hold the API key that a server echoed."""
 
 
 class ReplyError(ValueError):
@@ -317,7 +326,7 @@ def invoke_parsed(model: Any, messages: Messages, parse: Callable[[str], T], *,
     history = [_as_message(m) for m in messages]
     problems: list[str] = []
     for attempt in range(max_repairs + 1):
-        text = reply_text(model.invoke(history))
+        text = reply_text(_call(model, history, what))
         try:
             return parse(text)
         except ReplyError as e:
@@ -327,6 +336,14 @@ def invoke_parsed(model: Any, messages: Messages, parse: Callable[[str], T], *,
                     HumanMessage(content=f"Your previous reply could not be used: "
                                          f"{problems[-1]}\n\n{retry_hint}")]
     raise AgentOutputError(what, problems)
+
+
+def _call(model: Any, history: list[BaseMessage], what: str) -> Any:
+    try:
+        return model.invoke(history)
+    except Exception as e:  # noqa: BLE001 - re-raised, typed, with secrets redacted
+        message = redact(f"{type(e).__name__}: {e}")
+    raise ModelCallError(f"{what}: the model call failed: {_cap(message, PROBLEM_CHARS)}")
 
 
 def invoke_structured(model: Any, messages: Messages, schema: type[M], *,
@@ -370,4 +387,4 @@ def _as_message(m: BaseMessage | tuple[str, str]) -> BaseMessage:
 __all__ = ["invoke_structured", "invoke_parsed", "parse_model", "extract_json",
            "extract_python_code", "reply_text", "schema_instructions",
            "validation_problems", "code_fences", "storable", "NonBlank", "AgentOutputError",
-           "ReplyError", "MAX_REPLY_CHARS", "ECHO_CHARS", "PROBLEM_CHARS"]
+           "ModelCallError", "ReplyError", "MAX_REPLY_CHARS", "ECHO_CHARS", "PROBLEM_CHARS"]
