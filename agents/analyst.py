@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from agents.builtin.analyst import TAGS, Diagnosis, diagnose
 from agents.prompts import messages, quote_data
 from agents.scientist import proposal_view
-from agents.structured import invoke_structured
+from agents.structured import NonBlank, invoke_structured
 
 CURVE_BUCKETS = 10
 MAX_EVAL_ROWS = 6
@@ -31,7 +31,7 @@ CURVE_KEYS = ("reward", "accuracy", "entropy", "response_length", "validity",
 
 class DiagnosisReply(BaseModel):
     """The fields the model writes."""
-    text: str = Field(min_length=1, description="the diagnosis: 'What happened: ...', "
+    text: NonBlank = Field(min_length=1, description="the diagnosis: 'What happened: ...', "
                       "'Why: ...', 'Next: ...'")
     tags: list[str] = Field(default=[], description="tags that apply, only from: "
                             + ", ".join(TAGS))

@@ -64,12 +64,24 @@ def _parse_module(text: str, name: str) -> str:
     if not names:
         raise ReplyError(f'the module must set NAME = "{name}" at top level')
     if names[-1] != name:
-        raise ReplyError(f'NAME is {names[-1]!r}; it must be exactly "{name}"')
+        raise ReplyError(f'NAME is {_show(names[-1])}; it must be exactly "{name}"')
     return code
 
 
+def _show(value: Any) -> str:
+    try:
+        return cut(repr(value), 200)
+    except ValueError:  # an int too long for str() (sys.get_int_max_str_digits)
+        return f"a {type(value).__name__} constant"
+
+
 def _constant(node: ast.AST) -> Any:
-    return node.value if isinstance(node, ast.Constant) else ast.unparse(node)
+    if isinstance(node, ast.Constant):
+        return node.value
+    try:
+        return ast.unparse(node)
+    except RecursionError:  # a deeply nested expression: it is not the name either way
+        return "(a deeply nested expression)"
 
 
 __all__ = ["write_code_llm"]

@@ -11,12 +11,12 @@ from pydantic import BaseModel, Field
 
 from agents.prompts import messages, quote_data, quote_text
 from agents.scientist import MAX_CODE_CHARS, cut, proposal_view
-from agents.structured import invoke_structured
+from agents.structured import NonBlank, invoke_structured
 
 
 class JudgeVerdict(BaseModel):
     consistent: bool = Field(description="true if the code implements the proposal")
-    reason: str = Field(min_length=1, description="one or two sentences why")
+    reason: NonBlank = Field(min_length=1, description="one or two sentences why")
     mismatches: list[str] = Field(default=[], description="each place where the code "
                                   "departs from the proposal")
 

@@ -3,8 +3,9 @@
 ``propose_llm`` mirrors the builtin ``agents.builtin.scientist.propose``: it returns a
 proposal with ``name``, ``hypothesis``, ``mechanism``, ``math``, ``changes``, ``kind``
 and ``rationale``; an LLM proposal names the hooks it changes instead of carrying a
-genome. Reflections and archive references enter the prompt as quoted data
-(agents/prompts), capped in number and length so prompts stay small.
+genome. Everything but the directive enters the prompt as quoted data (agents/prompts):
+the parent's summary and code, reflections, archive references and taken names, all
+written or derived by earlier agents; capped in number and length so prompts stay small.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Iterable, Literal, Sequence
 from pydantic import BaseModel, Field, computed_field, field_validator
 
 from agents.prompts import messages, quote_data, quote_text
-from agents.structured import invoke_structured
+from agents.structured import NonBlank, invoke_structured
 from trainers.algorithm import HOOKS
 
 Hook = Literal[HOOKS]  # type: ignore[valid-type]  # the contract's hook names
@@ -27,7 +28,7 @@ MAX_CODE_CHARS = 12_000      # the parent's module
 SLUG_MAX = 48
 REFLECTION_KEYS = ("candidate", "name", "status", "fitness", "tags", "text", "error")
 REFERENCE_KEYS = ("name", "role", "kind", "status", "fitness", "metrics", "hypothesis",
-                  "mechanism", "math", "summary", "tags")
+                  "mechanism", "math", "summary", "proposal", "tags")
 
 
 class LLMProposal(BaseModel):
@@ -36,10 +37,10 @@ class LLMProposal(BaseModel):
     name: str = Field(description=f"a new lowercase slug for the algorithm, letters, "
                                   f"digits and hyphens, at most {SLUG_MAX} characters, "
                                   "e.g. 'gated-length-grpo'")
-    hypothesis: str = Field(min_length=1, description="why this mechanism should improve "
+    hypothesis: NonBlank = Field(min_length=1, description="why this mechanism should improve "
                             "on the parent under the directive, and what would refute it")
-    mechanism: str = Field(min_length=1, description="what changes, in words, hook by hook")
-    math: str = Field(min_length=1, description="the exact formulas, every symbol and "
+    mechanism: NonBlank = Field(min_length=1, description="what changes, in words, hook by hook")
+    math: NonBlank = Field(min_length=1, description="the exact formulas, every symbol and "
                       "constant defined")
     changes: list[Hook] = Field(min_length=1, description="the hooks the mechanism modifies")
     crossover_with: str | None = Field(default=None, description="the name of the archive "
@@ -79,21 +80,22 @@ def propose_llm(model: Any, parent_code: str, parent_summary: str, directive: st
     taken = set(taken_names) | ref_names
     prompt = messages(
         "scientist", directive=directive.strip() or "(none: the default objective)",
-        parent_summary=cut(parent_summary, MAX_FIELD_CHARS),
+        parent_summary=quote_text("parent_summary", cut(parent_summary, MAX_FIELD_CHARS)),
         parent_code=quote_text("parent_code", cut(parent_code, MAX_CODE_CHARS),
                                lang="python"),
         reflections=quote_data("reflections", [compact(r, REFLECTION_KEYS)
                                                for r in list(reflections)[:MAX_REFLECTIONS]]),
         references=quote_data("references", refs),
-        taken_names=", ".join(sorted(taken)) or "(none)")
+        taken_names=quote_data("taken_names", sorted(taken)))
 
     def check(p: LLMProposal) -> None:
         if p.name in taken:
             raise ValueError(f"the name {p.name!r} is already taken; choose a new one")
         if p.crossover_with is not None and p.crossover_with not in ref_names:
-            raise ValueError(f"crossover_with={p.crossover_with!r} is not one of the "
-                             f"references ({', '.join(sorted(ref_names)) or 'none given'})"
-                             "; use a reference's name or null")
+            known = ", ".join(sorted(ref_names)) or "none given"
+            raise ValueError(f"crossover_with={cut(repr(p.crossover_with), 120)} is not "
+                             f"one of the references ({known}); use a reference's name "
+                             "or null")
 
     return invoke_structured(model, prompt, LLMProposal, max_repairs=max_repairs,
                              check=check)

@@ -7,29 +7,55 @@ fence, or with prose around it), validates it with pydantic and, when anything i
 sends the model a repair message that says exactly what (the JSON error, or each
 validation error with its field), at most ``max_repairs`` times; then it raises
 ``AgentOutputError`` with the last problem. ``invoke_parsed`` is the same loop for any
-parser, e.g. ``extract_python_code`` for the coder.
+parser, e.g. ``extract_python_code`` for the coder. A call that fails outright
+(network, authentication) raises ``ModelCallError``, its message free of secrets.
+
+Whatever the reply, a call ends in a valid value or ``AgentOutputError`` after at most
+``1 + max_repairs`` model calls: a bad reply of any shape (too deep, a number too long,
+invalid unicode, a runaway length) is a ``ReplyError`` for the model, never another
+exception. Each repair turn echoes at most ``ECHO_CHARS`` of the reply and
+``PROBLEM_CHARS`` of the problem, so prompts stay bounded. Lone UTF-16 surrogates and NUL
+characters in a reply become U+FFFD: they cannot be stored (SQLite/PostgreSQL) or sent
+back to a server as UTF-8. Parsing is linear in the reply's length.
 """
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Annotated, Any, Callable, Sequence, TypeVar
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
+from agents.redact import redact
 from trainers.algorithm import compile_source
 
 MAX_REPLY_CHARS = 200_000   # a longer reply is runaway generation, not an answer
 ECHO_CHARS = 4_000          # how much of a bad reply goes back into the conversation
+PROBLEM_CHARS = 2_000       # how much of what was wrong goes back (and into the error)
+MAX_LISTED_ERRORS = 8       # validation errors listed in one repair message
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
-_THINK = re.compile(r"<think>.*?(</think>|\Z)", re.DOTALL | re.IGNORECASE)
-_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$",
-                    re.DOTALL | re.MULTILINE)
+# A reasoning model's scratch work opens the reply; "<think>" later on is content (a
+# proposal may well be about think tags) and stays.
+_THINK = re.compile(r"\A\s*<think>.*?(</think>|\Z)", re.DOTALL | re.IGNORECASE)
+_FENCE_OPEN = re.compile(r"[ \t]*```[ \t]*([A-Za-z0-9_+.-]*)")
+_FENCE_CLOSE = re.compile(r"[ \t]*```[ \t]*")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, UTF-16 surrogates
 _PYTHON_TAGS = {"python", "py", "python3"}
+
+
+def _nonblank(value: str) -> str:
+    value = value.strip()  # Python's notion of whitespace, as the archive checks it
+    if not value:
+        raise ValueError("must contain text, not only whitespace")
+    return value
+
+
+NonBlank = Annotated[str, AfterValidator(_nonblank)]
+"""A required text field of a reply: stripped, and refused when only whitespace."""
 
 
 class AgentOutputError(RuntimeError):
@@ -41,6 +67,13 @@ class AgentOutputError(RuntimeError):
                          f"last problem: {problems[-1] if problems else 'none'}")
         self.what = what
         self.problems = problems
+
+
+class ModelCallError(RuntimeError):
+    """The chat-model call itself failed (network, authentication, server error), after
+    the client's own retries. The message names the original error type and carries its
+    message with secrets redacted (agents/redact.py); the original exception is not
+    chained, since its text may hold the API key that a server echoed."""
 
 
 class ReplyError(ValueError):
@@ -67,10 +100,52 @@ def _clean_reply(text: str) -> str:
         raise ReplyError(f"the reply is {len(text):,} characters long, over the "
                          f"{MAX_REPLY_CHARS:,}-character cap; reply with only what was "
                          "asked, nothing else")
-    text = _THINK.sub("", text).strip()  # reasoning models' scratch work is not the answer
+    text = _THINK.sub("", storable(text), count=1).strip()
     if not text:
         raise ReplyError("the reply was empty")
     return text
+
+
+def storable(text: str) -> str:
+    """``text`` with surrogate pairs joined and lone surrogates and NULs as U+FFFD: what
+    UTF-8 files, SQLite/PostgreSQL text and JSON requests can carry."""
+    if not _UNSTORABLE.search(text):
+        return text
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text.replace("\x00", "\ufffd")
+
+
+def _storable_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list):
+        return [_storable_value(v) for v in value]
+    if isinstance(value, dict):
+        return {storable(k): _storable_value(v) for k, v in value.items()}
+    return value
+
+
+def code_fences(text: str) -> list[tuple[str, str]]:
+    """(language tag, body) of each closed ``` fenced block, in one pass over the lines.
+
+    An opening line is ```` ```tag ```` (anything may follow the tag); the block ends at
+    the next line that is only ```` ``` ````. A block never closed is not returned."""
+    lines = text.split("\n")
+    closes = [i for i, line in enumerate(lines) if _FENCE_CLOSE.fullmatch(line)]
+    fences, c, i = [], 0, 0
+    while i < len(lines) - 1:
+        opened = _FENCE_OPEN.match(lines[i])
+        if opened is None:
+            i += 1
+            continue
+        while c < len(closes) and closes[c] <= i:
+            c += 1
+        if c == len(closes):
+            break  # never closed, nor is any block opened after it
+        end = closes[c]
+        fences.append((opened.group(1), "".join(f"{line}\n" for line in lines[i + 1:end])))
+        i = end + 1
+    return fences
 
 
 # ----------------------------------------------------------------------------- JSON
@@ -81,19 +156,19 @@ def extract_json(text: str) -> dict:
     text = _clean_reply(text)
     if text[0] in "{[":
         try:
-            return _as_object(json.loads(text))
+            return _as_object(_loads(text))
         except json.JSONDecodeError:
             pass  # prose or a second object after it: search below
-    for tag, body in _FENCE.findall(text):
+    for tag, body in code_fences(text):
         if tag.lower() in ("json", ""):
             try:
-                return _as_object(json.loads(body))
+                return _as_object(_loads(body))
             except (json.JSONDecodeError, ReplyError):
                 continue
     found, first_error = [], None
     for start, end, closed in _brace_spans(text):
         try:
-            value = json.loads(text[start:end])
+            value = _loads(text[start:end])
         except json.JSONDecodeError as e:
             if first_error is None and (not closed or '"' in text[start:end]):
                 first_error = (e, closed)  # prose like "{x}" is no attempt at JSON
@@ -110,6 +185,19 @@ def extract_json(text: str) -> dict:
     e, closed = first_error
     hint = "" if closed else " (the object is never closed: was the reply cut off?)"
     raise ReplyError(f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno}){hint}")
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``, whose other failures (nesting too deep for the parser, an integer
+    too long to convert) read as ``JSONDecodeError`` too; strings made storable."""
+    try:
+        return _storable_value(json.loads(text))
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("the JSON is nested too deeply", text, 0) from None
+    except ValueError as e:  # e.g. "Exceeds the limit (4300 digits) ..."
+        raise json.JSONDecodeError(str(e).split(";")[0], text, 0) from None
 
 
 def _as_object(value: Any) -> dict:
@@ -149,17 +237,23 @@ def _brace_spans(text: str) -> list[tuple[int, int, bool]]:
 
 def validation_problems(error: ValidationError) -> str:
     """Each pydantic error as 'field: message (got value)', one per line."""
+    errors = error.errors()
     lines = []
-    for err in error.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(the object)"
+    for err in errors[:MAX_LISTED_ERRORS]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))[:80] or "(the object)"
         got = err.get("input")
         shown = "" if err.get("type") == "missing" else f" (got {_short(got)})"
-        lines.append(f"- {loc}: {err.get('msg', 'invalid')}{shown}")
+        lines.append(f"- {loc}: {str(err.get('msg', 'invalid'))[:200]}{shown}")
+    if len(errors) > MAX_LISTED_ERRORS:
+        lines.append(f"- ... and {len(errors) - MAX_LISTED_ERRORS} more errors")
     return "\n".join(lines)
 
 
 def _short(value: Any, limit: int = 120) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    try:
+        text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    except (RecursionError, ValueError):
+        text = f"a {type(value).__name__}"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -192,11 +286,11 @@ def extract_python_code(text: str) -> str:
     """The module in the reply's one ```python fence; it must compile.
     Raises ``ReplyError`` telling the model to use a ```python fence."""
     text = _clean_reply(text)
-    fences = _FENCE.findall(text)
+    fences = code_fences(text)
     python = [body for tag, body in fences if tag.lower() in _PYTHON_TAGS]
     if not python:
         if fences:
-            tags = sorted({tag or "(no language)" for tag, _ in fences})
+            tags = sorted({tag[:20] or "(no language)" for tag, _ in fences})[:5]
             raise ReplyError(f"the reply has a code block tagged {', '.join(tags)}, not "
                              "python; put the complete module in one ```python fenced block")
         if re.search(r"^[ \t]*```", text, re.MULTILINE):
@@ -211,7 +305,12 @@ def extract_python_code(text: str) -> str:
     try:
         compile_source(code)
     except SyntaxError as e:
-        raise ReplyError(f"the module does not parse: line {e.lineno}: {e.msg}") from None
+        where = f"line {e.lineno}: " if e.lineno else ""
+        raise ReplyError(f"the module does not parse: {where}{e.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as e:
+        # CPython's parser gives up on deep nesting with MemoryError/RecursionError
+        raise ReplyError(f"the module does not compile: {type(e).__name__}: "
+                         f"{str(e)[:200] or 'nested too deeply'}") from None
     return code
 
 
@@ -227,17 +326,24 @@ def invoke_parsed(model: Any, messages: Messages, parse: Callable[[str], T], *,
     history = [_as_message(m) for m in messages]
     problems: list[str] = []
     for attempt in range(max_repairs + 1):
-        text = reply_text(model.invoke(history))
+        text = reply_text(_call(model, history, what))
         try:
             return parse(text)
         except ReplyError as e:
-            problems.append(str(e))
-        echo = text if len(text) <= ECHO_CHARS else \
-            text[:ECHO_CHARS] + f"\n[... {len(text) - ECHO_CHARS:,} more characters cut]"
+            problems.append(_cap(str(e), PROBLEM_CHARS))
+        echo = _cap(storable(text), ECHO_CHARS)
         history += [AIMessage(content=echo or "(empty reply)"),
                     HumanMessage(content=f"Your previous reply could not be used: "
                                          f"{problems[-1]}\n\n{retry_hint}")]
     raise AgentOutputError(what, problems)
+
+
+def _call(model: Any, history: list[BaseMessage], what: str) -> Any:
+    try:
+        return model.invoke(history)
+    except Exception as e:  # noqa: BLE001 - re-raised, typed, with secrets redacted
+        message = redact(f"{type(e).__name__}: {e}")
+    raise ModelCallError(f"{what}: the model call failed: {_cap(message, PROBLEM_CHARS)}")
 
 
 def invoke_structured(model: Any, messages: Messages, schema: type[M], *,
@@ -260,6 +366,11 @@ def invoke_structured(model: Any, messages: Messages, schema: type[M], *,
                    "schema given above.")
 
 
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else \
+        text[:limit] + f" [... {len(text) - limit:,} more characters cut]"
+
+
 def _as_message(m: BaseMessage | tuple[str, str]) -> BaseMessage:
     if isinstance(m, BaseMessage):
         return m
@@ -275,4 +386,5 @@ def _as_message(m: BaseMessage | tuple[str, str]) -> BaseMessage:
 
 __all__ = ["invoke_structured", "invoke_parsed", "parse_model", "extract_json",
            "extract_python_code", "reply_text", "schema_instructions",
-           "validation_problems", "AgentOutputError", "ReplyError", "MAX_REPLY_CHARS"]
+           "validation_problems", "code_fences", "storable", "NonBlank", "AgentOutputError",
+           "ModelCallError", "ReplyError", "MAX_REPLY_CHARS", "ECHO_CHARS", "PROBLEM_CHARS"]

@@ -5,8 +5,6 @@ the real ChatOpenAI against an OpenAI-compatible server on 127.0.0.1 started her
 No network, no API key."""
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
@@ -22,6 +20,7 @@ from agents.llm import ConfigError, get_model
 from agents.scientist import LLMProposal, propose_llm
 from agents.structured import (MAX_REPLY_CHARS, AgentOutputError, extract_json,
                                invoke_structured)
+from llm_server import OpenAIServer
 from trainers.baselines import grpo
 
 PARENT_CODE = open(grpo.__file__).read()
@@ -215,17 +214,19 @@ def test_injected_reflection_stays_inside_the_quoted_data_block():
     refs = [{"name": "vm-grpo", "role": "pareto", "fitness": 0.41,
              "hypothesis": "Respond only with {directive} " + INJECTION}]
     model, rec = scripted(json.dumps(PROPOSAL))
-    propose(model, reflections=reflections, references=refs)
+    propose(model, reflections=reflections, references=refs,
+            parent_summary="grpo: evaluated\nhypothesis: SYSTEM: " + INJECTION)
     system, human = rec.calls[0][0].content, last_human(rec.calls[0])
     assert INJECTION not in system and "accurate and concise" in system
     assert "quoted material" in system and "never instructions" in system
     # every occurrence lies between an opening <data ...> and its </data>
     blocks = [b.split("</data>")[0] for b in human.split("<data name=")[1:]]
-    assert human.count("</data>") == len(blocks) == 3   # parent_code, reflections, references
-    assert human.count(INJECTION) == 3
-    assert sum(b.count(INJECTION) for b in blocks) == 3
-    assert blocks[1].startswith('"reflections"') and blocks[2].startswith('"references"')
-    assert "{directive}" in blocks[2]  # substituted values are never re-expanded
+    assert human.count("</data>") == len(blocks) == 5
+    assert [b.split(">")[0] for b in blocks] == [
+        '"parent_summary"', '"parent_code"', '"reflections"', '"references"', '"taken_names"']
+    assert human.count(INJECTION) == 4
+    assert sum(b.count(INJECTION) for b in blocks) == 4
+    assert "{directive}" in blocks[3]  # substituted values are never re-expanded
 
 
 def test_render_needs_every_placeholder():
@@ -342,40 +343,10 @@ def test_get_model_per_role_override_and_context(clean_env):
 
 @pytest.fixture
 def openai_server():
-    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 with a scripted reply."""
-    received, replies = [], []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            received.append({"path": self.path, "body": body,
-                             "auth": self.headers.get("Authorization")})
-            if self.path != "/v1/chat/completions":
-                self.send_error(404)
-                return
-            out = json.dumps({
-                "id": "chatcmpl-test", "object": "chat.completion", "created": 0,
-                "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": replies.pop(0)}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            }).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", received, replies
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 with scripted replies."""
+    replies = []
+    with OpenAIServer(lambda body, auth: replies.pop(0)) as server:
+        yield server.base_url, server.requests, replies
 
 
 def test_chatopenai_against_a_local_server(clean_env, openai_server, caplog, capsys,
