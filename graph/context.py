@@ -40,3 +40,15 @@ class Context:
     steer: bool = field(default=False, metadata={
         "description": "pause between rounds for a person (python -m graph.steer): the run "
                        "waits at an interrupt() for instructions"})
+    executor: str = field(default="process", metadata={
+        "description": "where training jobs run: 'process' (sandboxed child processes "
+                       "here) or 'ray' (one Ray task per job, see trainers.executors)"})
+    ray_address: str | None = field(default=None, metadata={
+        "description": "Ray cluster to join (auto, HOST:PORT, ray://HOST:PORT); None: "
+                       "start a local Ray for the run"})
+    ray_task_memory_mb: int = field(default=1024, metadata={
+        "description": "memory a Ray training task asks for (a scheduling hint; the "
+                       "sandbox's own limits still apply)"})
+    ray_max_retries: int = field(default=1, metadata={
+        "description": "Ray retries of a job whose worker or node died (training is "
+                       "deterministic per seed, so a retry gives the same result)"})

@@ -48,6 +48,7 @@ from memory.evidence import DUPLICATE_SIMILARITY
 from memory.selection import select_parent_ids
 from trainers.algorithm import code_hash
 from trainers.baselines import baseline_source
+from trainers.executors import Executor, get_executor
 
 SEED_NAME = "grpo"
 
@@ -55,7 +56,6 @@ SEED_NAME = "grpo"
 
 _archives: dict[str, Archive] = {}
 _archives_lock = threading.Lock()
-_job_slots: dict[int, threading.BoundedSemaphore] = {}
 
 
 def archive_for(home: str) -> Archive:
@@ -66,9 +66,12 @@ def archive_for(home: str) -> Archive:
         return _archives[home]
 
 
-def _job_slot(n: int) -> threading.BoundedSemaphore:
-    with _archives_lock:
-        return _job_slots.setdefault(n, threading.BoundedSemaphore(n))
+def executor_for(ctx: Context) -> Executor:
+    """The run's training executor (one per process; see trainers.executors)."""
+    return get_executor(ctx.executor, address=ctx.ray_address,
+                        max_parallel_jobs=ctx.max_parallel_jobs,
+                        task_memory_mb=ctx.ray_task_memory_mb,
+                        max_retries=ctx.ray_max_retries)
 
 
 def _key(state: CandidateState) -> str:
@@ -256,36 +259,22 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
 
 @guarded
 def trainer(state: CandidateState, runtime: Runtime[Context]) -> dict:
-    """One sandboxed training job per seed, at most ``max_parallel_jobs`` at once."""
-    from trainers.sandbox import run_in_sandbox
-
+    """One sandboxed training job per seed, on the run's executor (local processes, at
+    most ``max_parallel_jobs`` at once, or Ray tasks)."""
     ctx = runtime.context
     train_config = dict(ctx.train_overrides)
     if ctx.steps is not None:
         train_config["steps"] = ctx.steps
-    results, errors = [None] * ctx.seeds, []
-
-    def one(seed: int):
-        payload = {"source": state["code"], "seed": seed, "home": ctx.home,
-                   "train_config": train_config}
-        if ctx.warm_config:
-            payload["warm_config"] = ctx.warm_config
-        with _job_slot(ctx.max_parallel_jobs):
-            began = time.time()
-            res = run_in_sandbox("train", payload, timeout_s=ctx.train_timeout_s)
-        if res.ok:
-            results[seed] = {**res.value, "span": [began, time.time()]}
-        else:
-            errors.append(f"seed {seed}: {res.kind}: {res.error}")
-
-    threads = [threading.Thread(target=one, args=(s,)) for s in range(ctx.seeds)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    payloads = [{"source": state["code"], "seed": seed, "home": ctx.home,
+                 "train_config": train_config,
+                 **({"warm_config": ctx.warm_config} if ctx.warm_config else {})}
+                for seed in range(ctx.seeds)]
+    outcomes = executor_for(ctx).train(payloads, timeout_s=ctx.train_timeout_s)
+    errors = [f"seed {seed}: {o.result.kind}: {o.result.error}"
+              for seed, o in enumerate(outcomes) if not o.result.ok]
     if errors:
         return {"status": FAILED_TRAINING, "error": "training failed: " + "; ".join(errors)}
-    return {"results": results}
+    return {"results": [{**o.result.value, "span": list(o.span)} for o in outcomes]}
 
 
 @guarded
@@ -521,4 +510,4 @@ builder.add_edge("candidate", "round_end")
 
 graph = builder.compile()
 
-__all__ = ["builder", "graph", "candidate_builder", "archive_for", "Context"]
+__all__ = ["builder", "graph", "candidate_builder", "archive_for", "executor_for", "Context"]

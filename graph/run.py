@@ -54,6 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="with --trainer verl: print the verl command and composed config "
                         "(the seed GRPO's, or each candidate's of --resume RUN_ID); no training")
+    p.add_argument("--executor", choices=("process", "ray"), default=None,
+                   help="where training jobs run: sandboxed local processes (default) or "
+                        "Ray tasks; saved with the run, so --resume keeps it")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: the cluster to join (auto, HOST:PORT, "
+                        "ray://HOST:PORT); default: start a local Ray for the run")
     args = p.parse_args(argv)
     if args.dry_run and args.trainer != "verl":
         p.error("--dry-run needs --trainer verl")
@@ -64,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--steps must be at least 1")
     if args.resume is None and args.directive is None and not args.dry_run:
         p.error("--directive is required (or --resume RUN_ID)")
+    if args.ray_address and args.executor == "process":
+        p.error("--ray-address needs --executor ray")
     return args
 
 
@@ -101,6 +109,9 @@ def prepare(args: argparse.Namespace):
                          if k in {f.name for f in fields(Context)}})
         ctx.home = str(home)
         ctx.steer = getattr(args, "steer", False)  # graph.run finishes a steered run unattended
+        for key, value in _executor_choice(args).items():  # explicit beats saved
+            setattr(ctx, key, value)
+        _connect(ctx)
         return home, archive, run.id, run.directive, ctx, None, run.config
     try:
         spec, how = objective_for(args.directive, model)
@@ -110,7 +121,8 @@ def prepare(args: argparse.Namespace):
                   seeds=args.seeds, steps=args.steps, seed=args.seed,
                   model=None if args.model in (None, "builtin") else args.model,
                   smoke=not args.no_smoke, steer=getattr(args, "steer", False),
-                  **_config_file(args.config))
+                  **_config_file(args.config), **_executor_choice(args))
+    _connect(ctx)  # before the run is recorded: an unreachable cluster leaves no trace
     saved = {k: v for k, v in asdict(ctx).items() if k not in ("home", "chat_models")}
     run_id = archive.start_run(spec.directive, {"context": saved,
                                                 "objective": spec.model_dump(),
@@ -130,7 +142,8 @@ def _config_file(path: Path | None) -> dict:
         raise UsageError(f"cannot read --config {path}: {e}") from None
     allowed = {f.name for f in fields(Context)} - {"home", "candidates", "width", "seeds",
                                                   "steps", "seed", "model", "smoke",
-                                                  "chat_models", "steer"}
+                                                  "chat_models", "steer", "executor",
+                                                  "ray_address"}
     unknown = sorted(set(data) - allowed)
     if not isinstance(data, dict) or unknown:
         raise UsageError(f"--config {path}: unknown keys {unknown}; allowed: "
@@ -150,7 +163,44 @@ def compile_graph(home: Path):
 
 def run(args: argparse.Namespace, console: Console, tracer=None, on_start=None) -> dict:
     """Run (or resume) the loop. ``on_start(run_id)`` is called once the run exists."""
+    from trainers.executors import close_executors
+
+    try:
+        return _run(args, console, tracer, on_start)
+    finally:
+        close_executors()  # a local Ray we started is shut down, a cluster disconnected
+
+
+def _executor_choice(args: argparse.Namespace) -> dict:
+    """Context fields for --executor / --ray-address (an address implies ray)."""
+    executor = getattr(args, "executor", None)
+    address = getattr(args, "ray_address", None)
+    if not (executor or address):
+        return {}
+    return {"executor": "ray" if address else executor, "ray_address": address}
+
+
+def _connect(ctx: Context) -> str:
+    """Connect the run's executor (once; a bad --ray-address fails before any work) and
+    describe it for the header."""
+    from graph.graph import executor_for
+    from trainers.executors import ExecutorUnavailable
+
+    try:
+        executor = executor_for(ctx)
+    except ExecutorUnavailable as e:
+        raise UsageError(str(e)) from None
+    except ImportError as e:
+        raise UsageError(f"--executor {ctx.executor} needs {e.name}: pip install -e "
+                         "\".[ray]\"") from None
+    if ctx.executor == "ray":
+        return f"Ray tasks on {executor.describe()}"
+    return f"{ctx.max_parallel_jobs} sandboxed processes"
+
+
+def _run(args: argparse.Namespace, console: Console, tracer, on_start) -> dict:
     home, archive, run_id, directive, ctx, state, run_config = prepare(args)
+    jobs = _connect(ctx)
     if on_start is not None:
         on_start(run_id)
     app = compile_graph(home)
@@ -171,7 +221,8 @@ def run(args: argparse.Namespace, console: Console, tracer=None, on_start=None) 
     console.rule(f"POISE run {run_id}")
     console.print(f"directive: [bold]{directive}[/bold]\nobjective: {spec.describe()} "
                   f"({how})\n"
-                  f"agents: {ctx.model or 'builtin (offline)'}; trainer: local CPU; "
+                  f"agents: {ctx.model or 'builtin (offline)'}; trainer: local CPU "
+                  f"({jobs}); "
                   f"budget: {ctx.candidates} candidates x {ctx.seeds} seed(s); home: {home}")
     started = time.time()
     _stream(app, state, config, ctx, console, quiet=args.quiet)
@@ -315,7 +366,7 @@ def main(argv=None) -> int:
         with tracing.session(tracer):  # sends every trace before the CLI exits
             run(args, console, tracer)
     except UsageError as e:
-        err.print(f"error: {e}")
+        err.print(f"error: {e}", soft_wrap=True, markup=False, highlight=False)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted: resume with --resume RUN_ID (see the run header)")

@@ -54,7 +54,8 @@ from typing import Callable, Literal
 
 from trainers.algorithm import parse_source
 
-Kind = Literal["ok", "timeout", "memory", "crash", "contract", "blocked"]
+# "executor": the job never ran to a result where it was sent (a Ray worker died...).
+Kind = Literal["ok", "timeout", "memory", "crash", "contract", "blocked", "executor"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MARKER = "POISE_SANDBOX_RUN"
 TAIL_CHARS = 4000

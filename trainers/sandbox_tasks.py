@@ -230,6 +230,11 @@ def _train_configs(payload: dict, smoke: bool):
     return train_config_from_dict(tc), warm_config_from_dict(warm)
 
 
+def warm_start_config(payload: dict, smoke: bool = False):
+    """The WarmStartConfig a ``train`` (or ``smoke_train``) payload trains from."""
+    return _train_configs(payload, smoke)[1]
+
+
 def _setup_train(payload: dict, smoke: bool = False):
     import torch
 

@@ -1,0 +1,318 @@
+"""Where the trainer node's sandboxed training jobs run: local processes or Ray tasks.
+
+    executor = get_executor("ray", address=None)          # cached per process
+    outcomes = executor.train(payloads, timeout_s=1200)   # one per payload, in order
+    close_executors()                                     # at the end of the run
+
+A payload is the ``train`` task's payload of ``trainers.sandbox.run_in_sandbox``
+(``source``, ``seed``, ``home``, ``train_config``, ``warm_config``). Both executors run
+each job through ``run_in_sandbox``, so the candidate always executes in a sandbox child
+with its timeout and limits, and a job's result is the same wherever it ran (training is
+deterministic per seed).
+
+- ``ProcessExecutor``: one thread per job on this machine, each starting a sandbox
+  child; at most ``max_parallel_jobs`` at once (a semaphore shared by all of the run's
+  concurrent trainer nodes).
+- ``RayExecutor``: each job is a Ray task asking for ``num_cpus=1`` and a memory hint;
+  Ray's scheduler places and queues them (no scheduler of ours). Without an address it
+  starts a local Ray (all cores, no dashboard) and shuts it down at ``close``; with one
+  (``auto``, ``host:port`` or ``ray://host:port``) it connects, after a quick TCP probe,
+  and ships ``trainers`` and ``evals`` as ``py_modules`` so a remote node needs no
+  checkout. The warm start is built once per configuration by a Ray task, saved in the
+  run's home and put in the object store; a task whose node cannot see that home (no
+  shared filesystem) writes the checkpoint into a node-local cache home first. A Ray
+  failure (worker or node died, task error) is that job's failure, with the reason;
+  never an exception out of ``train``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from trainers.sandbox import SandboxResult, run_in_sandbox
+
+KINDS = ("process", "ray")
+NODE_HOME = "poise-ray-home"  # a node's own warm-start cache, under its temp dir
+PROBE_TIMEOUT_S = 5.0
+
+
+class ExecutorUnavailable(RuntimeError):
+    """The chosen executor cannot be used (e.g. the Ray address is unreachable)."""
+
+
+@dataclass
+class JobOutcome:
+    result: SandboxResult
+    span: tuple[float, float]  # wall-clock (epoch s) start and end of the sandboxed job
+
+
+class Executor(Protocol):
+    name: str
+
+    def train(self, payloads: list[dict], *, timeout_s: float) -> list[JobOutcome]: ...
+
+    def close(self) -> None: ...
+
+
+def failed(error: str, began: float, ended: float | None = None) -> JobOutcome:
+    """A job that never produced a sandbox result (the executor itself failed)."""
+    ended = time.time() if ended is None else ended
+    return JobOutcome(SandboxResult(False, {}, error, "executor", "", ended - began),
+                      (began, ended))
+
+
+# ----------------------------------------------------------------------------- processes
+
+class ProcessExecutor:
+    name = "process"
+
+    def __init__(self, max_parallel_jobs: int):
+        assert max_parallel_jobs >= 1, "max_parallel_jobs must be at least 1"
+        self.slots = threading.BoundedSemaphore(max_parallel_jobs)
+
+    def train(self, payloads: list[dict], *, timeout_s: float) -> list[JobOutcome]:
+        outcomes: list[JobOutcome | None] = [None] * len(payloads)
+
+        def one(i: int) -> None:
+            with self.slots:
+                began = time.time()
+                try:
+                    res = run_in_sandbox("train", payloads[i], timeout_s=timeout_s)
+                except Exception as e:  # noqa: BLE001 - e.g. no process could be started
+                    outcomes[i] = failed(f"could not run the sandbox: {e}", began)
+                    return
+                outcomes[i] = JobOutcome(res, (began, time.time()))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(payloads))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return outcomes
+
+    def close(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------- Ray
+
+def _node_home(home: str) -> Path:
+    """The driver's home when this node can write it (same machine or a shared
+    filesystem), else this node's own cache home."""
+    path = Path(home)
+    if path.is_dir() and os.access(path, os.W_OK):
+        return path
+    return Path(tempfile.gettempdir()) / NODE_HOME
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def build_warm_start(payload: dict) -> bytes:
+    """Build (or load) the payload's warm start in this node's home; its checkpoint
+    bytes. Trusted code only: no candidate is involved."""
+    import torch
+
+    from trainers.local.warmstart import checkpoint_path, load_or_build
+    from trainers.sandbox_tasks import warm_start_config
+
+    torch.set_num_threads(1)  # as in the sandbox child: the same weights
+    warm = warm_start_config(payload)
+    home = _node_home(payload["home"])
+    load_or_build(warm, home)
+    return checkpoint_path(warm, home).read_bytes()
+
+
+def train_job(payload: dict, timeout_s: float, warm_blob: bytes | None) -> dict:
+    """One sandboxed training job, on a Ray worker: the sandbox result and its span."""
+    from trainers.local.warmstart import checkpoint_path
+    from trainers.sandbox_tasks import warm_start_config
+
+    home = _node_home(payload["home"])
+    ckpt = checkpoint_path(warm_start_config(payload), home)
+    if warm_blob is not None and not ckpt.is_file():
+        _write_atomic(ckpt, warm_blob)
+    began = time.time()
+    res = run_in_sandbox("train", {**payload, "home": str(home)}, timeout_s=timeout_s)
+    return {"result": res.as_dict(), "span": (began, time.time()),
+            "node": os.uname().nodename}
+
+
+def check_address(address: str) -> None:
+    """Raise ExecutorUnavailable at once if ``host:port`` / ``ray://host:port`` does not
+    accept a TCP connection (Ray itself would retry for minutes)."""
+    if address == "auto":
+        return
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    if not parts.hostname or not parts.port:
+        raise ExecutorUnavailable(f"--ray-address {address!r}: expected auto, HOST:PORT or "
+                                  "ray://HOST:PORT")
+    try:
+        socket.create_connection((parts.hostname, parts.port), PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise ExecutorUnavailable(f"cannot reach the Ray cluster at {address}: "
+                                  f"{e.strerror or e}") from None
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, task_memory_mb: int = 1024,
+                 max_retries: int = 1, num_cpus: int | None = None):
+        import ray
+
+        self.address = address
+        self.task_memory_mb = task_memory_mb
+        self.max_retries = max_retries
+        self.started = address is None
+        self._warm: dict[str, object] = {}  # warm-start key -> ObjectRef of its bytes
+        self._warm_lock = threading.Lock()
+        if ray.is_initialized():
+            raise ExecutorUnavailable("Ray is already initialized in this process; close "
+                                      "the other executor first")
+        options = dict(log_to_driver=False, logging_level=logging.WARNING)
+        if address is None:  # "local": a new Ray even where RAY_ADDRESS is set
+            try:
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
+                         include_dashboard=False, **options)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise ExecutorUnavailable(f"cannot start a local Ray: {_first_line(e)}"
+                                          ) from None
+        else:
+            check_address(address)
+            import evals
+            import trainers
+            try:
+                ray.init(address=address, runtime_env={"py_modules": [trainers, evals]},
+                         **options)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                reason = _first_line(e).split(". ")[0].rstrip(".")
+                raise ExecutorUnavailable(f"cannot connect to the Ray cluster at {address}: "
+                                          f"{reason}") from None
+        self._build = ray.remote(num_cpus=1, memory=task_memory_mb << 20,
+                                 max_retries=max_retries)(build_warm_start)
+        self._train = ray.remote(num_cpus=1, memory=task_memory_mb << 20,
+                                 max_retries=max_retries)(train_job)
+
+    def describe(self) -> str:
+        import ray
+
+        cpus = ray.cluster_resources().get("CPU", 0)
+        where = "a local Ray" if self.started else f"the Ray cluster at {self.address}"
+        return f"{where} ({cpus:g} CPUs)"
+
+    def _warm_ref(self, payload: dict):
+        """The ObjectRef of the payload's warm-start bytes, built once by a Ray task and
+        also saved in the driver's home."""
+        import ray
+
+        from trainers.local.warmstart import checkpoint_path
+        from trainers.sandbox_tasks import warm_start_config
+
+        warm = warm_start_config(payload)
+        with self._warm_lock:  # concurrent trainer nodes wait for one build
+            if warm.key() not in self._warm:
+                path = checkpoint_path(warm, Path(payload["home"]))
+                if path.is_file():
+                    blob = path.read_bytes()
+                else:
+                    blob = ray.get(self._build.remote(payload))
+                    if not path.is_file():  # a remote node built it
+                        _write_atomic(path, blob)
+                self._warm[warm.key()] = ray.put(blob)
+            return self._warm[warm.key()]
+
+    def train(self, payloads: list[dict], *, timeout_s: float) -> list[JobOutcome]:
+        import ray
+
+        began = time.time()
+        payloads = [{**p, "home": str(Path(p["home"]).resolve())} for p in payloads]
+        try:
+            warm = self._warm_ref(payloads[0]) if payloads else None
+        except ray.exceptions.RayError as e:
+            return [failed(f"building the warm start on Ray failed: {ray_reason(e)}", began)
+                    for _ in payloads]
+        refs = [self._train.remote(p, timeout_s, warm) for p in payloads]
+        outcomes = []
+        for ref in refs:
+            try:
+                out = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                outcomes.append(failed(ray_reason(e), began))
+                continue
+            outcomes.append(JobOutcome(SandboxResult(**out["result"]), tuple(out["span"])))
+        return outcomes
+
+    def close(self) -> None:
+        import ray
+
+        ray.shutdown()  # stops the local Ray we started; only disconnects from a cluster
+
+
+def ray_reason(e: Exception) -> str:
+    """One line saying what went wrong on Ray."""
+    import ray
+
+    if isinstance(e, ray.exceptions.RayTaskError):
+        cause = e.cause if isinstance(e.cause, BaseException) else None
+        what = f"{type(cause).__name__}: {cause}" if cause else str(e).splitlines()[0]
+        return f"the Ray task failed: {what}"[:600]
+    if isinstance(e, ray.exceptions.WorkerCrashedError):
+        return ("the Ray worker died while training (killed, or it crashed; the sandbox "
+                "child died with it)")
+    if isinstance(e, (ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError)):
+        return "the Ray node running the job died"
+    if isinstance(e, ray.exceptions.TaskCancelledError):
+        return "the Ray task was cancelled"
+    return f"Ray error: {type(e).__name__}: {_first_line(e)}"[:600]
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+# ----------------------------------------------------------------------------- the registry
+
+_executors: dict[tuple, Executor] = {}
+_lock = threading.Lock()
+
+
+def get_executor(kind: str, *, address: str | None = None, max_parallel_jobs: int = 1,
+                 task_memory_mb: int = 1024, max_retries: int = 1) -> Executor:
+    """The process-wide executor of ``kind`` (created on first use; raises
+    ExecutorUnavailable when it cannot be)."""
+    if kind not in KINDS:
+        raise ExecutorUnavailable(f"unknown executor {kind!r}; choose one of {KINDS}")
+    key = (kind, max_parallel_jobs) if kind == "process" else (
+        kind, address, task_memory_mb, max_retries)
+    with _lock:
+        if key not in _executors:
+            if kind == "process":
+                _executors[key] = ProcessExecutor(max_parallel_jobs)
+            else:
+                _executors[key] = RayExecutor(address, task_memory_mb=task_memory_mb,
+                                              max_retries=max_retries)
+        return _executors[key]
+
+
+def close_executors() -> None:
+    with _lock:
+        for executor in _executors.values():
+            executor.close()
+        _executors.clear()
+
+
+__all__ = ["Executor", "ExecutorUnavailable", "JobOutcome", "ProcessExecutor",
+           "RayExecutor", "get_executor", "close_executors", "check_address", "KINDS"]
