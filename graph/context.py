@@ -46,9 +46,10 @@ class Context:
     ray_address: str | None = field(default=None, metadata={
         "description": "Ray cluster to join (auto, HOST:PORT, ray://HOST:PORT); None: "
                        "start a local Ray for the run"})
-    ray_task_memory_mb: int = field(default=1024, metadata={
-        "description": "memory a Ray training task asks for (a scheduling hint; the "
-                       "sandbox's own limits still apply)"})
+    ray_task_memory_mb: int = field(default=1536, metadata={
+        "description": "memory a Ray training task asks for, a scheduling hint (a job "
+                       "peaks at ~1.0 GB RSS at the default budget; the sandbox's own "
+                       "limits still apply)"})
     ray_max_retries: int = field(default=1, metadata={
         "description": "Ray retries of a job whose worker or node died (training is "
                        "deterministic per seed, so a retry gives the same result)"})

@@ -47,15 +47,17 @@ def run_loop(home: Path, executor: str, *, directive: str, candidates: int, seed
             "summary": summary}
 
 
-def snapshot(home: Path, run_id: int = 1) -> dict:
+def snapshot(home: Path, run_id: int = 1) -> tuple[dict, list]:
     """The archive's content that must not depend on where training ran, keyed by
-    "round:slot" (ids depend on which parallel branch finished first)."""
+    "round:slot" (ids depend on which parallel branch finished first); and the training
+    jobs' wall-clock spans."""
     from memory.archive import Archive
 
     with Archive(home) as archive:
         cands = archive.candidates(run_id)
         slot = {c.id: f"{c.details['round']}:{c.details['slot']}" for c in cands}
         out = {}
+        spans = [sp for c in cands for sp in (c.details or {}).get("train_spans", [])]
         for c in cands:
             evals = sorted(archive.evaluations(c.id), key=lambda e: e.seed)
             out[slot[c.id]] = {
@@ -65,7 +67,7 @@ def snapshot(home: Path, run_id: int = 1) -> dict:
                 "fitness": c.fitness,
                 "seeds": [{"seed": e.seed, "fitness": e.fitness, "val": e.metrics.get("val"),
                            "curves": e.curves} for e in evals]}
-        return out
+        return out, spans
 
 
 def differences(a: dict, b: dict, path: str = "") -> list[str]:
@@ -88,7 +90,9 @@ def compare(out: Path, executors: list[str], **run_options) -> dict:
     write ``out/executors.json``; the report."""
     out.mkdir(parents=True, exist_ok=True)
     runs = {e: run_loop(out / e, e, **run_options) for e in executors}
-    snaps = {e: snapshot(Path(runs[e]["home"])) for e in executors}
+    snaps, spans = {}, {}
+    for e in executors:
+        snaps[e], spans[e] = snapshot(Path(runs[e]["home"]))
     first = executors[0]
     diffs = {e: differences(snaps[first], snaps[e]) for e in executors[1:]}
     report = {
@@ -96,6 +100,9 @@ def compare(out: Path, executors: list[str], **run_options) -> dict:
         "runs": {e: {"wall_s": round(r["wall_s"], 1), "loop_wall_s": round(r["loop_wall_s"], 1),
                      "candidates": len(snaps[e]),
                      "evaluated": sum(c["status"] == "evaluated" for c in snaps[e].values()),
+                     "jobs": len(spans[e]),
+                     "job_wall_s_mean": round(sum(b - a for a, b in spans[e])
+                                              / max(1, len(spans[e])), 2),
                      "training_share": round(
                          r["summary"]["time_shares"]["training_and_evaluation"], 3)}
                  for e, r in runs.items()},
@@ -108,17 +115,22 @@ def compare(out: Path, executors: list[str], **run_options) -> dict:
 
 def print_report(report: dict, console: Console) -> None:
     t = Table(title="the same run on each executor")
-    for col in ("executor", "wall s", "loop s", "candidates", "evaluated", "training share",
-                f"archive = {report['reference']}'s"):
+    for col in ("executor", "wall s", "loop s", "evaluated", "jobs", "job s", "train %",
+                "same"):
         t.add_column(col, justify="left" if col == "executor" else "right")
     for e, r in report["runs"].items():
         same = "-" if e == report["reference"] else (
             "yes" if not report["differences"][e] else
             f"no ({len(report['differences'][e])} differences)")
-        t.add_row(e, f"{r['wall_s']:.1f}", f"{r['loop_wall_s']:.1f}", str(r["candidates"]),
-                  str(r["evaluated"]), f"{100 * r['training_share']:.0f}%", same)
+        t.add_row(e, f"{r['wall_s']:.1f}", f"{r['loop_wall_s']:.1f}",
+                  f"{r['evaluated']}/{r['candidates']}", str(r["jobs"]),
+                  f"{r['job_wall_s_mean']:.1f}",
+                  f"{100 * r['training_share']:.0f}%", same)
     console.print(t)
-    console.print("wall s: the whole command (a Ray start included); loop s: the loop alone")
+    console.print("wall s: the whole command (a Ray start included); loop s: the loop "
+                  "alone; job s: one sandboxed training job, mean wall seconds from its "
+                  "start to its result; train %: the loop's share spent training; same: "
+                  f"the archive is identical to the {report['reference']} run's")
     for e, d in report["differences"].items():
         for line in d[:10]:
             console.print(f"[yellow]{e}[/yellow] {line}", markup=True, highlight=False)

@@ -169,7 +169,7 @@ def check_address(address: str) -> None:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, address: str | None = None, *, task_memory_mb: int = 1024,
+    def __init__(self, address: str | None = None, *, task_memory_mb: int = 1536,
                  max_retries: int = 1, num_cpus: int | None = None):
         import ray
 
@@ -290,7 +290,7 @@ _lock = threading.Lock()
 
 
 def get_executor(kind: str, *, address: str | None = None, max_parallel_jobs: int = 1,
-                 task_memory_mb: int = 1024, max_retries: int = 1) -> Executor:
+                 task_memory_mb: int = 1536, max_retries: int = 1) -> Executor:
     """The process-wide executor of ``kind`` (created on first use; raises
     ExecutorUnavailable when it cannot be)."""
     if kind not in KINDS:
