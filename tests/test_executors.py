@@ -149,6 +149,33 @@ def test_a_killed_ray_worker_is_failed_training_with_a_reason(ray_home):
         pytest.fail("the sandbox child outlived its Ray worker")
 
 
+def test_a_node_without_the_drivers_home_trains_from_the_shipped_warm_start(
+        tmp_path, monkeypatch):
+    """On a cluster without a shared filesystem the task writes the warm start it was
+    sent into the node's own cache home (the task function itself, run here)."""
+    import tempfile
+
+    from trainers.executors import NODE_HOME, build_warm_start, train_job
+    from trainers.local.warmstart import checkpoint_path
+    from trainers.sandbox_tasks import warm_start_config
+
+    tiny = _tiny()
+    (tmp_path / "driver").mkdir()
+    payload = {"source": GRPO_LIKE, "seed": 0, "home": str(tmp_path / "driver"),
+               "train_config": tiny["train_overrides"], "warm_config": tiny["warm_config"]}
+    blob = build_warm_start(payload)
+    node_tmp = tmp_path / "node-tmp"
+    node_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(node_tmp))  # this "node's" temp dir
+    elsewhere = {**payload, "home": str(tmp_path / "not-on-this-node")}
+    out = train_job(elsewhere, 300, blob)
+    assert out["result"]["ok"], out["result"]["error"]
+    assert out["result"]["value"]["steps_done"] == tiny["train_overrides"]["steps"]
+    node_ckpt = checkpoint_path(warm_start_config(payload), node_tmp / NODE_HOME)
+    assert node_ckpt.read_bytes() == blob
+    assert not (tmp_path / "not-on-this-node").exists()
+
+
 def test_an_unreachable_ray_address_is_one_line_and_exit_2(tmp_path):
     home = tmp_path / "home"
     r = subprocess.run([sys.executable, "-m", "graph.run", "--home", str(home),

@@ -199,6 +199,11 @@ class RayExecutor:
                          **options)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 reason = _first_line(e).split(". ")[0].rstrip(".")
+                if address != "auto" and not os.environ.get("RAY_AUTH_MODE"):
+                    # Ray sends its token to an explicit address only when told to.
+                    reason += (" (a cluster with token authentication needs "
+                               "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or "
+                               "~/.ray/auth_token)")
                 raise ExecutorUnavailable(f"cannot connect to the Ray cluster at {address}: "
                                           f"{reason}") from None
         self._build = ray.remote(num_cpus=1, memory=task_memory_mb << 20,
