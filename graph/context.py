@@ -31,7 +31,8 @@ class Context:
     verify_timeout_s: float = field(default=60.0, metadata={
         "description": "hard limit of the verifier's sandboxed hook checks"})
     max_parallel_jobs: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={
-        "description": "training jobs at once on this machine (bounded by cores)"})
+        "description": "training jobs at once with the process executor (bounded by "
+                       "cores; Ray places its tasks by their resource requests)"})
     chat_models: dict = field(default_factory=dict, metadata={
         "description": "role -> chat model object, beating `model` (for Python callers and "
                        "tests with scripted models; never saved with the run)"})

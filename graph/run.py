@@ -195,7 +195,7 @@ def _connect(ctx: Context) -> str:
                          "\".[ray]\"") from None
     if ctx.executor == "ray":
         return f"Ray tasks on {executor.describe()}"
-    return f"{ctx.max_parallel_jobs} sandboxed processes"
+    return f"up to {ctx.max_parallel_jobs} sandboxed processes at once"
 
 
 def _run(args: argparse.Namespace, console: Console, tracer, on_start) -> dict:
@@ -221,8 +221,8 @@ def _run(args: argparse.Namespace, console: Console, tracer, on_start) -> dict:
     console.rule(f"POISE run {run_id}")
     console.print(f"directive: [bold]{directive}[/bold]\nobjective: {spec.describe()} "
                   f"({how})\n"
-                  f"agents: {ctx.model or 'builtin (offline)'}; trainer: local CPU "
-                  f"({jobs}); "
+                  f"agents: {ctx.model or 'builtin (offline)'}; trainer: local CPU, "
+                  f"{jobs}; "
                   f"budget: {ctx.candidates} candidates x {ctx.seeds} seed(s); home: {home}")
     started = time.time()
     _stream(app, state, config, ctx, console, quiet=args.quiet)
