@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Collection, Mapping, Sequence
 
 import numpy as np
@@ -265,6 +265,23 @@ def nodes_from_archive(archive, run_id: int | None = None) -> list[Node]:
 def select_parent_ids(archive, run_id: int | None = None, k: int = 1, *, seed: int = 0,
                       config: SelectionConfig = SelectionConfig(),
                       exclude: Collection[int] = ()) -> list[int]:
-    """``select_parents`` over the archive's candidates of ``run_id``."""
-    return select_parents(nodes_from_archive(archive, run_id), k, seed=seed, config=config,
-                          exclude=exclude)
+    """``select_parents`` over the archive's candidates of ``run_id``.
+
+    Selection sees the candidates numbered in birth order (run, generation, slot in its
+    round), not by archive id: a round's parallel branches are archived in whichever
+    order they finish, and the same seed must pick the same parent either way."""
+    nodes = nodes_from_archive(archive, run_id)
+    born = sorted(archive.candidates(run_id), key=lambda c: (
+        c.run_id, c.generation, (c.details or {}).get("slot", 0), c.id))
+    rank = {c.id: i for i, c in enumerate(born)}
+    ranked = [replace(n, id=rank[n.id], parents=tuple(rank[p] for p in n.parents if p in rank))
+              for n in nodes]
+    try:
+        picked = select_parents(ranked, k, seed=seed, config=config,
+                                exclude=[rank[i] for i in exclude if i in rank])
+    except ValueError as e:  # say it in archive ids, not ranks
+        if "excluded" not in str(e):
+            raise
+        raise ValueError("no eligible parent: every evaluated node is excluded "
+                         f"({sorted(exclude)})") from None
+    return [born[i].id for i in picked]
