@@ -402,9 +402,12 @@ class Archive:
             report.upserted += self._index(kind, pending)
             if store.count() == n_sql:
                 continue
+            # The store first, then SQL: a writer commits its row before upserting the
+            # vector, so every vector read here has its row in the SQL read that follows
+            # (the other order deletes another process's fresh vector as an orphan).
+            have = store.ids()
             with self.session() as s:
                 sql_ids = {_vector_id(kind, i) for i in s.exec(select(model.id))}
-            have = store.ids()
             orphans = sorted(have - sql_ids)
             store.delete(orphans)
             report.deleted += len(orphans)
