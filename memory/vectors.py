@@ -162,7 +162,15 @@ class SharedClient:
 
 class LocalChroma:
     """The embedded store under ``path``, used safely by several processes (see the
-    module docstring): ``with store.session() as client: ...`` holds the home's lock."""
+    module docstring): ``with store.session() as client: ...`` holds the home's lock.
+
+    The lock file also says whether its last holder finished: it reads ``busy`` during
+    an operation and a fresh token after it. A holder killed inside an operation (kill
+    -9) leaves ``busy``; a torn HNSW file then crashes every later reader (a segfault:
+    measured here once in 21 kills of a writer), so the next holder first probes the
+    store in a child process, and if the probe fails moves the directory aside
+    (``vectors.damaged-<time>``) and starts an empty one, which the archive refills from
+    SQL (``recoveries`` counts these; ``Archive.store`` re-syncs after one)."""
 
     # Reopening drops the process-wide Chroma system of the path, so every embedded
     # operation of this process (any thread, any home) takes this lock first.
@@ -174,6 +182,7 @@ class LocalChroma:
         self.lock_path = self.path.parent / "vectors.lock"
         self._client = None
         self._token: bytes | None = None
+        self.recoveries = 0
 
     @contextmanager
     def session(self) -> Iterator:
@@ -185,39 +194,92 @@ class LocalChroma:
                     self._client, self._token = holder._client, holder._token
                 yield holder._client
                 return
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)   # released when fd closes (or we die)
-                if self._client is None or os.pread(fd, 64, 0) != self._token:
+                seen = os.pread(fd, 64, 0)
+                if seen == _BUSY:
+                    self._recover()
+                if self._client is None or seen != self._token:
                     self._reopen()
+                _write(fd, _BUSY)
                 LocalChroma._held[key] = self
                 try:
                     yield self._client
                 finally:  # this process touched the store last: its client stays valid
                     del LocalChroma._held[key]
-                    token = secrets.token_hex(16).encode()
-                    os.pwrite(fd, token, 0)
-                    os.ftruncate(fd, len(token))
-                    self._token = token
+                    self._token = secrets.token_hex(16).encode()
+                    _write(fd, self._token)
             finally:
                 os.close(fd)
 
-    def _reopen(self) -> None:
-        import chromadb
+    def _drop(self) -> None:
+        """Forget this process's Chroma system for the path (Chroma caches one system,
+        and its HNSW readers, per path and process: a new client would reuse it)."""
         from chromadb.api.shared_system_client import SharedSystemClient
-        from chromadb.config import Settings
 
         key = str(self.path)
-        # Chroma caches one system (and its HNSW readers) per path and process: drop it,
-        # or the new client would serve what this process last saw.
         system = SharedSystemClient._identifier_to_system.pop(key, None)
         SharedSystemClient._identifier_to_refcount.pop(key, None)
         if system is not None:
             system.stop()
         self._client = None
+
+    def _reopen(self) -> None:
+        import chromadb
+        from chromadb.config import Settings
+
+        self._drop()
+        self.path.mkdir(parents=True, exist_ok=True)
         self._client = chromadb.PersistentClient(
-            path=key, settings=Settings(anonymized_telemetry=False))
+            path=str(self.path), settings=Settings(anonymized_telemetry=False))
+
+    def _recover(self) -> None:
+        import logging
+        import subprocess
+        import sys
+        import time
+
+        self._drop()
+        if not self.path.exists():
+            return
+        try:
+            probe = subprocess.run([sys.executable, "-c", _PROBE, str(self.path)],
+                                   capture_output=True, timeout=600)
+            healthy = probe.returncode == 0
+        except subprocess.TimeoutExpired:
+            healthy = False
+        if healthy:
+            return
+        damaged = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+        os.replace(self.path, damaged)
+        self.recoveries += 1
+        logging.getLogger(__name__).warning(
+            "the vector store at %s was damaged by a process killed while writing it; "
+            "moved it to %s, rebuilding it from the archive", self.path, damaged)
+
+
+_BUSY = b"busy"
+# Opens every collection and reads it whole (count, ids, a query): what crashes on a
+# torn HNSW file. Run in a child process: the crash is a segfault.
+_PROBE = """
+import sys, numpy as np, chromadb
+from chromadb.config import Settings
+client = chromadb.PersistentClient(path=sys.argv[1], settings=Settings(anonymized_telemetry=False))
+for c in client.list_collections():
+    n = c.count()
+    assert len(c.get(include=[])["ids"]) == n
+    if n:
+        probe = c.get(limit=1, include=["embeddings"])["embeddings"]
+        got = c.query(query_embeddings=np.asarray(probe), n_results=n, include=[])["ids"][0]
+        assert len(got) == n, (c.name, len(got), n)
+"""
+
+
+def _write(fd: int, data: bytes) -> None:
+    os.pwrite(fd, data, 0)
+    os.ftruncate(fd, len(data))
 
 
 @dataclass
