@@ -251,6 +251,7 @@ def run(args: argparse.Namespace, console: Console) -> dict:
             raise UsageError(f"run {run_id} has no checkpoint to resume from")
         if not snapshot.next:
             console.print(f"run {run_id} already finished")
+        archive.store("reflections")  # opens and syncs the vectors a kill left behind
     spec = ObjectiveSpec(**run_config["objective"]) if "objective" in run_config else \
         objective_from_directive(directive)
     how = run_config.get("objective_source", "builtin keyword mapping")
@@ -284,8 +285,11 @@ def _stream(app, state, config, ctx: Context, console: Console, quiet: bool) -> 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, disable=quiet) as bar:
         task = bar.add_task("starting", total=total, completed=done)
+        # durability="sync": a step's checkpoint is on disk before the next step starts,
+        # so a kill -9 loses at most the step in flight (the default, "async", may lose
+        # more, which a resumed run then redoes: LLM calls and training included).
         for ns, update in app.stream(state, config, context=ctx, stream_mode="updates",
-                                     subgraphs=True):
+                                     subgraphs=True, durability="sync"):
             for node, value in (update or {}).items():
                 where = "round ?" if not ns else ns[0].split(":")[0]
                 bar.update(task, description=f"{node} ({where}); best {_fmt(best)}")
