@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRUB = ("POISE_HOME", "POISE_DB_URL", "POISE_MODEL", "CHROMA_HOST", "CHROMA_PORT",
          "OPENAI_API_KEY", "OPENAI_BASE_URL", "LANGSMITH_TRACING")
 ROOT_USER = os.geteuid() == 0
+TIMEOUT_S = 300
 
 
 @dataclass
@@ -168,8 +168,11 @@ def _run(module: str, args: list[str], env_extra: dict) -> tuple[subprocess.Comp
     env = {k: v for k, v in os.environ.items() if k not in SCRUB}
     env.update(env_extra, COLUMNS="80", PYTHONPATH=str(ROOT))
     began = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    try:
+        proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:  # reported by the case's test, not the fixture
+        proc = subprocess.CompletedProcess(e.cmd, -1, "", f"timed out after {TIMEOUT_S} s")
     return proc, time.monotonic() - began
 
 
