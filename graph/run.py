@@ -177,13 +177,20 @@ def _server_key(role: str, ctx: Context) -> tuple:
 def _create_run(home: Path, archive, directive: str, config: dict):
     """Create the home, the archive and the run row; on failure remove what was
     created here, so a refused start leaves the home as it was."""
-    from memory.archive import ARCHIVE_FILE, Archive
+    from memory.archive import Archive
     from memory.schema import ArchiveError
 
-    created = None if home.exists() else _topmost_missing(home)
-    new_db = archive is None and not os.environ.get("POISE_DB_URL")
+    # Only a home created here is removed on failure: in an existing home another
+    # process (a second run started at the same moment) may own what appeared in it.
+    created = None
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        if not home.exists():
+            top = _topmost_missing(home)
+            try:
+                home.mkdir(parents=True)
+                created = top
+            except FileExistsError:  # made meanwhile by someone else: not ours to remove
+                pass
         if archive is None:
             archive = Archive(home)
         return archive, archive.start_run(directive, config)
@@ -192,9 +199,6 @@ def _create_run(home: Path, archive, directive: str, config: dict):
             archive.close()
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
-        elif new_db:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                (home / (ARCHIVE_FILE + suffix)).unlink(missing_ok=True)
         why = getattr(e, "strerror", None) or _one_line(e)
         raise UsageError(f"cannot create the run in home {home}: {why}") from None
 

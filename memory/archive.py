@@ -22,12 +22,14 @@ vectors (their metadata carries the status) and re-indexes them.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from sqlalchemy import func, update
 from sqlalchemy.engine import make_url
@@ -87,6 +89,7 @@ class Archive:
                  create: bool = True, index: bool = True, embedder: Embedder | None = None):
         self.home = resolve_home(home)
         url = url or os.environ.get("POISE_DB_URL")
+        lock = None
         if url:
             self.where = make_url(url).render_as_string(hide_password=True)
         else:
@@ -97,8 +100,12 @@ class Archive:
                     raise ArchiveError(f"no archive at {path}: run python -m graph.run first")
                 self.home.mkdir(parents=True, exist_ok=True)
             url = sqlite_url(path)
+            # Two processes creating one archive at once (two runs started together in
+            # a new home) would race through CREATE TABLE: creators take turns.
+            lock = self.home / "archive.lock" if create else None
         self.engine = make_engine(url)
-        self.uid = open_schema(self.engine, create=create, where=self.where)
+        with _exclusive(lock):
+            self.uid = open_schema(self.engine, create=create, where=self.where)
         self._embedder = embedder
         self._index_on_write = index
         self._stores: dict | None = None
@@ -504,6 +511,20 @@ class Archive:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+@contextmanager
+def _exclusive(lock: Path | None) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock`` (nothing when None)."""
+    if lock is None:
+        yield
+        return
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
 
 class _NameTaken(Exception):
     """The candidate name is taken (the insert hit the unique constraint)."""

@@ -93,3 +93,22 @@ def test_two_runs_and_queries_share_one_home(tmp_path):
         finished = state.values["finished"]
         assert sorted(c["id"] for c in finished) == sorted(
             r["id"] for r in rows if r["run_id"] == run_id)
+
+
+def test_processes_creating_one_archive_at_once_all_get_it(tmp_path):
+    """Runs started together in a new home all create "the" archive: they take turns
+    (a race through CREATE TABLE made one of them fail, or see a half-made schema)."""
+    home = tmp_path / "home"
+    start = time.time() + 3  # every process imports first, then all go at once
+    script = ("import sys, time\nfrom memory.archive import Archive\n"
+              f"time.sleep(max(0.0, {start} - time.time()))\n"
+              "a = Archive(sys.argv[1], index=False)\n"
+              "print(a.start_run('accurate', {'who': sys.argv[2]}), a.uid)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(home), str(i)], cwd=ROOT,
+                              env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(6)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [err[-800:] for _, err in outs]
+    run_ids = sorted(int(out.split()[0]) for out, _ in outs)
+    assert run_ids == [1, 2, 3, 4, 5, 6]
+    assert len({out.split()[1] for out, _ in outs}) == 1  # one archive, one uid

@@ -15,6 +15,7 @@ equal to an uninterrupted run's with the same seed in a fresh home.
 """
 from __future__ import annotations
 
+import os
 import random
 import threading
 from pathlib import Path
@@ -32,8 +33,9 @@ ARGS = ["--directive", "accurate and concise", "--candidates", "3", "--width", "
         "--seed", "3", "--config", str(TINY), "--no-smoke"]
 LLM_ARGS = ["--directive", "accurate and concise", "--candidates", "2", "--width", "1",
             "--model", "openai:test-model", "--config", str(TINY), "--no-smoke"]
-RANDOM_KILLS = 3
-SEED = 20240607
+# A longer soak: POISE_CRASH_KILLS=20 POISE_CRASH_SEED=7 pytest tests/test_crash_resume.py
+RANDOM_KILLS = int(os.environ.get("POISE_CRASH_KILLS", "3"))
+SEED = int(os.environ.get("POISE_CRASH_SEED", "20240607"))
 
 
 class Tally:
