@@ -19,6 +19,12 @@ idempotent), or, if SQL lost a commit, a vector without a row, which ``sync()`` 
 ``sync()`` runs when the vector store is first opened in a process; ``reindex()``
 rebuilds the store from SQL. Changing a candidate's status clears the flags of its
 vectors (their metadata carries the status) and re-indexes them.
+
+A candidate can be written with its evaluations and reflection in one transaction
+(``add_candidate(..., evaluations=, reflection=)``): the loop does, so a killed run
+never leaves a candidate without its results. Test-only fault points
+(``_fault_point``, ``$POISE_TEST_PAUSE_AT``) pause inside that transaction and between
+its commit and its vectors, so the crash tests can kill a run exactly there.
 """
 from __future__ import annotations
 
