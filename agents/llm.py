@@ -115,3 +115,39 @@ def _clean(value: Any) -> str | None:
 
 
 __all__ = ["get_model", "model_spec", "ConfigError", "ROLES", "BUILTIN", "ChatModel"]
+
+
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+CONNECT_TIMEOUT_S = 3.0
+
+
+def check_reachable(role: str, context: Any = None,
+                    timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Raise ``ConfigError``, within ``timeout_s``, if ``role``'s model is served over
+    the OpenAI API (``openai:<model>``) and its server (``OPENAI_BASE_URL``, else
+    OpenAI's) does not accept a connection. Returns the URL checked (None: nothing to
+    check). A command calls it once, before it writes anything; a server that accepts
+    the connection but never answers is left to the per-request timeout."""
+    import socket
+    from urllib.parse import urlsplit
+
+    spec, source = model_spec(role, context)
+    if spec is None or spec.lower() == BUILTIN or spec.partition(":")[0].strip().lower() \
+            != "openai":
+        return None
+    url = _clean(os.environ.get("OPENAI_BASE_URL")) or OPENAI_DEFAULT_URL
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as e:
+        raise ConfigError(f"OPENAI_BASE_URL={url!r} is not a URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(f"OPENAI_BASE_URL={url!r} is not an http(s) URL "
+                          "(e.g. http://127.0.0.1:8000/v1)")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach the model server of {source}={spec} at {url}: "
+                          f"{e.strerror or e or 'no answer'}; start it, or fix "
+                          "OPENAI_BASE_URL") from None
+    return url

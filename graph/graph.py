@@ -116,17 +116,23 @@ def _rng(state: CandidateState, ctx: Context) -> random.Random:
 
 @guarded
 def select_parent(state: CandidateState, runtime: Runtime[Context]) -> dict:
-    """Round 0: the seed baseline. Later: descendant-potential selection."""
+    """Round 0: the seed baseline. Later: descendant-potential selection.
+
+    A round reads the run's archive as it stood when the round began (earlier rounds
+    only): a sibling slot archived first, by the luck of timing or because the run was
+    resumed, must not change what this slot sees."""
     ctx = runtime.context
     archive = archive_for(ctx.home)
-    run_cands = archive.candidates(state["run_id"])
+    rnd = state["round"]
+    run_cands = [c for c in archive.candidates(state["run_id"]) if c.generation < rnd]
     refs = sorted({(c.details or {}).get("signature") for c in run_cands} - {None})
-    if state["round"] == 0:
+    if rnd == 0:
         return {"parent_ids": [], "parent_code": None, "parent_signature": None,
                 "references": refs}
-    seed = ctx.seed * 100_003 + state["round"] * 101 + state["slot"]
+    seed = ctx.seed * 100_003 + rnd * 101 + state["slot"]
     pid = state.get("pinned") or select_parent_ids(
-        archive, state["run_id"], k=1, seed=seed, exclude=state.get("vetoed") or ())[0]
+        archive, state["run_id"], k=1, seed=seed, exclude=state.get("vetoed") or (),
+        below_generation=rnd)[0]
     parent = archive.candidate(pid)
     return {"parent_ids": [pid], "parent_code": parent.code,
             "parent_signature": (parent.details or {}).get("signature"),
@@ -137,11 +143,14 @@ def select_parent(state: CandidateState, runtime: Runtime[Context]) -> dict:
 def retrieve_evidence(state: CandidateState, runtime: Runtime[Context]) -> dict:
     if state["round"] == 0:
         return {"evidence": []}
-    archive = archive_for(runtime.context.home)
+    ctx = runtime.context
+    archive = archive_for(ctx.home)
     pid = state["parent_ids"][0]
     own = archive.reflections(pid)
     query = own[-1].text if own else state["directive"]
-    hits = archive.similar_reflections(query, k=5)
+    # Skip this round's siblings (see select_parent): each has one reflection at most.
+    hits = [h for h in archive.similar_reflections(query, k=5 + ctx.width)
+            if not (h.run_id == state["run_id"] and h.generation >= state["round"])][:5]
     evidence = [h.to_dict() for h in hits]
     for ev in evidence:  # the builtin scientist weighs genes by fitness evidence
         ev["text"] = ev["reflection"]
@@ -322,7 +331,8 @@ def analyst(state: CandidateState, runtime: Runtime[Context]) -> dict:
 
 
 def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
-    """Write the candidate, its evaluations and its reflection (once per slot)."""
+    """Write the candidate, its evaluations and its reflection (once per slot, in one
+    transaction)."""
     ctx = runtime.context
     arch = archive_for(ctx.home)
     key = _key(state)
@@ -341,29 +351,33 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
                    "verify_spans": state.get("verify_spans", []),
                    "smoke_spans": state.get("smoke_spans", []),
                    "train_spans": [r["span"] for r in state.get("results") or [] if r]}
+        diag = state.get("diagnosis") or {}
+        # One transaction: a run killed mid-write leaves the candidate whole or absent
+        # (a resumed run finds it by its key and does not write it again).
         cid = arch.add_candidate(
             state["run_id"], arch.unique_name(prop["name"]), state["round"],
             _proposal_text(prop), state.get("code"), parents=state.get("parent_ids", []),
-            status=status, error=state.get("error"), details=details)
-        for seed, r in enumerate(state.get("results") or []):
-            if r is None:
-                continue
-            arch.add_evaluation(cid, seed, "local", metrics={"val": r["final"]},
-                                fitness=r.get("fitness"), wall_time=r.get("cpu_seconds"),
-                                objectives={"overall": r["final"]["overall"],
-                                            "neg_length": -r["final"]["length"]},
-                                curves={k: [[row["step"], row[k]] for row in r["curve"]]
-                                        for k in ("reward", "accuracy", "entropy",
-                                                  "response_length", "validity",
-                                                  "kl_to_start")})
-        diag = state.get("diagnosis") or {}
-        if diag.get("text"):
-            arch.add_reflection(cid, diag["text"], diag.get("tags", []))
+            status=status, error=state.get("error"), details=details,
+            evaluations=_evaluations(state.get("results") or []),
+            reflection=(diag["text"], diag.get("tags", [])) if diag.get("text") else None,
+            rename_on_conflict=True)
         cand = arch.candidate(cid)
     return {"finished": [{"id": cand.id, "name": cand.name, "parents": arch.parents(cand.id),
                           "status": cand.status, "fitness": cand.fitness,
                           "round": state["round"], "slot": state["slot"],
                           "error": cand.error}]}
+
+
+def _evaluations(results: list[dict | None]) -> list[dict]:
+    """Per-seed training results as ``Archive.add_evaluation`` keyword dicts."""
+    return [{"seed": seed, "backend": "local", "metrics": {"val": r["final"]},
+             "fitness": r.get("fitness"), "wall_time": r.get("cpu_seconds"),
+             "objectives": {"overall": r["final"]["overall"],
+                            "neg_length": -r["final"]["length"]},
+             "curves": {k: [[row["step"], row[k]] for row in r["curve"]]
+                        for k in ("reward", "accuracy", "entropy", "response_length",
+                                  "validity", "kl_to_start")}}
+            for seed, r in enumerate(results) if r is not None]
 
 
 def _judge(prop: dict, ctx: Context):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import sys
 import time
@@ -30,8 +31,10 @@ class UsageError(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m graph.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from memory.cli import Parser  # one-line errors, exit code 2
+
+    p = Parser(prog="python -m graph.run", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--directive", help="what to optimize, e.g. \"accurate and concise\"")
     p.add_argument("--candidates", type=int, default=8,
                    help="new candidates after the seed baseline (default 8)")
@@ -76,60 +79,165 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def prepare(args: argparse.Namespace):
-    """Home, archive, run id, context and graph input; raises UsageError."""
-    from memory.archive import Archive
-    from memory.schema import ArchiveError
+    """Home, archive, run id, context and graph input; raises UsageError.
 
-    home = Path(args.home or os.environ.get("POISE_HOME", ".poise"))
+    Everything that can be refused is checked before anything is written: the home,
+    --config, the model configuration and its server, a Chroma server, the archive,
+    the run to resume, the objective. Only then are the home, the archive and the run
+    row created (and removed again if that fails half-way)."""
+    from memory.archive import ARCHIVE_FILE, Archive
+    from memory.schema import ArchiveError
+    from memory.vectors import check_chroma_server
+
+    home = Path(args.home or os.environ.get("POISE_HOME") or ".poise")
+    _check_home(home)
+    overrides = _config_file(args.config) if args.resume is None else {}
     try:
-        home.mkdir(parents=True, exist_ok=True)
-        probe = home / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"cannot write to home {home}: {e.strerror}") from None
-    model = None
-    if args.model != "builtin":
-        from agents.llm import get_model
-        try:
-            model = get_model("scientist", Context(home=str(home), model=args.model))
-        except Exception as e:  # noqa: BLE001 - a config problem, said in one line
-            raise UsageError(str(e)) from None
-    try:
-        archive = Archive(home)
+        check_chroma_server()
+        archive = Archive(home, create=False) if os.environ.get("POISE_DB_URL") or (
+            home / ARCHIVE_FILE).is_file() else None
     except ArchiveError as e:
         raise UsageError(str(e)) from None
     if args.resume is not None:
-        try:
-            run = archive.run(args.resume)
-        except ArchiveError:
-            raise UsageError(f"no run {args.resume} in {home}: see python -m memory.query "
-                             "or start one with --directive") from None
-        ctx = Context(**{k: v for k, v in run.config.get("context", {}).items()
-                         if k in {f.name for f in fields(Context)}})
-        ctx.home = str(home)
-        ctx.steer = getattr(args, "steer", False)  # graph.run finishes a steered run unattended
-        for key, value in _executor_choice(args).items():  # explicit beats saved
-            setattr(ctx, key, value)
-        _connect(ctx)
-        return home, archive, run.id, run.directive, ctx, None, run.config
+        return _prepare_resume(args, home, archive)
+    model_ctx = Context(home=str(home), model=args.model)
+    model = _check_models(model_ctx)
     try:
         spec, how = objective_for(args.directive, model)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - the server failed mid-call; nothing written yet
+        raise UsageError(f"the LLM scientist could not write the objective: "
+                         f"{type(e).__name__}: {_one_line(e)}") from None
     ctx = Context(home=str(home), candidates=args.candidates, width=args.width,
                   seeds=args.seeds, steps=args.steps, seed=args.seed,
                   model=None if args.model in (None, "builtin") else args.model,
                   smoke=not args.no_smoke, steer=getattr(args, "steer", False),
-                  **_config_file(args.config), **_executor_choice(args))
+                  **overrides, **_executor_choice(args))
     _connect(ctx)  # before the run is recorded: an unreachable cluster leaves no trace
     saved = {k: v for k, v in asdict(ctx).items() if k not in ("home", "chat_models")}
-    run_id = archive.start_run(spec.directive, {"context": saved,
-                                                "objective": spec.model_dump(),
-                                                "objective_source": how})
+    config = {"context": saved, "objective": spec.model_dump(), "objective_source": how}
+    archive, run_id = _create_run(home, archive, spec.directive, config)
     state = {"run_id": run_id, "directive": spec.directive,
              "objective": spec.model_dump(), "round": 0, "reference": None}
     return home, archive, run_id, spec.directive, ctx, state, archive.run(run_id).config
+
+
+def _prepare_resume(args: argparse.Namespace, home: Path, archive):
+    from memory.schema import ArchiveError
+
+    run_id = args.resume
+    where = f"no run {run_id} in {home}"
+    if archive is None:
+        raise UsageError(f"{where}: it has no archive (python -m graph.run --directive "
+                         "... starts a run)")
+    try:
+        run = archive.run(run_id)
+    except ArchiveError:
+        raise UsageError(f"{where}: see python -m memory.query or start one with "
+                         "--directive") from None
+    if not (home / "graph.db").is_file():
+        raise UsageError(f"run {run_id} has no checkpoint to resume from ({home / 'graph.db'}"
+                         " is missing)")
+    ctx = Context(**{k: v for k, v in run.config.get("context", {}).items()
+                     if k in {f.name for f in fields(Context)}})
+    ctx.home = str(home)
+    ctx.steer = getattr(args, "steer", False)  # graph.run finishes a steered run unattended
+    for key, value in _executor_choice(args).items():  # explicit beats saved
+        setattr(ctx, key, value)
+    _check_models(ctx)
+    _connect(ctx)
+    return home, archive, run.id, run.directive, ctx, None, run.config
+
+
+def _check_home(home: Path) -> None:
+    """Refuse a home that is a file, or that cannot be written or created; writes
+    nothing (a probe file in an existing home is removed at once)."""
+    if home.exists():
+        if not home.is_dir():
+            raise UsageError(f"home {home} is not a directory (a file is in its place): "
+                             "pass --home DIR")
+        probe = home / f".write-test-{os.getpid()}"
+        try:
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise UsageError(f"cannot write to home {home}: {e.strerror}") from None
+        return
+    parent = home.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot create home {home}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot create home {home}: {parent} is not writable")
+
+
+def _check_models(ctx: Context):
+    """Build every role's model (ConfigError: a missing key, a bad model string) and
+    check, once per server, that it accepts a connection. Returns the scientist's."""
+    from agents.llm import ROLES, check_reachable, get_model
+
+    checked: set = set()
+    try:
+        models = {role: get_model(role, ctx) for role in ROLES}
+        for role in ROLES:
+            key = _server_key(role, ctx)
+            if models[role] is not None and key not in checked:
+                checked.add(key)
+                check_reachable(role, ctx)
+    except Exception as e:  # noqa: BLE001 - a configuration problem, said in one line
+        raise UsageError(_one_line(e)) from None
+    return models["scientist"]
+
+
+def _server_key(role: str, ctx: Context) -> tuple:
+    """What decides a role's server: its provider, and OPENAI_BASE_URL."""
+    from agents.llm import model_spec
+
+    spec, _ = model_spec(role, ctx)
+    return (spec or "").partition(":")[0].strip().lower(), os.environ.get("OPENAI_BASE_URL")
+
+
+def _create_run(home: Path, archive, directive: str, config: dict):
+    """Create the home, the archive and the run row; on failure remove what was
+    created here, so a refused start leaves the home as it was."""
+    from memory.archive import Archive
+    from memory.schema import ArchiveError
+
+    # Only a home created here is removed on failure: in an existing home another
+    # process (a second run started at the same moment) may own what appeared in it.
+    created = None
+    try:
+        if not home.exists():
+            top = _topmost_missing(home)
+            try:
+                home.mkdir(parents=True)
+                created = top
+            except FileExistsError:  # made meanwhile by someone else: not ours to remove
+                pass
+        if archive is None:
+            archive = Archive(home)
+        return archive, archive.start_run(directive, config)
+    except (OSError, ArchiveError) as e:
+        if archive is not None:
+            archive.close()
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        why = getattr(e, "strerror", None) or _one_line(e)
+        raise UsageError(f"cannot create the run in home {home}: {why}") from None
+
+
+def _topmost_missing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:500]
 
 
 def _config_file(path: Path | None) -> dict:
@@ -138,14 +246,16 @@ def _config_file(path: Path | None) -> dict:
         return {}
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"cannot read --config {path}: {e}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"cannot read --config {path}: {_one_line(e)}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a JSON object of Context fields")
     allowed = {f.name for f in fields(Context)} - {"home", "candidates", "width", "seeds",
                                                   "steps", "seed", "model", "smoke",
                                                   "chat_models", "steer", "executor",
                                                   "ray_address"}
     unknown = sorted(set(data) - allowed)
-    if not isinstance(data, dict) or unknown:
+    if unknown:
         raise UsageError(f"--config {path}: unknown keys {unknown}; allowed: "
                          f"{sorted(allowed)}")
     return data
@@ -156,7 +266,7 @@ def compile_graph(home: Path):
 
     from graph.graph import builder
 
-    conn = sqlite3.connect(home / "graph.db", check_same_thread=False)
+    conn = sqlite3.connect(home / "graph.db", check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     return builder.compile(checkpointer=SqliteSaver(conn))
 
@@ -215,6 +325,7 @@ def _run(args: argparse.Namespace, console: Console, tracer, on_start) -> dict:
                              f"with python -m graph.steer --home {home} --thread run-{run_id}")
         if not snapshot.next:
             console.print(f"run {run_id} already finished")
+        archive.store("reflections")  # opens and syncs the vectors a kill left behind
     spec = ObjectiveSpec(**run_config["objective"]) if "objective" in run_config else \
         objective_from_directive(directive)
     how = run_config.get("objective_source", "builtin keyword mapping")
@@ -254,8 +365,11 @@ def _stream(app, state, config, ctx: Context, console: Console, quiet: bool) -> 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, disable=quiet) as bar:
         task = bar.add_task("starting", total=total, completed=done)
+        # durability="sync": a step's checkpoint is on disk before the next step starts,
+        # so a kill -9 loses at most the step in flight (the default, "async", may lose
+        # more, which a resumed run then redoes: LLM calls and training included).
         for ns, update in app.stream(state, config, context=ctx, stream_mode="updates",
-                                     subgraphs=True):
+                                     subgraphs=True, durability="sync"):
             for node, value in (update or {}).items():
                 where = "round ?" if not ns else ns[0].split(":")[0]
                 bar.update(task, description=f"{node} ({where}); best {_fmt(best)}")
@@ -357,7 +471,6 @@ def run_verl(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     console = Console()
-    err = Console(stderr=True)
     try:
         args = parse_args(argv)
         if args.trainer == "verl":
@@ -365,11 +478,12 @@ def main(argv=None) -> int:
         tracer = tracing.start()  # None unless LangSmith tracing is on
         with tracing.session(tracer):  # sends every trace before the CLI exits
             run(args, console, tracer)
-    except UsageError as e:
-        err.print(f"error: {e}", soft_wrap=True, markup=False, highlight=False)
+    except UsageError as e:  # one line, unwrapped: scripts grep it
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        err.print("interrupted: resume with --resume RUN_ID (see the run header)")
+        print("interrupted: resume with --resume RUN_ID (see the run header)",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -19,15 +19,23 @@ idempotent), or, if SQL lost a commit, a vector without a row, which ``sync()`` 
 ``sync()`` runs when the vector store is first opened in a process; ``reindex()``
 rebuilds the store from SQL. Changing a candidate's status clears the flags of its
 vectors (their metadata carries the status) and re-indexes them.
+
+A candidate can be written with its evaluations and reflection in one transaction
+(``add_candidate(..., evaluations=, reflection=)``): the loop does, so a killed run
+never leaves a candidate without its results. Test-only fault points
+(``_fault_point``, ``$POISE_TEST_PAUSE_AT``) pause inside that transaction and between
+its commit and its vectors, so the crash tests can kill a run exactly there.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import func, update
 from sqlalchemy.engine import make_url
@@ -87,6 +95,7 @@ class Archive:
                  create: bool = True, index: bool = True, embedder: Embedder | None = None):
         self.home = resolve_home(home)
         url = url or os.environ.get("POISE_DB_URL")
+        lock = None
         if url:
             self.where = make_url(url).render_as_string(hide_password=True)
         else:
@@ -97,11 +106,16 @@ class Archive:
                     raise ArchiveError(f"no archive at {path}: run python -m graph.run first")
                 self.home.mkdir(parents=True, exist_ok=True)
             url = sqlite_url(path)
+            # Two processes creating one archive at once (two runs started together in
+            # a new home) would race through CREATE TABLE: creators take turns.
+            lock = self.home / "archive.lock" if create else None
         self.engine = make_engine(url)
-        self.uid = open_schema(self.engine, create=create, where=self.where)
+        with _exclusive(lock):
+            self.uid = open_schema(self.engine, create=create, where=self.where)
         self._embedder = embedder
         self._index_on_write = index
         self._stores: dict | None = None
+        self._recoveries = 0
         self.last_sync: SyncReport | None = None
         # One indexer at a time per process: two threads indexing the same row could
         # otherwise flag it indexed with the older of two metadata versions.
@@ -185,15 +199,50 @@ class Archive:
     def add_candidate(self, run_id: int, name: str, generation: int, proposal: str,
                       code: str | None = None, parents: Sequence[int] = (),
                       kind: str | None = None, status: str = "pending",
-                      error: str | None = None, details: dict | None = None) -> int:
+                      error: str | None = None, details: dict | None = None, *,
+                      evaluations: Sequence[dict] = (),
+                      reflection: tuple[str, Sequence[str]] | None = None,
+                      rename_on_conflict: bool = False) -> int:
         """Record a candidate and its lineage edges (``kind``: mutation for one parent,
         crossover for several, by default); returns its id. Its proposal is then indexed
-        for the novelty check."""
+        for the novelty check.
+
+        ``evaluations`` (dicts of ``add_evaluation``'s keyword arguments) and
+        ``reflection`` ((text, tags)) go into the same transaction: a process killed
+        mid-write leaves the candidate whole or absent, never without its results.
+        ``rename_on_conflict``: a name taken meanwhile (by another thread or process)
+        becomes ``name-2``, ``name-3``, ... instead of an error."""
         _check_status(status)
         kind = kind or ("crossover" if len(parents) > 1 else "mutation")
         if kind not in LINEAGE_KINDS:
             raise ArchiveError(f"unknown lineage kind {kind!r}: expected one of "
                                f"{', '.join(LINEAGE_KINDS)}")
+        if reflection is not None and not (reflection[0] or "").strip():
+            raise ArchiveError(f"empty reflection for candidate {name!r}")
+        wanted = name
+        for _ in range(100):
+            try:
+                cid, reflection_ids = self._insert_candidate(
+                    run_id, name, generation, proposal, code, parents, kind, status, error,
+                    details, evaluations, reflection)
+                break
+            except _NameTaken:
+                if not rename_on_conflict:
+                    raise ArchiveError(f"a candidate named {name!r} already exists: names "
+                                       "are unique in the archive (see Archive.unique_name)"
+                                       ) from None
+                name = self.unique_name(wanted)
+        else:
+            raise ArchiveError(f"no free name for {wanted!r} after 100 tries")
+        _fault_point("candidate-before-index")
+        self._index_now("proposals", [cid])
+        if reflection_ids:
+            self._index_now("reflections", reflection_ids)
+        return cid
+
+    def _insert_candidate(self, run_id, name, generation, proposal, code, parents, kind,
+                          status, error, details, evaluations, reflection
+                          ) -> tuple[int, list[int]]:
         with self.session() as s:
             _get(s, Run, run_id)
             for p in parents:
@@ -206,13 +255,22 @@ class Archive:
             try:
                 s.flush()
             except IntegrityError:
-                raise ArchiveError(f"a candidate named {name!r} already exists: names are "
-                                   "unique in the archive (see Archive.unique_name)") from None
+                s.rollback()
+                raise _NameTaken() from None
             s.add_all(Lineage(parent_id=p, child_id=cand.id, kind=kind)
                       for p in dict.fromkeys(parents))
+            for ev in evaluations:
+                s.add(_evaluation_row(cand.id, **ev))
+            rows = [] if reflection is None else [Reflection(
+                candidate_id=cand.id, text=reflection[0], tags=_clean_tags(reflection[1]))]
+            s.add_all(rows)
+            s.flush()
+            if evaluations:
+                cand.fitness = s.exec(select(func.avg(Evaluation.fitness)).where(
+                    Evaluation.candidate_id == cand.id)).one()
+            _fault_point("candidate-before-commit")
             s.commit()
-        self._index_now("proposals", [cand.id])
-        return cand.id
+            return cand.id, [r.id for r in rows]
 
     def set_code(self, candidate_id: int, code: str) -> None:
         """Store (or replace) the candidate's module source and its code hash."""
@@ -307,10 +365,8 @@ class Archive:
         candidate's cached fitness becomes the mean over its evaluations."""
         with self.session() as s:
             cand = _get(s, Candidate, candidate_id)
-            ev = Evaluation(candidate_id=candidate_id, seed=seed, backend=backend,
-                            metrics=_jsonable(metrics or {}, "metrics"), fitness=fitness,
-                            objectives=_jsonable(objectives or {}, "objectives"),
-                            curves=_jsonable(curves or {}, "curves"), wall_time=wall_time)
+            ev = _evaluation_row(candidate_id, seed, backend, metrics, fitness, curves,
+                                 wall_time, objectives)
             s.add(ev)
             s.flush()
             cand.fitness = s.exec(select(func.avg(Evaluation.fitness)).where(
@@ -376,8 +432,7 @@ class Archive:
             for cid, body, tags in items:
                 if not body or not body.strip():
                     raise ArchiveError(f"empty reflection for candidate {cid}")
-                rows.append(Reflection(candidate_id=cid, text=body,
-                                       tags=[str(t).strip() for t in tags if str(t).strip()]))
+                rows.append(Reflection(candidate_id=cid, text=body, tags=_clean_tags(tags)))
             s.add_all(rows)
             s.commit()
             ids = [r.id for r in rows]
@@ -417,8 +472,13 @@ class Archive:
         """The VectorStore for ``"reflections"`` or ``"proposals"`` (opened and synced
         on first use; that sync's report is kept in ``last_sync``)."""
         with self._index_lock:
-            if self._stores is None:
+            fresh = self._stores is None
+            if fresh:
                 self._open_stores()
+            # also after the store was rebuilt empty (a writer died mid-operation)
+            recoveries = getattr(self._stores[kind].access, "recoveries", 0)
+            if fresh or recoveries != self._recoveries:
+                self._recoveries = recoveries
                 self.last_sync = self.sync()
         return self._stores[kind]
 
@@ -445,9 +505,12 @@ class Archive:
             report.upserted += self._index(kind, pending)
             if store.count() == n_sql:
                 continue
+            # The store first, then SQL: a writer commits its row before upserting the
+            # vector, so every vector read here has its row in the SQL read that follows
+            # (the other order deletes another process's fresh vector as an orphan).
+            have = store.ids()
             with self.session() as s:
                 sql_ids = {_vector_id(kind, i) for i in s.exec(select(model.id))}
-            have = store.ids()
             orphans = sorted(have - sql_ids)
             store.delete(orphans)
             report.deleted += len(orphans)
@@ -497,6 +560,60 @@ class Archive:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+@contextmanager
+def _exclusive(lock: Path | None) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock`` (nothing when None)."""
+    if lock is None:
+        yield
+        return
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class _NameTaken(Exception):
+    """The candidate name is taken (the insert hit the unique constraint)."""
+
+
+def _evaluation_row(candidate_id: int, seed: int, backend: str = "local",
+                    metrics: dict | None = None, fitness: float | None = None,
+                    curves: dict | None = None, wall_time: float | None = None,
+                    objectives: dict | None = None) -> Evaluation:
+    return Evaluation(candidate_id=candidate_id, seed=seed, backend=backend,
+                      metrics=_jsonable(metrics or {}, "metrics"), fitness=fitness,
+                      objectives=_jsonable(objectives or {}, "objectives"),
+                      curves=_jsonable(curves or {}, "curves"), wall_time=wall_time)
+
+
+def _clean_tags(tags: Iterable[str]) -> list[str]:
+    return [str(t).strip() for t in tags if str(t).strip()]
+
+
+FAULT_POINTS_ENV = "POISE_TEST_PAUSE_AT"
+
+
+def _fault_point(point: str) -> None:
+    """Fault injection for the crash tests (tests/test_crash_resume.py); inert unless
+    ``$POISE_TEST_PAUSE_AT`` (comma-separated) names ``point``. Then it appends the point
+    to ``$POISE_TEST_PAUSE_LOG`` and sleeps ``$POISE_TEST_PAUSE_S`` seconds (default 5),
+    so a test can kill the process exactly there. Points: ``candidate-before-commit``
+    (inside the candidate's transaction) and ``candidate-before-index`` (committed to
+    SQL, vectors not yet written)."""
+    wanted = os.environ.get(FAULT_POINTS_ENV)
+    if not wanted or point not in wanted.split(","):
+        return
+    import time
+
+    log = os.environ.get("POISE_TEST_PAUSE_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {point}\n")
+    time.sleep(float(os.environ.get("POISE_TEST_PAUSE_S", "5")))
+
 
 def _vector_id(kind: str, row_id: int) -> str:
     return f"{kind[:-1]}-{row_id}"          # reflection-12, proposal-7

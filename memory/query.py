@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.k < 1:
         Parser(prog="python -m memory.query").error(f"-k must be >= 1, got {args.k}")
     archive = open_existing(args.home)
+    if args.run is not None:
+        archive.run(args.run)  # an unknown run is an error, not an empty answer
     if not archive.reflections_count():
         if args.json:
             print("[]")

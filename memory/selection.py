@@ -264,15 +264,20 @@ def nodes_from_archive(archive, run_id: int | None = None) -> list[Node]:
 
 def select_parent_ids(archive, run_id: int | None = None, k: int = 1, *, seed: int = 0,
                       config: SelectionConfig = SelectionConfig(),
-                      exclude: Collection[int] = ()) -> list[int]:
-    """``select_parents`` over the archive's candidates of ``run_id``.
+                      exclude: Collection[int] = (),
+                      below_generation: int | None = None) -> list[int]:
+    """``select_parents`` over the archive's candidates of ``run_id`` (with
+    ``below_generation``, only those of earlier rounds: a round reads the archive as it
+    stood when the round began, whatever its siblings archived meanwhile).
 
     Selection sees the candidates numbered in birth order (run, generation, slot in its
     round), not by archive id: a round's parallel branches are archived in whichever
     order they finish, and the same seed must pick the same parent either way."""
-    nodes = nodes_from_archive(archive, run_id)
-    born = sorted(archive.candidates(run_id), key=lambda c: (
-        c.run_id, c.generation, (c.details or {}).get("slot", 0), c.id))
+    keep = (lambda g: True) if below_generation is None else (lambda g: g < below_generation)
+    nodes = [n for n in nodes_from_archive(archive, run_id) if keep(n.generation)]
+    born = sorted((c for c in archive.candidates(run_id) if keep(c.generation)),
+                  key=lambda c: (c.run_id, c.generation, (c.details or {}).get("slot", 0),
+                                 c.id))
     rank = {c.id: i for i, c in enumerate(born)}
     ranked = [replace(n, id=rank[n.id], parents=tuple(rank[p] for p in n.parents if p in rank))
               for n in nodes]

@@ -31,7 +31,10 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.candidate.strip():
+        parser.error("empty candidate: give an id or a name")
     archive = open_existing(args.home)
     cand = archive.find_candidate(args.candidate.strip())
     record = candidate_record(archive, cand)

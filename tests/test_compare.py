@@ -47,7 +47,7 @@ def test_compare_bad_algorithms_exit_2_with_one_clear_line(argv, message, tmp_pa
     with pytest.raises(SystemExit) as e:
         compare.main(argv + ["--out", str(tmp_path / "o"), "--seeds", "1"])
     assert e.value.code == 2
-    assert message in capsys.readouterr().out
+    assert message in capsys.readouterr().err
 
 
 def test_compare_bad_flags_exit_2(tmp_path, capsys):

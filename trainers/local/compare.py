@@ -162,9 +162,22 @@ def _grid(runs: list[dict], labels: list[str], panels, series, style: dict,
     return path
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one line on stderr and exit code 2 (argparse prints the usage too)."""
+
+    def error(self, message: str):
+        _fail(f"{message} (see --help)")
+
+
+def _fail(message: str):
+    """Bad input: one line on stderr, exit code 2."""
+    print(f"python -m trainers.local.compare: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainers.local.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m trainers.local.compare", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algorithms", required=True,
                    help=f"comma-separated: baseline names ({', '.join(BASELINES)}) or "
                         "candidate .py files; the first is the reference for deltas")
@@ -201,12 +214,10 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
             raise CandidateError("load", "--algorithms is empty")
         resolved = [resolve_algorithm(s) for s in specs]
     except CandidateError as e:
-        console.print(f"[red]error:[/red] {e.message}")
-        raise SystemExit(2)
+        _fail(e.message)
     labels = [label for label, _ in resolved]
     if len(set(labels)) != len(labels):
-        console.print("[red]error:[/red] two algorithms share a name: " + ", ".join(labels))
-        raise SystemExit(2)
+        _fail("two algorithms share a name: " + ", ".join(labels))
     cfg = train_config or TrainConfig()
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
@@ -215,12 +226,7 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
     cfg = replace(cfg, final_eval=replace(cfg.final_eval, split=args.split))
     warm = warm_config or WarmStartConfig()
     home = args.home or default_home()
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        home.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        console.print(f"[red]error:[/red] cannot create {e.filename}: {e.strerror}")
-        raise SystemExit(2)
+    _make_dirs([args.out, home])
     with console.status("warm start (built once, then cached)..."):
         load_or_build(warm, home)
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
@@ -240,6 +246,32 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
         console.print(f"[red]internal error[/red] in {r['algorithm']} seed {r['seed']}:\n"
                       f"{r['traceback']}")
     return rows
+
+
+def _make_dirs(paths: list[Path]) -> None:
+    """Create ``paths``; if one cannot be, remove the ones created here and fail."""
+    created: list[Path] = []
+    for path in paths:
+        if path.exists() and not path.is_dir():
+            _undo(created)
+            _fail(f"cannot create {path}: a file is in its place")
+        top = path.absolute()
+        while not top.parent.exists():
+            top = top.parent
+        try:
+            if not path.exists():
+                path.mkdir(parents=True)
+                created.append(top)
+        except OSError as e:
+            _undo(created)
+            _fail(f"cannot create {path}: {e.strerror}")
+
+
+def _undo(created: list[Path]) -> None:
+    import shutil
+
+    for path in created:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,9 +70,16 @@ def load_or_build(cfg: WarmStartConfig = WarmStartConfig(), home: Path | None = 
         return model
     model, info = train_sft(cfg, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "info": info}, tmp)
-    os.replace(tmp, path)  # atomic: a killed build never leaves a half-written checkpoint
+    # A temporary name of its own: two processes building the same warm start at once
+    # (two runs in one home, parallel seeds) would otherwise write into one file, and
+    # the first rename would publish it while the second still writes.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "info": info},
+                   tmp)
+        os.replace(tmp, path)  # atomic: a killed build never leaves a half-written file
+    finally:
+        tmp.unlink(missing_ok=True)
     return model
 
 
