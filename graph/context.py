@@ -43,7 +43,12 @@ class Context:
                        "waits at an interrupt() for instructions"})
     executor: str = field(default="process", metadata={
         "description": "where training jobs run: 'process' (sandboxed child processes "
-                       "here) or 'ray' (one Ray task per job, see trainers.executors)"})
+                       "here), 'ray' (one Ray task per job) or 'verl' (a verl GRPO run "
+                       "per job, python -m graph.run --trainer verl; see "
+                       "trainers.executors)"})
+    trainer_config: str | None = field(default=None, metadata={
+        "description": "with executor 'verl': the verl trainer config (YAML or .env; "
+                       "None: $POISE_TRAINER_CONFIG, else the defaults)"})
     ray_address: str | None = field(default=None, metadata={
         "description": "Ray cluster to join (auto, HOST:PORT, ray://HOST:PORT); None: "
                        "start a local Ray for the run"})

@@ -71,7 +71,7 @@ def executor_for(ctx: Context) -> Executor:
     return get_executor(ctx.executor, address=ctx.ray_address,
                         max_parallel_jobs=ctx.max_parallel_jobs,
                         task_memory_mb=ctx.ray_task_memory_mb,
-                        max_retries=ctx.ray_max_retries)
+                        max_retries=ctx.ray_max_retries, trainer_config=ctx.trainer_config)
 
 
 def _key(state: CandidateState) -> str:
@@ -278,7 +278,20 @@ def trainer(state: CandidateState, runtime: Runtime[Context]) -> dict:
                  "train_config": train_config,
                  **({"warm_config": ctx.warm_config} if ctx.warm_config else {})}
                 for seed in range(ctx.seeds)]
-    outcomes = executor_for(ctx).train(payloads, timeout_s=ctx.train_timeout_s)
+    executor = executor_for(ctx)
+    if ctx.executor == "verl":  # a long GPU job: stream its metrics as they are logged
+        from langgraph.config import get_stream_writer
+
+        name = state["proposal"]["name"]
+        for p in payloads:
+            p["label"] = name
+        write = get_stream_writer()
+        outcomes = executor.train(payloads, timeout_s=ctx.train_timeout_s, on_progress=(
+            lambda label, seed, step, row: write({"verl_progress": {
+                "candidate": label, "key": _key(state), "seed": seed, "step": step,
+                "metrics": row}})))
+    else:
+        outcomes = executor.train(payloads, timeout_s=ctx.train_timeout_s)
     errors = [f"seed {seed}: {o.result.kind}: {o.result.error}"
               for seed, o in enumerate(outcomes) if not o.result.ok]
     if errors:

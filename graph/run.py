@@ -287,7 +287,10 @@ def _executor_choice(args: argparse.Namespace) -> dict:
     address = getattr(args, "ray_address", None)
     if not (executor or address):
         return {}
-    return {"executor": "ray" if address else executor, "ray_address": address}
+    choice = {"executor": "ray" if address else executor, "ray_address": address}
+    if choice["executor"] == "verl":  # --trainer verl
+        choice["trainer_config"] = getattr(args, "trainer_config", None)
+    return choice
 
 
 def _connect(ctx: Context) -> str:
@@ -305,6 +308,8 @@ def _connect(ctx: Context) -> str:
                          "\".[ray]\"") from None
     if ctx.executor == "ray":
         return f"Ray tasks on {executor.describe()}"
+    if ctx.executor == "verl":
+        return f"verl GRPO runs of {executor.config.model}, one per candidate x seed"
     return f"up to {ctx.max_parallel_jobs} sandboxed processes at once"
 
 
@@ -368,8 +373,12 @@ def _stream(app, state, config, ctx: Context, console: Console, quiet: bool) -> 
         # durability="sync": a step's checkpoint is on disk before the next step starts,
         # so a kill -9 loses at most the step in flight (the default, "async", may lose
         # more, which a resumed run then redoes: LLM calls and training included).
-        for ns, update in app.stream(state, config, context=ctx, stream_mode="updates",
-                                     subgraphs=True, durability="sync"):
+        for ns, mode, update in app.stream(state, config, context=ctx,
+                                           stream_mode=["updates", "custom"],
+                                           subgraphs=True, durability="sync"):
+            if mode == "custom":  # a verl run's metrics, as they are logged
+                _log_progress(console, (update or {}).get("verl_progress"))
+                continue
             for node, value in (update or {}).items():
                 where = "round ?" if not ns else ns[0].split(":")[0]
                 bar.update(task, description=f"{node} ({where}); best {_fmt(best)}")
@@ -381,6 +390,17 @@ def _stream(app, state, config, ctx: Context, console: Console, quiet: bool) -> 
                         console.log(f"round {c['round']} #{c['id']} {c['name']}: "
                                     f"{c['status']} fitness {_fmt(c['fitness'])}"
                                     + (f" ({c['error'][:120]})" if c.get("error") else ""))
+
+
+def _log_progress(console: Console, p: dict | None) -> None:
+    if not p:
+        return
+    m = p["metrics"]
+    shown = [(k.split("/")[-1], m[k]) for k in ("poise/reward", "poise/accuracy",
+                                                "actor/entropy", "response_length/mean")
+             if k in m]
+    console.log(f"{p['candidate']} seed {p['seed']} verl step {p['step']}: "
+                + ", ".join(f"{k} {v:.3g}" for k, v in shown))
 
 
 def _fmt(x) -> str:
@@ -466,7 +486,20 @@ def run_verl(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
         if not candidates:
             raise UsageError(f"run {args.resume} in {home} has no candidate code")
-    return graph_entry(candidates, args.trainer_config, home, args.dry_run, args.seed)
+    if args.dry_run:
+        return graph_entry(candidates, args.trainer_config, home, True, args.seed)
+    from trainers.verl.config import ConfigError, load_verl_config
+    from trainers.verl.launcher import preflight
+
+    try:
+        problems = preflight(load_verl_config(args.trainer_config))
+    except ConfigError as e:
+        raise UsageError(f"verl trainer config: {e}") from None
+    if problems:
+        raise UsageError("cannot train with verl here: " + "; ".join(problems)
+                         + " (--dry-run shows the command)")
+    args.executor, args.ray_address = "verl", None
+    return None  # the loop runs with the verl executor
 
 
 def main(argv=None) -> int:
@@ -474,7 +507,9 @@ def main(argv=None) -> int:
     try:
         args = parse_args(argv)
         if args.trainer == "verl":
-            return run_verl(args)
+            code = run_verl(args)
+            if code is not None:
+                return code
         tracer = tracing.start()  # None unless LangSmith tracing is on
         with tracing.session(tracer):  # sends every trace before the CLI exits
             run(args, console, tracer)

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from trainers.sandbox import SandboxResult, run_in_sandbox
 
-KINDS = ("process", "ray")
+KINDS = ("process", "ray", "verl")
 NODE_HOME = "poise-ray-home"  # a node's own warm-start cache, under its temp dir
 PROBE_TIMEOUT_S = 5.0
 
@@ -289,6 +289,64 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+# ----------------------------------------------------------------------------- verl
+
+class VerlExecutor:
+    """Each job is a verl GRPO run of the candidate (trainers/verl/backend.py), one after
+    the other (a verl job takes the node's GPUs, or is queued by the cluster's Ray job
+    manager). The payload's ``train_config`` / ``warm_config`` belong to the local
+    trainer and are ignored: the verl trainer config file decides the budget. The
+    candidate runs in verl's processes, not in the sandbox: the verifier has already run
+    its hooks in the sandbox, and verl's workers are the cluster's isolation. Progress is
+    reported to ``on_progress(label, seed, step, metrics)`` after each metrics poll. The
+    poll interval is ``$POISE_VERL_POLL_S`` (default 10 s)."""
+
+    name = "verl"
+
+    def __init__(self, trainer_config: str | None = None, poll_s: float = 10.0):
+        from trainers.verl.config import ConfigError, load_verl_config
+
+        try:
+            self.config = load_verl_config(trainer_config)  # a bad config fails here
+        except ConfigError as e:
+            raise ExecutorUnavailable(f"verl trainer config: {e}") from None
+        self.trainer_config = trainer_config
+        self.poll_s = poll_s
+
+    def train(self, payloads: list[dict], *, timeout_s: float,
+              on_progress=None) -> list[JobOutcome]:
+        from trainers.verl.backend import VerlTrainingError, train_candidate
+
+        outcomes = []
+        for p in payloads:
+            label, seed = p.get("label", "candidate"), p["seed"]
+            began = time.time()
+            progress = None
+            if on_progress is not None:
+                progress = lambda step, row, _l=label, _s=seed: on_progress(  # noqa: E731
+                    _l, _s, step, row)
+            try:
+                value = train_candidate(p["source"], label, seed, p["home"],
+                                        self.trainer_config, on_progress=progress,
+                                        timeout_s=timeout_s, poll_s=self.poll_s)
+            except VerlTrainingError as e:
+                outcomes.append(JobOutcome(SandboxResult(False, {}, str(e)[:1000], "crash",
+                                                         "", time.time() - began),
+                                           (began, time.time())))
+                continue
+            except Exception as e:  # noqa: BLE001 - e.g. the plugin refused the candidate
+                outcomes.append(failed(f"verl launch failed: {type(e).__name__}: "
+                                       f"{_first_line(e)}"[:1000], began))
+                continue
+            outcomes.append(JobOutcome(SandboxResult(True, value, "", "ok", "",
+                                                     time.time() - began),
+                                       (began, time.time())))
+        return outcomes
+
+    def close(self) -> None:
+        pass
+
+
 # ----------------------------------------------------------------------------- the registry
 
 _executors: dict[tuple, Executor] = {}
@@ -296,16 +354,20 @@ _lock = threading.Lock()
 
 
 def get_executor(kind: str, *, address: str | None = None, max_parallel_jobs: int = 1,
-                 task_memory_mb: int = 1536, max_retries: int = 1) -> Executor:
+                 task_memory_mb: int = 1536, max_retries: int = 1,
+                 trainer_config: str | None = None) -> Executor:
     """The process-wide executor of ``kind`` (created on first use; raises
     ExecutorUnavailable when it cannot be)."""
     if kind not in KINDS:
         raise ExecutorUnavailable(f"unknown executor {kind!r}; choose one of {KINDS}")
-    key = (kind, max_parallel_jobs) if kind == "process" else (
-        kind, address, task_memory_mb, max_retries)
+    key = (kind, max_parallel_jobs) if kind == "process" else (kind, trainer_config) \
+        if kind == "verl" else (kind, address, task_memory_mb, max_retries)
     with _lock:
         if key not in _executors:
-            if kind == "process":
+            if kind == "verl":
+                _executors[key] = VerlExecutor(
+                    trainer_config, poll_s=float(os.environ.get("POISE_VERL_POLL_S", "10")))
+            elif kind == "process":
                 _executors[key] = ProcessExecutor(max_parallel_jobs)
             else:
                 _executors[key] = RayExecutor(address, task_memory_mb=task_memory_mb,
@@ -321,4 +383,4 @@ def close_executors() -> None:
 
 
 __all__ = ["Executor", "ExecutorUnavailable", "JobOutcome", "ProcessExecutor",
-           "RayExecutor", "get_executor", "close_executors", "check_address", "KINDS"]
+           "RayExecutor", "VerlExecutor", "get_executor", "close_executors", "check_address", "KINDS"]

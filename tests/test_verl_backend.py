@@ -1,0 +1,111 @@
+"""The verl trainer behind the loop, on CPU.
+
+A real verl run needs GPUs and vLLM (none here). ``tests/standins/verl_main_ppo.py``
+stands in for ``verl.trainer.main_ppo``'s GPU parts only: it is launched by the real
+launcher with the real Hydra overrides and environment, imports the real generated
+plugin (registering the candidate in verl's registries), grades with the real reward
+function, calls the candidate through verl's ``get_adv_estimator_fn`` /
+``get_policy_loss_fn``, and writes verl's file-logger JSONL and validation dumps, which
+the real tailer turns into the graph's curves and evaluation record."""
+import json
+from pathlib import Path
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+
+from evals.objective import objective_from_directive
+from graph.context import Context
+from graph.graph import builder
+from memory.archive import Archive
+from trainers.baselines import baseline_source
+from trainers.verl.backend import CURVE_KEYS, VerlTrainingError, train_candidate
+
+STANDIN = Path(__file__).parent / "standins" / "verl_main_ppo.py"
+TINY = json.loads((Path(__file__).parent / "data" / "tiny_context.json").read_text())
+
+
+def _config(tmp_path, **extra) -> str:
+    lines = ["verl:", f"  entrypoint: {STANDIN}", "  total_training_steps: 6",
+             "  test_freq: 3", "  rollout_n: 4", "  val_n: 4", "  train_batch_size: 4",
+             "  ppo_mini_batch_size: 4", "  overall_weights: {standin_math/acc@1: 0.5, "
+             "standin_math/pass@4: 0.5}"]
+    for k, v in extra.items():
+        lines.append(f"  {k}: {json.dumps(v)}")
+    path = tmp_path / "verl.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_a_verl_run_gives_the_local_result_shape(tmp_path):
+    seen = []
+    r = train_candidate(baseline_source("dr_grpo"), "dr_grpo", 1, tmp_path / "home",
+                        _config(tmp_path), on_progress=lambda s, row: seen.append(s),
+                        poll_s=0.2)
+    final = r["final"]
+    assert {"overall", "length", "valid", "acc@1", "standin_math/acc@1",
+            "standin_math/pass@4"} <= set(final)
+    # Overall from the configured weights, on verl's validation of the last step
+    assert final["overall"] == pytest.approx(0.5 * final["standin_math/acc@1"]
+                                             + 0.5 * final["standin_math/pass@4"])
+    assert [e["step"] for e in r["evals"]] == [0, 3, 6]
+    assert r["evals"][-1]["standin_math/acc@1"] > r["evals"][0]["standin_math/acc@1"]
+    # curves: one row per training step; reward/accuracy/validity from the adapter's
+    # own step log (the real estimator ran in the launched process)
+    assert [row["step"] for row in r["curve"]] == [1, 2, 3, 4, 5, 6]
+    assert all(set(CURVE_KEYS) <= set(row) for row in r["curve"])
+    assert all(0 <= row["accuracy"] <= 1 and 0 <= row["validity"] <= 1 for row in r["curve"])
+    assert r["backend"] == "verl" and Path(r["log"]).is_file()
+    assert seen and max(seen) == 6
+
+
+def test_a_failed_verl_run_says_why(tmp_path):
+    cfg = _config(tmp_path, overrides=["+standin.fail=true"])
+    with pytest.raises(VerlTrainingError, match="exited with code 3.*failing as asked"):
+        train_candidate(baseline_source("grpo"), "grpo", 0, tmp_path / "home", cfg,
+                        poll_s=0.2)
+
+
+def test_the_loop_trains_candidates_on_verl(tmp_path, monkeypatch):
+    """The graph with executor 'verl': the seed GRPO and one builtin proposal train
+    through verl, the metrics stream as custom events, the archive gets the verl
+    evaluation record and curves like a local run's."""
+    monkeypatch.setenv("POISE_VERL_POLL_S", "0.2")
+    home = tmp_path / "home"
+    ctx = Context(home=str(home), candidates=1, width=1, seeds=1, smoke=False,
+                  executor="verl", trainer_config=_config(tmp_path),
+                  warm_config=TINY["warm_config"], train_overrides=TINY["train_overrides"])
+    spec = objective_from_directive("accurate")
+    with Archive(home) as a:
+        run_id = a.start_run(spec.directive, {})
+    app = builder.compile(checkpointer=InMemorySaver())
+    progress = []
+    for _ns, mode, chunk in app.stream(
+            {"run_id": run_id, "directive": spec.directive, "objective": spec.model_dump(),
+             "round": 0, "reference": None},
+            {"configurable": {"thread_id": "t"}, "recursion_limit": 200}, context=ctx,
+            stream_mode=["custom", "updates"], subgraphs=True):
+        if mode == "custom" and "verl_progress" in chunk:
+            progress.append(chunk["verl_progress"])
+    with Archive(home) as a:
+        cands = a.candidates(run_id)
+        assert len(cands) == 2 and all(c.status == "evaluated" for c in cands), \
+            [(c.name, c.status, c.error) for c in cands]
+        for c in cands:
+            ev = a.evaluations(c.id)[0]
+            val = ev.metrics["val"]
+            assert c.fitness == pytest.approx(val["overall"])  # "accurate": fitness = Overall
+            assert "standin_math/pass@4" in val
+            assert [p[0] for p in ev.curves["accuracy"]] == [1, 2, 3, 4, 5, 6]
+            assert a.reflections(c.id)
+    assert {p["candidate"] for p in progress} == {c.name for c in cands}
+    assert all(p["step"] >= 1 for p in progress)
+
+
+def test_graph_run_trainer_verl_without_gpus_is_one_line_exit_2(tmp_path, capsys):
+    from graph.run import main
+
+    assert main(["--trainer", "verl", "--directive", "accurate", "--home",
+                 str(tmp_path / "h")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot train with verl here" in err[0]
+    assert not (tmp_path / "h" / "archive.db").exists()
