@@ -230,7 +230,7 @@ def test_select_parent_node_honours_veto_and_pin(tmp_path):
 
     _, run, ids = _archive(tmp_path)
     rt = Runtime(context=Context(home=str(tmp_path)))
-    base = {"run_id": run, "round": 1, "directive": "accurate"}
+    base = {"run_id": run, "round": 2, "directive": "accurate"}  # sees rounds 0-1
     free = {select_parent.__wrapped__({**base, "slot": s}, rt)["parent_ids"][0]
             for s in range(40)}
     assert free == {1, 2}
