@@ -55,10 +55,13 @@ def test_two_runs_and_queries_share_one_home(tmp_path):
         missing = kind == "show" and "no candidate 'grpo'" in proc.stderr
         assert proc.returncode == 0 or missing, (kind, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
+        assert seconds < 120, (kind, seconds)  # answered, not stuck behind the runs
         if kind == "query" and proc.returncode == 0:
             json.loads(proc.stdout)
     assert any(k == "query" and p.returncode == 0 and json.loads(p.stdout)
                for k, p, _ in answers), "no query found a reflection while the runs wrote"
+    print(f"\n{len(answers)} query/show answers while two runs wrote; slowest "
+          f"{max(s for _, _, s in answers):.1f} s")
 
     # two runs, each whole, each its own
     assert [(rid, status) for rid, _, status in run_rows(home)] == [(1, "done"), (2, "done")]

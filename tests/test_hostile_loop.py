@@ -33,7 +33,7 @@ def _hooks(body: str) -> str:
     return "import torch\nimport numpy as np\n\n" + textwrap.dedent(body)
 
 
-def hostile(sentinel: str) -> dict[str, tuple[str, str, str]]:
+def hostile(sentinel: str, archive_db: str) -> dict[str, tuple[str, str, str]]:
     """name -> (module body, expected status, a fragment of the archived reason)."""
     s = repr(sentinel)
     return {
@@ -41,14 +41,14 @@ def hostile(sentinel: str) -> dict[str, tuple[str, str, str]]:
             def compute_advantages(batch, rewards):
                 while True:
                     pass
-            """), "failed_verification", "timed out"),
+            """), "failed_verification", "did not finish in time"),
         "slow-finite": (_hooks("""
             def shape_reward(batch):
                 total = 0
                 for i in range(10 ** 10):
                     total += i
                 return batch.correct.float()
-            """), "failed_verification", "timed out"),
+            """), "failed_verification", "did not finish in time"),
         "os-system": (_hooks(f"""
             import os
             def shape_reward(batch):
@@ -70,6 +70,12 @@ def hostile(sentinel: str) -> dict[str, tuple[str, str, str]]:
         "memmap-outside": (_hooks(f"""
             def shape_reward(batch):  # passes the static check
                 np.lib.format.open_memmap({s}, mode="w+", dtype="float32", shape=(4,))
+                return batch.correct.float()
+            """), "failed_verification", "only the scratch directory"),
+        "memmap-archive": (_hooks(f"""
+            def shape_reward(batch):  # passes the static check; aims at the run's archive
+                np.lib.format.open_memmap({archive_db!r}, mode="w+", dtype="uint8",
+                                          shape=(64,))
                 return batch.correct.float()
             """), "failed_verification", "only the scratch directory"),
         "sys-exit": (_hooks("""
@@ -100,7 +106,7 @@ def hostile(sentinel: str) -> dict[str, tuple[str, str, str]]:
                     while True:
                         pass
                 return batch.correct.float()
-            """), "failed_training", "timed out"),
+            """), "failed_training", "timeout:"),
         "sleeper-nan": (_hooks("""
             def compute_advantages(batch, rewards):
                 if batch.total_steps < 10:
@@ -108,6 +114,25 @@ def hostile(sentinel: str) -> dict[str, tuple[str, str, str]]:
                 return rewards - rewards.mean()
             """), "failed_training", "non-finite"),
     }
+
+
+# What each proposal claims: distinct texts, so that no proposal is a near-duplicate of
+# another (the novelty check would otherwise reject a sleeper before it trains).
+CLAIMS = {
+    "infinite-loop": "advantages from an iterative solver run until it converges",
+    "slow-finite": "a reward that first sums a very long series",
+    "os-system": "a reward that records each batch with a shell command",
+    "subprocess-socket": "a reward scored by a remote service over the network",
+    "open-outside": "a reward that logs every batch to a file",
+    "memmap-outside": "a reward that keeps a memory-mapped running buffer on disk",
+    "memmap-archive": "a reward that caches statistics in the run's database",
+    "sys-exit": "stop training early when the reward looks bad",
+    "raise-everywhere": "hooks that reject every batch they are given",
+    "nan-returns": "advantages scaled by an undefined constant",
+    "alias-monkeypatch": "a faster exponential function for every hook",
+    "sleeper-hang": "a reward that waits for a schedule signal once training starts",
+    "sleeper-nan": "advantages that switch estimator in the middle of training",
+}
 
 
 class HostileLab:
@@ -121,10 +146,10 @@ class HostileLab:
         if role == "scientist":
             with self.lock:
                 name = next(self.next)
-            return json.dumps({"name": name, "hypothesis": f"{name} does something",
-                               "mechanism": "a change of the shaped reward",
-                               "math": "r_i = c_i", "changes": ["shape_reward"],
-                               "crossover_with": None, "rationale": []})
+            return json.dumps({"name": name, "hypothesis": CLAIMS[name],
+                               "mechanism": CLAIMS[name], "math": f"see {name}",
+                               "changes": ["shape_reward"], "crossover_with": None,
+                               "rationale": []})
         if role == "coder":
             text = "\n".join(str(m.get("content")) for m in body["messages"])
             name = next(n for n in self.cases if f'"name": "{n}"' in text)
@@ -136,12 +161,12 @@ def test_hostile_candidates_fail_alone_and_the_loop_goes_on(tmp_path):
     sentinel = tmp_path / "outside" / "sentinel.txt"
     sentinel.parent.mkdir()
     sentinel.write_text("untouched\n")
-    cases = hostile(str(sentinel))
+    home = tmp_path / "home"
+    cases = hostile(str(sentinel), str(home / "archive.db"))
     config = json.loads(TINY.read_text())
     config.update(verify_timeout_s=VERIFY_TIMEOUT_S, train_timeout_s=TRAIN_TIMEOUT_S,
                   max_repairs=0, max_parallel_jobs=2)
     (tmp_path / "config.json").write_text(json.dumps(config))
-    home = tmp_path / "home"
     lab = HostileLab(cases)
     lifetimes: dict[int, list] = {}   # sandbox child pid -> [task, first seen, last seen]
     with LLMServer(reply=lab.reply) as server:
