@@ -33,7 +33,6 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evals.objective import ObjectiveSpec, fitness
-from evals.stats import format_ci, paired_diff_ci
+from evals.stats import paired_diff_ci
 from evals.tasks import FAMILIES, HARD_FAMILY, PASS_K
 
 TEST_SEED_OFFSET = 2000      # fresh seeds of the test stage (search uses the run seed)
@@ -256,7 +255,7 @@ def test_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
                console: Console) -> dict:
     """Stage 3: the winner and every shipped baseline on the test split, paired seeds."""
     from trainers.baselines import BASELINES, baseline_source
-    from trainers.local.compare import summarize
+    from trainers.local.compare import _ci, summarize
 
     names = list(BASELINES) if args.baselines is None else \
         [b.strip() for b in args.baselines.split(",") if b.strip()]
@@ -306,28 +305,28 @@ def rediscovery(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
                          cfg.get("warm_config")), args, home, console, "rediscovery")
     out = {}
     best_so_far = _best_so_far(cands)
+    trained = _by_label(results)
+    grpo = dict(zip(SLOTS, Genome.grpo().signature().split(";")))
     for (label, _), (k, genome) in zip(entries, targets.items()):
-        runs = _by_label(results).get(label)
+        runs = trained.get(label)
         if not runs:
             out[k] = {"error": "failed to train"}
             continue
         score = fitness(spec, runs[0]["final"]["overall"], runs[0]["final"]["length"], ref)
         reached = next((i + 1 for i, v in enumerate(best_so_far) if v >= score), None)
         target = dict(zip(SLOTS, genome.signature().split(";")))
+        known = [s for s in SLOTS if target[s] != grpo[s]]  # the genes GRPO lacks
         shared = []
         for i, c in enumerate(cands):
             sig = (c.details or {}).get("signature")
             if not sig:
                 continue
             genes = dict(zip(SLOTS, sig.split(";")))
-            diff = [s for s in SLOTS if s in target and genes.get(s) == target[s]
-                    and target[s] != Genome.grpo().signature().split(";")[SLOTS.index(s)]]
+            diff = [s for s in known if genes.get(s) == target[s]]
             shared.append((len(diff), i + 1, c.name, diff))
         shared.sort(key=lambda t: (-t[0], t[1]))
-        n_known = sum(1 for s in SLOTS if target[s] !=
-                      Genome.grpo().signature().split(";")[SLOTS.index(s)])
         out[k] = {"score": score, "reached_after": reached,
-                  "known_genes": n_known,
+                  "known_genes": len(known),
                   "closest": [{"index": i, "name": n, "shared_genes": d}
                               for _, i, n, d in shared[:3]]}
     out["cpu_seconds"] = _cpu(results)
@@ -355,11 +354,6 @@ def _mean(runs: list[dict], key: str) -> float:
 
 def _cpu(results: list[dict]) -> float:
     return float(sum(r.get("cpu_seconds", 0.0) for r in results))
-
-
-def _ci(ci) -> dict:
-    return {"mean": ci.mean, "low": ci.ci_low, "high": ci.ci_high, "n": ci.n,
-            "text": format_ci(ci) if math.isfinite(ci.ci_low) else f"{ci.mean:+.1f} [n=1]"}
 
 
 def _best_so_far(cands) -> list[float]:
@@ -452,7 +446,7 @@ def write_report(out: Path, payload: dict) -> Path:
     lines += ["", f"Winner vs the best baseline ({t['best_baseline']}): Overall "
                   f"{vb.get('overall', {}).get('text', 'n/a')}, length "
                   f"{vb.get('length', {}).get('text', 'n/a')} (paired 95% CI).", "",
-              "## Winner", "", f"Lineage: " + " -> ".join(
+              "## Winner", "", "Lineage: " + " -> ".join(
                   f"{x['name']} ({'-' if x['fitness'] is None else format(x['fitness'], '.1f')})"
                   for x in payload["lineage"]), "",
               f"Mechanism: {payload['mechanism']['words']}", "",
