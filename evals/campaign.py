@@ -77,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=None,
                    help="JSON of Context fields (train_overrides, warm_config): tests use a "
                         "tiny testbed")
+    p.add_argument("--margin", type=float, default=1.0,
+                   help="non-inferiority margin in Overall points: 'not worse' means the "
+                        "paired 95%% CI's lower bound is above -MARGIN (default 1.0)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--no-smoke", action="store_true", help="skip the verifier's smoke run")
     args = p.parse_args(argv)
@@ -87,6 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.seeds < 2:
         p.error("--seeds must be at least 2 for a paired CI")
+    if not args.margin >= 0:
+        p.error("--margin must be a number >= 0")
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
     if not args.directive.strip():
@@ -419,6 +424,89 @@ def plot_best_so_far(home: Path, run_id: int, path: Path, lines: dict[str, float
     return path
 
 
+# ----------------------------------------------------------------------------- verdicts
+
+def overall_verdict(ci: dict | None, margin: float) -> str:
+    """A paired 95% CI of a difference in Overall, in words: ``better`` (CI above 0),
+    ``worse`` (CI below 0), ``not worse`` (lower bound above -margin), else
+    ``inconclusive``."""
+    if not ci or not np.isfinite(ci.get("low", np.nan)):
+        return "inconclusive"
+    if ci["low"] > 0:
+        return "better"
+    if ci["high"] < 0:
+        return "worse"
+    if ci["low"] > -margin:
+        return "not worse"
+    return "inconclusive"
+
+
+def length_verdict(ci: dict | None) -> str:
+    if not ci or not np.isfinite(ci.get("low", np.nan)):
+        return "inconclusive"
+    if ci["high"] < 0:
+        return "shorter"
+    if ci["low"] > 0:
+        return "longer"
+    return "no clear difference"
+
+
+def verdicts(test: dict, margin: float) -> dict:
+    """The winner against GRPO and against the best other baseline, in words."""
+    rows = {r["algorithm"]: r for r in test["rows"]}
+    w, g = rows.get(test["winner_label"], {}), rows.get("grpo", {})
+    out: dict = {"margin": margin}
+    if "overall_mean" not in w or "overall_mean" not in g:
+        out["vs_grpo"] = {"overall": "inconclusive", "length": "inconclusive"}
+    else:
+        dlen = w.get("length_delta_vs_baseline_ci95")
+        out["vs_grpo"] = {
+            "overall": overall_verdict(w.get("delta_vs_baseline_ci95"), margin),
+            "length": length_verdict(dlen),
+            "length_change_pct": (100.0 * (w["mean_length"] / g["mean_length"] - 1.0)
+                                  if g["mean_length"] else None)}
+        if dlen and g["mean_length"] and np.isfinite(dlen.get("low", np.nan)):
+            out["vs_grpo"]["length_change_pct_ci95"] = [
+                100.0 * dlen["low"] / g["mean_length"], 100.0 * dlen["high"] / g["mean_length"]]
+    vb = test.get("vs_best_baseline") or {}
+    out["vs_best_baseline"] = {"baseline": test.get("best_baseline"),
+                               "overall": overall_verdict(vb.get("overall"), margin),
+                               "length": length_verdict(vb.get("length"))}
+    return out
+
+
+def verdict_lines(payload: dict) -> list[str]:
+    v, t = payload["verdicts"], payload["test"]
+    rows = {r["algorithm"]: r for r in t["rows"]}
+    w = rows.get(t["winner_label"], {})
+    m = v["margin"]
+    say = {"better": "beats", "worse": "is worse than", "not worse":
+           f"is not worse than (95% CI lower bound above -{m:g})",
+           "inconclusive": "cannot be told apart from"}
+    lines = []
+    if "delta_vs_baseline_ci95" in w:
+        vg = v["vs_grpo"]
+        lines.append(f"- Overall: the winner {say[vg['overall']]} GRPO: "
+                     f"{w['delta_vs_baseline_ci95']['text']} points (paired 95% CI).")
+        pct = vg.get("length_change_pct")
+        pci = vg.get("length_change_pct_ci95")
+        lines.append(f"- Length: {vg['length']} than GRPO"
+                     if vg["length"] in ("shorter", "longer") else
+                     f"- Length: {vg['length']} from GRPO")
+        if pct is not None:
+            lines[-1] += (f", {pct:+.1f}%"
+                          + (f" [{pci[0]:+.1f}%, {pci[1]:+.1f}%]" if pci else "")
+                          + f" ({w['length_delta_vs_baseline_ci95']['text']} tokens).")
+    vb = v["vs_best_baseline"]
+    if vb["baseline"] == "grpo":
+        lines.append("- GRPO is the best shipped baseline on this test.")
+    elif vb["baseline"]:
+        ci = t["vs_best_baseline"].get("overall", {}).get("text", "n/a")
+        lines.append(f"- Against the best shipped baseline ({vb['baseline']}): the winner "
+                     f"{say[vb['overall']]} it, {ci} points.")
+    return lines
+
+
 # ----------------------------------------------------------------------------- report
 
 def write_report(out: Path, payload: dict) -> Path:
@@ -426,6 +514,7 @@ def write_report(out: Path, payload: dict) -> Path:
     lines = [f"# Campaign: \"{payload['directive']}\"", "",
              f"Objective: {payload['objective']}", "",
              f"Command: `{payload['command']}`", "",
+             "## Verdict (held-out test split)", "", *verdict_lines(payload), "",
              "## Held-out test split "
              f"({len(t['seeds'])} paired seeds {t['seeds'][0]}..{t['seeds'][-1]})", "",
              "| algorithm | Overall | " + " | ".join(f.name for f in FAMILIES)
@@ -494,9 +583,8 @@ def print_summary(payload: dict, console: Console) -> None:
                     f"{r['validity']:.1f}", d("delta_vs_baseline_ci95"),
                     d("length_delta_vs_baseline_ci95"))
     console.print(tab)
-    vb = t["vs_best_baseline"]
-    console.print(f"winner vs best baseline ({t['best_baseline']}): Overall "
-                  f"{vb.get('overall', {}).get('text', 'n/a')}")
+    for line in verdict_lines(payload):
+        console.print(line[2:])
 
 
 def main(argv=None) -> int:
@@ -550,7 +638,8 @@ def _main(args, console: Console) -> int:
                                              if k != "winner_source"},
                "test": test, "lineage": lineage(home, run_id, prom["winner"]),
                "mechanism": mechanism(home, run_id, prom["winner"]),
-               "rediscovery": redis, "compute": compute}
+               "rediscovery": redis, "compute": compute,
+               "verdicts": verdicts(test, args.margin)}
     (args.out / "campaign.json").write_text(json.dumps(payload, indent=2, default=str))
     md = write_report(args.out, payload)
     print_summary(payload, console)

@@ -69,6 +69,11 @@ def test_campaign_writes_every_stage(campaign):
     assert comp["total_cpu_s"] > 0 and comp["test_cpu_s"] > 0 and comp["search_wall_s"] > 0
     md = (out / "campaign.md").read_text()
     assert "Held-out test split" in md and "Rediscovery" in md and "Lineage" in md
+    # the verdict in words, from the winner's paired CIs (every tiny score is 0: no
+    # difference in Overall, a CI of zero width, "not worse" within the margin)
+    assert "## Verdict" in md and "GRPO" in md.split("## Verdict")[1].split("##")[0]
+    assert data["verdicts"]["vs_grpo"]["overall"] in ("better", "worse", "not worse",
+                                                      "inconclusive")
     assert "python -m evals.campaign --directive 'accurate and concise'" in md
     png = (out / "best_so_far.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -109,3 +114,37 @@ def test_out_dir_of_another_directive_is_refused(campaign):
     tmp, _ = campaign
     r = _campaign(tmp, *ARGS, directive="accurate")
     assert r.returncode == 2 and "holds a campaign" in r.stderr
+
+
+@pytest.mark.parametrize("low,high,word", [
+    (0.5, 3.0, "better"), (-3.0, -0.2, "worse"), (-0.8, 2.0, "not worse"),
+    (-1.5, 2.0, "inconclusive"), (float("-inf"), float("inf"), "inconclusive")])
+def test_overall_verdict_reads_the_paired_ci(low, high, word):
+    from evals.campaign import overall_verdict
+    assert overall_verdict({"low": low, "high": high, "mean": 0.0}, margin=1.0) == word
+
+
+def test_verdicts_from_real_paired_cis():
+    """Verdicts computed from the same paired-CI code the report uses, on seeded numbers."""
+    import numpy as np
+
+    from evals.campaign import verdicts
+    from evals.stats import paired_diff_ci
+    from trainers.local.compare import _ci
+
+    rng = np.random.default_rng(0)
+    grpo_o = 50 + rng.normal(0, 3, 8)
+    win_o = grpo_o + 2.0 + rng.normal(0, 0.5, 8)        # clearly better
+    grpo_l = 40 + rng.normal(0, 2, 8)
+    win_l = grpo_l - 10 + rng.normal(0, 1, 8)          # clearly shorter
+    rows = [{"algorithm": "grpo", "overall_mean": grpo_o.mean(), "mean_length": grpo_l.mean()},
+            {"algorithm": "winner:x", "overall_mean": win_o.mean(), "mean_length": win_l.mean(),
+             "delta_vs_baseline_ci95": _ci(paired_diff_ci(list(grpo_o), list(win_o))),
+             "length_delta_vs_baseline_ci95": _ci(paired_diff_ci(list(grpo_l), list(win_l)))}]
+    v = verdicts({"rows": rows, "winner_label": "winner:x", "best_baseline": "grpo",
+                  "vs_best_baseline": {}}, margin=1.0)
+    assert v["vs_grpo"]["overall"] == "better" and v["vs_grpo"]["length"] == "shorter"
+    pct = 100 * (win_l.mean() / grpo_l.mean() - 1)
+    assert v["vs_grpo"]["length_change_pct"] == pytest.approx(pct)
+    lo, hi = v["vs_grpo"]["length_change_pct_ci95"]
+    assert lo < pct < hi < 0
