@@ -13,7 +13,9 @@ Multi-fidelity, three stages, each resumable (rerun the same command after a kil
 3. **test** — the winner and every shipped baseline are retrained with ``--seeds`` fresh
    seeds (paired: the same seeds for all) and evaluated on the held-out test split.
    Reported: Overall, per family, pass@k, length, validity, paired 95% CIs vs GRPO and
-   vs the best baseline, the winner's lineage and mechanism.
+   vs the best baseline, the winner's lineage and mechanism. ``--confirm-seeds K`` then
+   trains GRPO, the winner and the best other baseline on more paired seeds (K in all),
+   for narrower CIs where they matter.
 
 ``--rediscovery`` also trains the known algorithms the catalog can express but the seed
 population lacks (DAPO, Dr. GRPO as genomes) at the screening budget and seed, and says
@@ -57,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--directive", required=True, help='e.g. "accurate" or "accurate and concise"')
     p.add_argument("--candidates", type=int, default=64, help="candidates to search (default 64)")
     p.add_argument("--seeds", type=int, default=5, help="fresh test seeds (default 5)")
+    p.add_argument("--confirm-seeds", type=int, default=0,
+                   help="after the test stage, train GRPO, the winner and the best other "
+                        "baseline up to this many paired test seeds in all (default 0: off); "
+                        "their CIs then use every seed")
     p.add_argument("--out", type=Path, required=True, help="campaign output directory")
     p.add_argument("--home", default=None, help="POISE home (default $POISE_HOME or ./.poise)")
     p.add_argument("--screen-steps", type=int, default=40,
@@ -92,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--seeds must be at least 2 for a paired CI")
     if not args.margin >= 0:
         p.error("--margin must be a number >= 0")
+    if args.confirm_seeds and args.confirm_seeds <= args.seeds:
+        p.error(f"--confirm-seeds must exceed --seeds ({args.seeds}) or be 0")
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
     if not args.directive.strip():
@@ -275,19 +283,37 @@ def test_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
                          cfg.get("warm_config")), args, home, console, "test")
     labels = [e[0] for e in entries]
     rows = summarize(results, labels, seeds)  # deltas vs the first label: grpo
+    best = _best_baseline(rows, names)
+    confirm = []
+    if args.confirm_seeds:
+        # more paired seeds for the three algorithms the verdicts compare
+        confirm = list(range(seeds[-1] + 1, TEST_SEED_OFFSET + args.confirm_seeds))
+        trio = [e for e in entries if e[0] in ("grpo", best, label)]
+        results = results + _run(_jobs(trio, confirm, home,
+                                       _train_config(args, cfg, args.steps, "test"),
+                                       cfg.get("warm_config")), args, home, console, "confirm")
+        trio_rows = {r["algorithm"]: r for r in
+                     summarize(results, [e[0] for e in trio], seeds + confirm)}
+        rows = [trio_rows.get(r["algorithm"], r) for r in rows]
     by = _by_label(results)
-    ok_baselines = [r for r in rows if r["algorithm"] in names and "overall_mean" in r]
-    best = max(ok_baselines, key=lambda r: r["overall_mean"])
     vs_best = {}
-    if label in by and best["algorithm"] in by:
-        pairs = _paired(by[best["algorithm"]], by[label])
+    if label in by and best in by:
+        pairs = _paired(by[best], by[label])
         for key in ("overall", "length"):
             ci = paired_diff_ci([b["final"][key] for b, _ in pairs],
                                 [w["final"][key] for _, w in pairs])
             vs_best[key] = _ci(ci)
-    return {"rows": rows, "seeds": seeds, "winner_label": label,
-            "best_baseline": best["algorithm"], "vs_best_baseline": vs_best,
+    return {"rows": rows, "seeds": seeds, "confirm_seeds": confirm, "winner_label": label,
+            "best_baseline": best, "vs_best_baseline": vs_best,
             "cpu_seconds": _cpu(results)}
+
+
+def _best_baseline(rows: list[dict], names: list[str]) -> str:
+    """The shipped baseline with the best mean test Overall, GRPO included."""
+    ok = [r for r in rows if r["algorithm"] in names and "overall_mean" in r]
+    if not ok:
+        raise CampaignError("every baseline failed in the test stage")
+    return max(ok, key=lambda r: r["overall_mean"])["algorithm"]
 
 
 def rediscovery(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
@@ -516,17 +542,19 @@ def write_report(out: Path, payload: dict) -> Path:
              f"Command: `{payload['command']}`", "",
              "## Verdict (held-out test split)", "", *verdict_lines(payload), "",
              "## Held-out test split "
-             f"({len(t['seeds'])} paired seeds {t['seeds'][0]}..{t['seeds'][-1]})", "",
-             "| algorithm | Overall | " + " | ".join(f.name for f in FAMILIES)
+             f"({len(t['seeds'])} paired seeds {t['seeds'][0]}..{t['seeds'][-1]}"
+             + (f"; GRPO, the winner and the best baseline also seeds {t['confirm_seeds'][0]}.."
+                f"{t['confirm_seeds'][-1]}" if t.get("confirm_seeds") else "") + ")", "",
+             "| algorithm | seeds | Overall | " + " | ".join(f.name for f in FAMILIES)
              + f" | {HARD_FAMILY} pass@{PASS_K} | length | valid % | dOverall vs GRPO | "
                "dLength vs GRPO |",
-             "|---" * (7 + len(FAMILIES)) + "|"]
+             "|---" * (8 + len(FAMILIES)) + "|"]
     for r in t["rows"]:
         if "overall_mean" not in r:
-            lines.append(f"| {r['algorithm']} | failed |" + " |" * (6 + len(FAMILIES)))
+            lines.append(f"| {r['algorithm']} | 0 | failed |" + " |" * (6 + len(FAMILIES)))
             continue
         d = lambda k: r[k]["text"] if k in r and r["algorithm"] != "grpo" else "-"  # noqa
-        lines.append(f"| {r['algorithm']} | {r['overall_mean']:.1f} | "
+        lines.append(f"| {r['algorithm']} | {len(r['seeds'])} | {r['overall_mean']:.1f} | "
                      + " | ".join(f"{v:.1f}" for v in r["families"].values())
                      + f" | {r[f'pass@{PASS_K}']:.1f} | {r['mean_length']:.1f} | "
                        f"{r['validity']:.1f} | {d('delta_vs_baseline_ci95')} | "
@@ -570,16 +598,16 @@ def write_report(out: Path, payload: dict) -> Path:
 
 def print_summary(payload: dict, console: Console) -> None:
     t = payload["test"]
-    tab = Table(title=f"\"{payload['directive']}\": held-out test, {len(t['seeds'])} paired "
-                      "seeds; deltas vs GRPO (95% CI)")
-    for col in ("algorithm", "Overall", "length", "valid%", "dOverall", "dLength"):
+    tab = Table(title=f"\"{payload['directive']}\": held-out test, paired seeds; deltas vs "
+                      "GRPO (95% CI)")
+    for col in ("algorithm", "seeds", "Overall", "length", "valid%", "dOverall", "dLength"):
         tab.add_column(col, justify="left" if col == "algorithm" else "right")
     for r in t["rows"]:
         if "overall_mean" not in r:
-            tab.add_row(r["algorithm"], "failed", "", "", "", "")
+            tab.add_row(r["algorithm"], "0", "failed", "", "", "", "")
             continue
         d = lambda k: r[k]["text"] if k in r and r["algorithm"] != "grpo" else "-"  # noqa
-        tab.add_row(r["algorithm"], f"{r['overall_mean']:.1f}", f"{r['mean_length']:.1f}",
+        tab.add_row(r["algorithm"], str(len(r["seeds"])), f"{r['overall_mean']:.1f}", f"{r['mean_length']:.1f}",
                     f"{r['validity']:.1f}", d("delta_vs_baseline_ci95"),
                     d("length_delta_vs_baseline_ci95"))
     console.print(tab)
