@@ -353,7 +353,9 @@ def rediscovery(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
             if not sig:
                 continue
             genes = dict(zip(SLOTS, sig.split(";")))
-            diff = [s for s in known if genes.get(s) == target[s]]
+            # the same kind of gene (clip_higher, token_mean, ...), parameters may differ
+            diff = [s for s in known
+                    if genes.get(s, "").split("(")[0] == target[s].split("(")[0]]
             shared.append((len(diff), i + 1, c.name, diff))
         shared.sort(key=lambda t: (-t[0], t[1]))
         out[k] = {"score": score, "reached_after": reached,
@@ -578,12 +580,15 @@ def write_report(out: Path, payload: dict) -> Path:
         for k, v in payload["rediscovery"].items():
             if k == "cpu_seconds" or "score" not in v:
                 continue
+            close = [c for c in v["closest"] if c["shared_genes"]]
             lines.append(f"- {k}: screening score {v['score']:.1f}; best-so-far reached it "
                          f"after {v['reached_after'] or 'never (within the budget)'} "
-                         f"candidates; closest genomes: " + "; ".join(
+                         "candidates; " + ("closest genomes: " + "; ".join(
                              f"#{c['index']} {c['name']} shares {len(c['shared_genes'])}/"
-                             f"{v['known_genes']} ({', '.join(c['shared_genes']) or '-'})"
-                             for c in v["closest"]))
+                             f"{v['known_genes']} gene kinds ({', '.join(c['shared_genes'])})"
+                             for c in close) if close else
+                             f"no candidate carries any of its {v['known_genes']} genes "
+                             "that GRPO lacks"))
     comp = payload["compute"]
     lines += ["", "## Compute", "",
               f"CPU-seconds: search {comp['search_cpu_s']:.0f}, promotion "
