@@ -537,6 +537,17 @@ def verdict_lines(payload: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------- report
 
+def _mechanism_bullets(words: str) -> list[str]:
+    """Genome.describe() marks changed genes with '* ': one markdown bullet per gene."""
+    out = []
+    for line in (words or "").splitlines():
+        if not line.strip():
+            continue
+        changed = line.startswith("* ")
+        out.append(f"- {'**changed** ' if changed else ''}{line[2:] if changed else line.strip()}")
+    return out
+
+
 def write_report(out: Path, payload: dict) -> Path:
     t = payload["test"]
     lines = [f"# Campaign: \"{payload['directive']}\"", "",
@@ -568,10 +579,15 @@ def write_report(out: Path, payload: dict) -> Path:
               "## Winner", "", "Lineage: " + " -> ".join(
                   f"{x['name']} ({'-' if x['fitness'] is None else format(x['fitness'], '.1f')})"
                   for x in payload["lineage"]), "",
-              f"Mechanism: {payload['mechanism']['words']}", "",
+              "Mechanism (**changed** marks a gene that differs from GRPO's):", "",
+              *_mechanism_bullets(payload["mechanism"]["words"]), "",
               "```", payload["mechanism"]["math"], "```", "",
               "## Promotion (val, full budget)", "",
               "| candidate | fitness | Overall | length | seeds |", "|---|---|---|---|---|"]
+    ref = payload["promote"].get("reference")
+    if ref:
+        lines.append(f"| grpo (reference, same seeds) | - | {ref['overall']:.1f} | "
+                     f"{ref['length']:.1f} | {len(payload['promote'].get('seeds', []))} |")
     for r in payload["promote"]["rows"]:
         lines.append(f"| {r['name']} | {r['fitness']:.1f} | {r['overall']:.1f} | "
                      f"{r['length']:.1f} | {r['seeds']} |")

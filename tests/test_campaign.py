@@ -77,6 +77,8 @@ def test_campaign_writes_every_stage(campaign):
     assert "Held-out test split" in md and "Rediscovery" in md and "Lineage" in md
     # the verdict in words, from the winner's paired CIs (every tiny score is 0: no
     # difference in Overall, a CI of zero width, "not worse" within the margin)
+    # the winner's genes as bullets, the changed ones marked; GRPO's promotion reference
+    assert "- **changed** " in md and "| grpo (reference, same seeds) |" in md
     assert "## Verdict" in md and "GRPO" in md.split("## Verdict")[1].split("##")[0]
     assert data["verdicts"]["vs_grpo"]["overall"] == "not worse"
     assert data["verdicts"]["vs_grpo"]["length"] == "no clear difference"
