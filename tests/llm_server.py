@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Callable, Union
+
+from local_http import LocalHTTPServer, send_json
 
 
 @dataclass
@@ -50,44 +52,33 @@ class OpenAIServer:
                 with server.lock:
                     server.requests.append({"path": self.path, "body": body, "auth": auth})
                 if self.path != "/v1/chat/completions":
-                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    send_json(self, 404, {"error": {"message": f"no route {self.path}"}})
                     return
                 try:
                     reply = server.respond(body, auth)
                 except Exception as e:  # noqa: BLE001 - a test bug: say it to the client
-                    self._send(500, {"error": {"message": f"test server: {e!r}"}})
+                    send_json(self, 500, {"error": {"message": f"test server: {e!r}"}})
                     return
                 if isinstance(reply, HTTPError):
-                    self._send(reply.status, reply.body)
+                    send_json(self, reply.status, reply.body)
                 else:
-                    self._send(200, completion(body.get("model", "?"), reply))
-
-            def _send(self, status: int, payload: dict):
-                out = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                    send_json(self, 200, completion(body.get("model", "?"), reply))
 
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.http = LocalHTTPServer(Handler)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        return f"{self.http.url}/v1"
 
     def __enter__(self) -> "OpenAIServer":
-        self.thread.start()
+        self.http.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self.http.close()
 
 
 def role_of(body: dict) -> str:

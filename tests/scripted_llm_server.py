@@ -19,8 +19,11 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Callable
+
+from llm_server import completion
+from local_http import LocalHTTPServer, send_json
 
 ROLE_MARKERS = (("consistency judge", "verifier"), ("You are the analyst", "analyst"),
                 ("You are the coder", "coder"), ("objective spec", "objective"),
@@ -86,26 +89,22 @@ class LLMServer:
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         self._holding = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._http = LocalHTTPServer(self._handler())
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"{self._http.url}/v1"
 
     def in_flight(self) -> int:
         with self._lock:
             return self._holding
 
     def __enter__(self) -> "LLMServer":
-        self._thread.start()
+        self._http.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._http.close()
 
     def _delay(self, role: str) -> float:
         return self.delay_s(role) if callable(self.delay_s) else float(self.delay_s)
@@ -127,18 +126,8 @@ class LLMServer:
                         self.send_error(404)
                         return
                     time.sleep(server._delay(role))
-                    out = json.dumps({
-                        "id": "chatcmpl-test", "object": "chat.completion", "created": 0,
-                        "model": body.get("model", "m"),
-                        "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                            "role": "assistant", "content": server.reply(role, body)}}],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1,
-                                  "total_tokens": 2}}).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(out)))
-                    self.end_headers()
-                    self.wfile.write(out)
+                    send_json(self, 200,
+                              completion(body.get("model", "m"), server.reply(role, body)))
                     record["answered"] = time.time()
                 except (BrokenPipeError, ConnectionResetError):
                     record["dropped"] = True   # the client went away (killed) mid-call

@@ -18,10 +18,12 @@ import subprocess
 import sys
 import threading
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from llm_server import completion
+from local_http import LocalHTTPServer, send_json
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "data" / "tiny_context.json"
@@ -52,28 +54,18 @@ class _Server:
                        "headers": {k.lower(): v for k, v in self.headers.items()}}
                 with outer.lock:
                     outer.requests.append(req)
-                status, reply = outer.handle(req)
-                out = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                send_json(self, *outer.handle(req))
 
             do_GET = do_POST = do_PATCH = do_PUT = _serve
 
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.http = LocalHTTPServer(Handler).start()
+        self.url = self.http.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.http.close()
 
 
 def _decode(body: bytes, encoding: str | None) -> bytes:
@@ -194,12 +186,7 @@ class OpenAIStandIn(_Server):
         else:
             return 400, {"error": {"message": "unexpected prompt"}}
         content = reply if isinstance(reply, str) else json.dumps(reply)
-        return 200, {"id": "chatcmpl-test", "object": "chat.completion", "created": 0,
-                     "model": body["model"],
-                     "choices": [{"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": content}}],
-                     "usage": {"prompt_tokens": 3, "completion_tokens": 5,
-                               "total_tokens": 8}}
+        return 200, completion(body["model"], content)
 
 
 # ----------------------------------------------------------------------------- runs
