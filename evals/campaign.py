@@ -42,7 +42,6 @@ from rich.console import Console
 from rich.table import Table
 
 from evals.objective import ObjectiveSpec, fitness
-from evals.stats import paired_diff_ci
 from evals.tasks import FAMILIES, HARD_FAMILY, PASS_K
 
 TEST_SEED_OFFSET = 2000      # fresh seeds of the test stage (search uses the run seed)
@@ -268,7 +267,7 @@ def test_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
                console: Console) -> dict:
     """Stage 3: the winner and every shipped baseline on the test split, paired seeds."""
     from trainers.baselines import BASELINES, baseline_source
-    from trainers.local.compare import _ci, summarize
+    from trainers.local.compare import summarize
 
     names = list(BASELINES) if args.baselines is None else \
         [b.strip() for b in args.baselines.split(",") if b.strip()]
@@ -279,8 +278,9 @@ def test_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
     label = f"winner:{winner[0]}"
     entries = [(b, baseline_source(b)) for b in names] + [(label, winner[1])]
     seeds = list(range(TEST_SEED_OFFSET, TEST_SEED_OFFSET + args.seeds))
-    results = _run(_jobs(entries, seeds, home, _train_config(args, cfg, args.steps, "test"),
-                         cfg.get("warm_config")), args, home, console, "test")
+    train_config = _train_config(args, cfg, args.steps, "test")
+    results = _run(_jobs(entries, seeds, home, train_config, cfg.get("warm_config")),
+                   args, home, console, "test")
     labels = [e[0] for e in entries]
     rows = summarize(results, labels, seeds)  # deltas vs the first label: grpo
     best = _best_baseline(rows, names)
@@ -289,20 +289,16 @@ def test_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
         # more paired seeds for the three algorithms the verdicts compare
         confirm = list(range(seeds[-1] + 1, TEST_SEED_OFFSET + args.confirm_seeds))
         trio = [e for e in entries if e[0] in ("grpo", best, label)]
-        results = results + _run(_jobs(trio, confirm, home,
-                                       _train_config(args, cfg, args.steps, "test"),
+        results = results + _run(_jobs(trio, confirm, home, train_config,
                                        cfg.get("warm_config")), args, home, console, "confirm")
         trio_rows = {r["algorithm"]: r for r in
                      summarize(results, [e[0] for e in trio], seeds + confirm)}
         rows = [trio_rows.get(r["algorithm"], r) for r in rows]
-    by = _by_label(results)
-    vs_best = {}
-    if label in by and best in by:
-        pairs = _paired(by[best], by[label])
-        for key in ("overall", "length"):
-            ci = paired_diff_ci([b["final"][key] for b, _ in pairs],
-                                [w["final"][key] for _, w in pairs])
-            vs_best[key] = _ci(ci)
+    # the winner's paired CIs against the best baseline, as summarize gives them vs GRPO
+    vs = summarize(results, [best, label], seeds + confirm)[1]
+    vs_best = {key: vs[field] for key, field in (("overall", "delta_vs_baseline_ci95"),
+                                                 ("length", "length_delta_vs_baseline_ci95"))
+               if field in vs}
     return {"rows": rows, "seeds": seeds, "confirm_seeds": confirm, "winner_label": label,
             "best_baseline": best, "vs_best_baseline": vs_best,
             "cpu_seconds": _cpu(results)}
@@ -374,11 +370,6 @@ def _by_label(results: list[dict]) -> dict[str, list[dict]]:
         if r.get("status") == "ok":
             by.setdefault(r["algorithm"], []).append(r)
     return by
-
-
-def _paired(a: list[dict], b: list[dict]) -> list[tuple[dict, dict]]:
-    bb = {r["seed"]: r for r in b}
-    return [(r, bb[r["seed"]]) for r in a if r["seed"] in bb]
 
 
 def _mean(runs: list[dict], key: str) -> float:
@@ -628,8 +619,8 @@ def print_summary(payload: dict, console: Console) -> None:
             tab.add_row(r["algorithm"], "0", "failed", "", "", "", "")
             continue
         d = lambda k: r[k]["text"] if k in r and r["algorithm"] != "grpo" else "-"  # noqa
-        tab.add_row(r["algorithm"], str(len(r["seeds"])), f"{r['overall_mean']:.1f}", f"{r['mean_length']:.1f}",
-                    f"{r['validity']:.1f}", d("delta_vs_baseline_ci95"),
+        tab.add_row(r["algorithm"], str(len(r["seeds"])), f"{r['overall_mean']:.1f}",
+                    f"{r['mean_length']:.1f}", f"{r['validity']:.1f}", d("delta_vs_baseline_ci95"),
                     d("length_delta_vs_baseline_ci95"))
     console.print(tab)
     for line in verdict_lines(payload):
