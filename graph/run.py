@@ -75,7 +75,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--directive is required (or --resume RUN_ID)")
     if args.ray_address and args.executor == "process":
         p.error("--ray-address needs --executor ray")
+    _require_extras(args)
     return args
+
+
+def _require_extras(args: argparse.Namespace) -> None:
+    """A backend whose optional extra is missing is refused before anything is written."""
+    from trainers.extras import MissingExtra, require
+
+    try:
+        if args.trainer == "verl":
+            require("verl", "--trainer verl")
+        if args.executor == "ray" or args.ray_address:
+            require("ray", "--executor ray")
+    except MissingExtra as e:
+        raise UsageError(str(e)) from None
 
 
 def prepare(args: argparse.Namespace):
@@ -298,14 +312,15 @@ def _connect(ctx: Context) -> str:
     describe it for the header."""
     from graph.graph import executor_for
     from trainers.executors import ExecutorUnavailable
+    from trainers.extras import MissingExtra, require
 
     try:
+        if ctx.executor in ("ray", "verl"):
+            require(ctx.executor, f"--executor {ctx.executor}" if ctx.executor == "ray"
+                    else "--trainer verl")
         executor = executor_for(ctx)
-    except ExecutorUnavailable as e:
+    except (ExecutorUnavailable, MissingExtra) as e:
         raise UsageError(str(e)) from None
-    except ImportError as e:
-        raise UsageError(f"--executor {ctx.executor} needs {e.name}: pip install -e "
-                         "\".[ray]\"") from None
     if ctx.executor == "ray":
         return f"Ray tasks on {executor.describe()}"
     if ctx.executor == "verl":

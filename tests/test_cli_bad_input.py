@@ -2,7 +2,9 @@
 exit code 2, no traceback, and nothing written half-way (the files under the case's
 directory are byte-for-byte what they were; no run row is added).
 
-Commands: graph.run, memory.query, memory.show, memory.reindex, trainers.local.compare.
+Commands: graph.run, memory.query, memory.show, memory.reindex, trainers.local.compare,
+trainers.verl.launcher, trainers.verl.data. A missing optional extra is simulated by
+tests/hide_modules/sitecustomize.py, which makes the extra's modules unimportable.
 Each case is a subprocess in its own directory; the module fixture runs them three at
 a time (each is mostly interpreter start-up and imports) and the tests read the results.
 No network: the "unreachable" servers are closed ports on 127.0.0.1.
@@ -42,6 +44,10 @@ class Case:
 DIRECTIVE = ["--directive", "accurate"]
 CLOSED = str(closed_port())
 NO_CHROMA = {"CHROMA_HOST": "127.0.0.1", "CHROMA_PORT": CLOSED}
+NO_VERL = {"POISE_TEST_HIDE_MODULES": "verl,omegaconf,hydra,pyarrow"}
+NO_RAY = {"POISE_TEST_HIDE_MODULES": "ray"}
+VERL_EXTRA = "needs the 'verl' extra (missing verl, omegaconf, hydra, pyarrow): " \
+    "pip install -c constraints.txt -e \".[verl]\""
 CASES = {
     # graph.run
     "run-unknown-flag": Case("graph.run", [*DIRECTIVE, "--bogus"], "unrecognized arguments"),
@@ -62,6 +68,21 @@ CASES = {
                             "archive", NO_CHROMA),
     "run-config-unknown-key": Case("graph.run", [*DIRECTIVE, "--config", "{dir}/cfg.json"],
                                    "unknown keys ['bogus']"),
+    "run-no-verl-extra": Case("graph.run", [*DIRECTIVE, "--trainer", "verl"],
+                              f"--trainer verl {VERL_EXTRA}", env=NO_VERL),
+    "run-dry-run-no-verl-extra": Case("graph.run", [*DIRECTIVE, "--trainer", "verl",
+                                                    "--dry-run"],
+                                      f"--trainer verl {VERL_EXTRA}", "archive", NO_VERL),
+    "run-no-ray-extra": Case("graph.run", [*DIRECTIVE, "--executor", "ray"],
+                             "--executor ray needs the 'ray' extra (missing ray): "
+                             "pip install -c constraints.txt -e \".[ray]\"", env=NO_RAY),
+    # trainers.verl.launcher / trainers.verl.data without the verl extra
+    "launcher-no-verl-extra": Case("trainers.verl.launcher", ["--dry-run"],
+                                   f"python -m trainers.verl.launcher {VERL_EXTRA}",
+                                   env=NO_VERL),
+    "data-no-verl-extra": Case("trainers.verl.data",
+                               ["--input", "{dir}/cfg.json", "--out", "{dir}/out"],
+                               f"python -m trainers.verl.data {VERL_EXTRA}", env=NO_VERL),
     # memory.query
     "query-unknown-flag": Case("memory.query", ["entropy", "--bogus"],
                                "unrecognized arguments", "archive"),
@@ -149,6 +170,8 @@ def _setup(name: str, case: Case, base: Path) -> tuple[Path, Path, list[str]]:
     args = [a.format(home=home, dir=case_dir) for a in case.args]
     if case.module == "trainers.local.compare":
         args += ["--home", str(home)] if case.home == "under_file" else []
+    elif case.module == "trainers.verl.data":
+        pass
     else:
         args += ["--home", str(home)]
     return case_dir, home, args
@@ -166,7 +189,8 @@ def snapshot(path: Path) -> dict[str, str]:
 def _run(module: str, args: list[str], env_extra: dict) -> tuple[subprocess.CompletedProcess,
                                                                   float]:
     env = {k: v for k, v in os.environ.items() if k not in SCRUB}
-    env.update(env_extra, COLUMNS="80", PYTHONPATH=str(ROOT))
+    hide = [str(ROOT / "tests" / "hide_modules")] * ("POISE_TEST_HIDE_MODULES" in env_extra)
+    env.update(env_extra, COLUMNS="80", PYTHONPATH=os.pathsep.join([*hide, str(ROOT)]))
     began = time.monotonic()
     try:
         proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,

@@ -20,6 +20,7 @@ import re
 import sys
 from pathlib import Path
 
+from trainers.extras import MissingExtra, require
 from trainers.verl.grading import extract_boxed
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -129,10 +130,11 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="keep the first N records")
     args = p.parse_args(argv)
     try:
+        require("verl", "python -m trainers.verl.data")
         if args.limit is not None and args.limit < 1:
             raise DataError("--limit must be at least 1")
         out, n = prepare(args.input, args.out, args.source, args.split, args.limit)
-    except DataError as e:
+    except (DataError, MissingExtra) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {n} problems to {out}")

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainers.extras import MissingExtra, require
 from trainers.verl.adapter import Settings, run_token
 from trainers.verl.config import ConfigError, VerlConfig, describe_fields, load_verl_config
 from trainers.verl.plugin import Plugin, PluginError, write_plugin
@@ -431,6 +432,7 @@ def main(argv=None) -> int:
                    help="print the command and the composed config; do not train")
     args = p.parse_args(argv)
     try:
+        require("verl", "python -m trainers.verl.launcher")
         from trainers.algorithm import CandidateError, resolve_algorithm
 
         try:
@@ -454,7 +456,7 @@ def main(argv=None) -> int:
         print(json.dumps({k: result[k] for k in ("returncode", "log", "evaluation")},
                          indent=1, default=str))
         return 0 if result["returncode"] == 0 else 1
-    except (LaunchError, ConfigError) as e:
+    except (LaunchError, ConfigError, MissingExtra) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
