@@ -309,6 +309,9 @@ def test_tailer_reads_verls_file_logger_into_curves_and_an_evaluation(tmp_path, 
                for i in range(4) for j in range(4)]
     outputs += [("math500", "q", "no box", "3"), ("math500", "q", "\\boxed{3}", "3")]
     logger.log(val_metrics(outputs), step=0)          # val_before_train
+    assert tail.poll() == [0]
+    # a progress bar polled now must not show step 0: nothing has trained yet
+    assert tail.last_training_step() is None
     for step in (1, 2):
         logger.log({"actor/entropy": 0.9 / step, "response_length/mean": 300.0 + step,
                     "critic/score/mean": 0.1, "actor/pg_clipfrac": 0.01, "perf/notes": "x"},
@@ -321,7 +324,8 @@ def test_tailer_reads_verls_file_logger_into_curves_and_an_evaluation(tmp_path, 
     rewards = torch.zeros(4, 3)
     rewards[:, -1] = torch.tensor([1.0, 0.0, -1.0, 1.0])
     cand.estimate_advantages(rewards, mask, index=["u", "u", "v", "v"])
-    assert tail.poll() == [0, 1, 2]
+    assert tail.poll() == [1, 2]
+    assert tail.last_training_step() == 2
     curves = tail.curves()
     assert curves["entropy"] == [[1, 0.9], [2, 0.45]]
     assert curves["response_length"] == [[1, 301.0], [2, 302.0]]

@@ -72,8 +72,8 @@ def train_candidate(source: str, label: str, seed: int, home: str | Path,
     plan = plan_launch(source, cfg, home, label, seed)
 
     def polled(tail):
-        if on_progress is not None and tail.steps:
-            step = max(tail.steps)
+        step = tail.last_training_step()
+        if on_progress is not None and step is not None:
             on_progress(step, dict(tail.steps[step]))
 
     res = launch(plan, poll_s=poll_s, on_poll=polled, timeout_s=timeout_s)

@@ -111,6 +111,13 @@ class MetricsTail:
                 changed.add(rec["step"])
         return sorted(changed)
 
+    def last_training_step(self) -> int | None:
+        """The newest step that trained (verl logs its validation before training as
+        step 0, a row of validation metrics only): None until one has."""
+        trained = [step for step, row in self.steps.items()
+                   if step >= 1 and any(not k.startswith(VAL_PREFIXES) for k in row)]
+        return max(trained, default=None)
+
     @property
     def bad_lines(self) -> int:
         return sum(t.bad_lines for t in self._tails)
