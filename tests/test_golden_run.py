@@ -1,0 +1,106 @@
+"""A seeded tiny run gives the same archive as the code it was recorded with.
+
+The record (tests/data/golden_run.json) was written by the code before the round-2
+redesign (commit 81afd18's loop, recorded with ``python tests/test_golden_run.py``): a
+loop run on the builtin agents and a ``trainers.local.compare`` of two baselines, both
+on the tiny testbed. A refactor that keeps behaviour keeps every name, status, parent,
+code hash, fitness, curve and reflection. Training is deterministic for one torch build
+on one CPU kernel family; where this machine's torch or CPU capability differs from the
+record's, the numbers may differ in the last bits and the test says so and skips.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from run_checks import TINY, candidates, run_to_end
+
+GOLDEN = Path(__file__).parent / "data" / "golden_run.json"
+RUN_ARGS = ["--directive", "accurate and concise", "--candidates", "3", "--width", "2",
+            "--seed", "5", "--config", str(TINY), "--no-smoke"]
+COMPARE_ALGORITHMS = "grpo,dr_grpo"
+
+
+def _platform() -> dict:
+    import torch
+
+    return {"torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def _loop_record(home: Path) -> list[dict]:
+    proc = run_to_end(home, *RUN_ARGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    con = sqlite3.connect(home / "archive.db")
+    try:
+        code = {cid: hashlib.sha256((c or "").encode()).hexdigest()[:16]
+                for cid, c in con.execute("select id, code from candidate")}
+        proposal = {cid: p for cid, p in con.execute("select id, proposal from candidate")}
+        reflection = {cid: (t, tags) for cid, t, tags in con.execute(
+            "select candidate_id, text, tags from reflection")}
+    finally:
+        con.close()
+    return [{"name": r["name"], "generation": r["generation"], "slot": r["slot"],
+             "status": r["status"], "error": r["error"], "parents": r["parents"],
+             "fitness": r["fitness"], "code": code[r["id"]], "proposal": proposal[r["id"]],
+             "curves": [e["curves"] for e in r["evaluations"]],
+             "reflection": reflection.get(r["id"])}
+            for r in sorted(candidates(home), key=lambda r: (r["generation"], r["slot"]))]
+
+
+def _compare_record(tmp: Path) -> list[dict]:
+    script = (
+        "import json, sys\n"
+        "from trainers.local.compare import main\n"
+        "from trainers.local.trainer import train_config_from_dict\n"
+        "from trainers.local.warmstart import warm_config_from_dict\n"
+        "from evals.tasks import VOCAB_SIZE\n"
+        f"ctx = json.load(open({str(TINY)!r}))\n"
+        "warm = dict(ctx['warm_config']); warm['model'] = {'vocab_size': VOCAB_SIZE, "
+        "**warm['model']}\n"
+        "rows = main(sys.argv[1:], train_config=train_config_from_dict("
+        "ctx['train_overrides']), warm_config=warm_config_from_dict(warm))\n")
+    out = tmp / "cmp"
+    proc = subprocess.run([sys.executable, "-c", script, "--algorithms", COMPARE_ALGORITHMS,
+                           "--seeds", "2", "--out", str(out), "--home", str(tmp / "home"),
+                           "--quiet", "--workers", "2"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "compare.json").read_text())["results"]
+    keep = ("algorithm", "seeds", "overall_mean", "families", "mean_length", "validity",
+            "validity_auc")
+    return [{k: r.get(k) for k in keep} for r in rows]
+
+
+def record(tmp: Path) -> dict:
+    """The record, as JSON reads it back."""
+    return json.loads(json.dumps({"platform": _platform(), "loop": _loop_record(tmp / "loop"),
+                                  "compare": _compare_record(tmp)}))
+
+
+@pytest.mark.reliability
+def test_a_seeded_tiny_run_gives_the_recorded_archive(tmp_path):
+    golden = json.loads(GOLDEN.read_text())
+    if golden["platform"] != _platform():
+        pytest.skip(f"recorded on {golden['platform']}, this machine is {_platform()}: "
+                    "training numbers may differ in the last bits")
+    now = record(tmp_path)
+    for mine, theirs in zip(now["loop"], golden["loop"]):
+        assert mine == theirs, mine["name"]
+    assert len(now["loop"]) == len(golden["loop"])
+    assert now["compare"] == golden["compare"]
+
+
+if __name__ == "__main__":  # record: python tests/test_golden_run.py
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        GOLDEN.write_text(json.dumps(record(Path(d)), indent=1) + "\n")
+    print(f"wrote {GOLDEN}")
