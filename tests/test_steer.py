@@ -343,11 +343,19 @@ def _env():
 
 
 def _spawn(home, *args):
+    """The CLI on a terminal; what it prints is kept in <home>/../terminal.log, so a
+    failed expectation shows the screen (see _screen)."""
     import pexpect
 
-    return pexpect.spawn(sys.executable, ["-m", "graph.steer", "--home", str(home), *args],
-                         cwd=str(REPO), env=_env(), encoding="utf-8", timeout=300,
-                         dimensions=(50, 200))
+    s = pexpect.spawn(sys.executable, ["-m", "graph.steer", "--home", str(home), *args],
+                      cwd=str(REPO), env=_env(), encoding="utf-8", timeout=300,
+                      dimensions=(50, 200))
+    s.logfile_read = open(home.parent / "terminal.log", "a")
+    return s
+
+
+def _screen(home, chars: int = 4000) -> str:
+    return (home.parent / "terminal.log").read_text()[-chars:]
 
 
 def _rows(home, sql):
@@ -391,7 +399,19 @@ def test_a_person_steers_quits_and_resumes_by_thread_in_a_new_process(tmp_path):
     s.expect(f"vetoed #{child_id} {child}: never chosen as a parent")
     s.expect(prompt)
     s.sendcontrol("c")
-    s.expect("Resume with: python -m graph.steer --home .* --thread run-1")
+    try:
+        s.expect("Resume with: python -m graph.steer --home .* --thread run-1")
+    except pexpect.TIMEOUT:
+        import signal
+
+        try:
+            status = [line for line in open(f"/proc/{s.pid}/status")
+                      if line.startswith(("State", "Sig", "Threads"))]
+        except OSError as e:
+            status = [str(e)]
+        raise AssertionError(f"no exit on Ctrl-C; SIGINT here: "
+                             f"{signal.getsignal(signal.SIGINT)}; the CLI's {''.join(status)}"
+                             f"screen:\n{_screen(home)}") from None
     s.expect(pexpect.EOF)
     s.close()
     assert s.exitstatus == 130

@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 from urllib.parse import urlsplit
 
 from trainers.sandbox import SandboxResult, run_in_sandbox
@@ -54,10 +54,21 @@ class JobOutcome:
     span: tuple[float, float]  # wall-clock (epoch s) start and end of the sandboxed job
 
 
+ProgressFn = Callable[[str, int, int, dict], None]   # (label, seed, step, metrics row)
+DoneFn = Callable[[int, JobOutcome], None]           # (payload index, its outcome)
+
+
 class Executor(Protocol):
+    """Every executor takes the same arguments. ``on_progress`` gets each job's step
+    metrics as they come (the Ray executor: once, at the job's end); ``on_done`` each
+    job's outcome as it finishes. ``name`` is the backend the run header and the archived
+    evaluations name."""
+
     name: str
 
-    def train(self, payloads: list[dict], *, timeout_s: float) -> list[JobOutcome]: ...
+    def train(self, payloads: list[dict], *, timeout_s: float,
+              on_progress: ProgressFn | None = None,
+              on_done: DoneFn | None = None) -> list[JobOutcome]: ...
 
     def close(self) -> None: ...
 
@@ -78,18 +89,26 @@ class ProcessExecutor:
         assert max_parallel_jobs >= 1, "max_parallel_jobs must be at least 1"
         self.slots = threading.BoundedSemaphore(max_parallel_jobs)
 
-    def train(self, payloads: list[dict], *, timeout_s: float) -> list[JobOutcome]:
+    def train(self, payloads: list[dict], *, timeout_s: float,
+              on_progress: ProgressFn | None = None,
+              on_done: DoneFn | None = None) -> list[JobOutcome]:
         outcomes: list[JobOutcome | None] = [None] * len(payloads)
 
         def one(i: int) -> None:
+            p = payloads[i]
+            rows = None
+            if on_progress is not None:
+                rows = lambda row: on_progress(p.get("label", "candidate"),  # noqa: E731
+                                               p["seed"], int(row["step"]), row)
             with self.slots:
                 began = time.time()
                 try:
-                    res = run_in_sandbox("train", payloads[i], timeout_s=timeout_s)
+                    res = run_in_sandbox("train", p, timeout_s=timeout_s, on_progress=rows)
+                    outcomes[i] = JobOutcome(res, (began, time.time()))
                 except Exception as e:  # noqa: BLE001 - e.g. no process could be started
                     outcomes[i] = failed(f"could not run the sandbox: {e}", began)
-                    return
-                outcomes[i] = JobOutcome(res, (began, time.time()))
+            if on_done is not None:
+                on_done(i, outcomes[i])
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(len(payloads))]
         for t in threads:
@@ -240,7 +259,9 @@ class RayExecutor:
                 self._warm[warm.key()] = ray.put(blob)
             return self._warm[warm.key()]
 
-    def train(self, payloads: list[dict], *, timeout_s: float) -> list[JobOutcome]:
+    def train(self, payloads: list[dict], *, timeout_s: float,
+              on_progress: ProgressFn | None = None,
+              on_done: DoneFn | None = None) -> list[JobOutcome]:
         import ray
 
         began = time.time()
@@ -248,17 +269,31 @@ class RayExecutor:
         try:
             warm = self._warm_ref(payloads[0]) if payloads else None
         except ray.exceptions.RayError as e:
-            return [failed(f"building the warm start on Ray failed: {ray_reason(e)}", began)
-                    for _ in payloads]
+            outcomes = [failed(f"building the warm start on Ray failed: {ray_reason(e)}",
+                               began) for _ in payloads]
+            for i, o in enumerate(outcomes):
+                if on_done is not None:
+                    on_done(i, o)
+            return outcomes
         refs = [self._train.remote(p, timeout_s, warm) for p in payloads]
-        outcomes = []
-        for ref in refs:
+        index = {ref: i for i, ref in enumerate(refs)}
+        outcomes: list[JobOutcome | None] = [None] * len(refs)
+        waiting = list(refs)
+        while waiting:  # as they finish, not in submission order
+            (ref,), waiting = ray.wait(waiting, num_returns=1)
+            i = index[ref]
             try:
                 out = ray.get(ref)
+                outcomes[i] = JobOutcome(SandboxResult(**out["result"]), tuple(out["span"]))
             except ray.exceptions.RayError as e:
-                outcomes.append(failed(ray_reason(e), began))
-                continue
-            outcomes.append(JobOutcome(SandboxResult(**out["result"]), tuple(out["span"])))
+                outcomes[i] = failed(ray_reason(e), began)
+            curve = outcomes[i].result.value.get("curve") if outcomes[i].result.ok else None
+            if on_progress is not None and curve:  # a Ray task reports once, at its end
+                p = payloads[i]
+                on_progress(p.get("label", "candidate"), p["seed"], int(curve[-1]["step"]),
+                            curve[-1])
+            if on_done is not None:
+                on_done(i, outcomes[i])
         return outcomes
 
     def close(self) -> None:
@@ -314,7 +349,8 @@ class VerlExecutor:
         self.poll_s = poll_s
 
     def train(self, payloads: list[dict], *, timeout_s: float,
-              on_progress=None) -> list[JobOutcome]:
+              on_progress: ProgressFn | None = None,
+              on_done: DoneFn | None = None) -> list[JobOutcome]:
         from trainers.verl.backend import VerlTrainingError, train_candidate
 
         outcomes = []
@@ -329,18 +365,17 @@ class VerlExecutor:
                 value = train_candidate(p["source"], label, seed, p["home"],
                                         self.trainer_config, on_progress=progress,
                                         timeout_s=timeout_s, poll_s=self.poll_s)
+                outcome = JobOutcome(SandboxResult(True, value, "", "ok", "",
+                                                   time.time() - began), (began, time.time()))
             except VerlTrainingError as e:
-                outcomes.append(JobOutcome(SandboxResult(False, {}, str(e)[:1000], "crash",
-                                                         "", time.time() - began),
-                                           (began, time.time())))
-                continue
+                outcome = JobOutcome(SandboxResult(False, {}, str(e)[:1000], "crash", "",
+                                                   time.time() - began), (began, time.time()))
             except Exception as e:  # noqa: BLE001 - e.g. the plugin refused the candidate
-                outcomes.append(failed(f"verl launch failed: {type(e).__name__}: "
-                                       f"{_first_line(e)}"[:1000], began))
-                continue
-            outcomes.append(JobOutcome(SandboxResult(True, value, "", "ok", "",
-                                                     time.time() - began),
-                                       (began, time.time())))
+                outcome = failed(f"verl launch failed: {type(e).__name__}: "
+                                 f"{_first_line(e)}"[:1000], began)
+            outcomes.append(outcome)
+            if on_done is not None:
+                on_done(len(outcomes) - 1, outcome)
         return outcomes
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
     python -m trainers.local.compare --algorithms grpo,dr_grpo,dapo,path/to/cand.py \\
         --seeds 5 --out DIR
 
-Every algorithm trains from the same cached warm start with the same seeds (same prompt
+Every algorithm trains in the sandbox (trainers/local/jobs.py: a sandbox child per
+(algorithm, seed), as in the loop), from the same cached warm start with the same seeds (same prompt
 streams, same sampler seeds), so differences are paired by seed. Prints a table (Overall
 and per family, AUC, length, validity, deltas vs the first algorithm with 95% t CIs),
 saves learning-curve PNGs and writes ``DIR/compare.json``. Results of finished runs are
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from evals.stats import format_ci, mean_ci, paired_diff_ci
@@ -241,10 +243,10 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
                "plots": [p.name for p in plots]}
     (args.out / "compare.json").write_text(json.dumps(payload, indent=2))
     console.print(f"wrote {args.out / 'compare.json'} and {', '.join(p.name for p in plots)}")
-    errors = [r for r in results if r["status"] == "error"]
-    for r in errors:
-        console.print(f"[red]internal error[/red] in {r['algorithm']} seed {r['seed']}:\n"
-                      f"{r['traceback']}")
+    for r in results:
+        if r["status"] != "ok":
+            console.print(f"[red]{escape(r['algorithm'])} seed {r['seed']} failed[/red]: "
+                          f"{escape(r['error'][:300])}", highlight=False)
     return rows
 
 

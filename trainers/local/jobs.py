@@ -1,22 +1,28 @@
-"""Run (algorithm, seed) training jobs as parallel single-threaded processes.
+"""Run (algorithm, seed) training jobs for compare, bench and the campaign's stages.
 
-Each job is a child process (spawn) with one torch thread and OMP_WAIT_POLICY=PASSIVE:
-on a 2-core machine two such processes give ~30% more throughput than one 2-thread
-process. The warm start is built once in the parent and read from its cache by the
-children. Step progress flows back through a queue to one rich progress display.
+There is one way to run candidate code: every job is a ``train`` task of
+``trainers.sandbox.run_in_sandbox`` on the local ``ProcessExecutor`` (a sandbox child per
+job, at most ``workers`` at once, each single-threaded with OMP_WAIT_POLICY=PASSIVE: on a
+2-core machine two such processes give ~30% more throughput than one 2-thread process),
+exactly as the loop's trainer node runs them. A hostile or crashing module is that job's
+failure with the sandbox's reason; nothing it does outlives the job or lands outside its
+scratch directory. The warm start is built once in the parent and read from its cache by
+the children. Step progress flows back to one rich progress display.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import multiprocessing as mp
 import os
-import queue as queue_mod
-import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+# A job's wall-clock bound: generous (a default-budget job takes ~100 s alone, ~2x that
+# beside others), yet it stops a candidate that hangs or sleeps.
+BASE_TIMEOUT_S = 600.0
+TIMEOUT_S_PER_STEP = 20.0
 
 
 @dataclass(frozen=True)
@@ -28,54 +34,35 @@ class Job:
     train_config: dict   # TrainConfig fields (nested EvalConfigs as dicts)
     warm_config: dict | None = None  # WarmStartConfig override (tests use a tiny one)
 
-
-def set_single_thread_env() -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("MKL_NUM_THREADS", "1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _configs(job: Job):
-    from trainers.local.trainer import train_config_from_dict
-    from trainers.local.warmstart import WarmStartConfig, warm_config_from_dict
-
-    warm = warm_config_from_dict(job.warm_config) if job.warm_config else WarmStartConfig()
-    return train_config_from_dict(job.train_config), warm
+    def payload(self) -> dict:
+        """The sandbox ``train`` task's payload."""
+        return {"source": self.source, "seed": self.seed, "home": self.home,
+                "label": self.label, "train_config": self.train_config,
+                **({"warm_config": self.warm_config} if self.warm_config else {})}
 
 
-def run_job(job: Job, progress_queue=None) -> dict:
-    """Train one (algorithm, seed); returns a JSON-able dict with ``status``."""
-    import torch
+def job_timeout_s(job: Job) -> float:
+    steps = int(job.train_config.get("steps", 100))
+    budget = job.train_config.get("cpu_budget")
+    return BASE_TIMEOUT_S + TIMEOUT_S_PER_STEP * steps + (2 * float(budget) if budget else 0)
 
-    torch.set_num_threads(1)
-    from trainers.algorithm import Algorithm, CandidateError
-    from trainers.local.trainer import train
-    from trainers.local.warmstart import load_or_build
 
+def outcome_dict(job: Job, outcome) -> dict:
+    """A sandboxed job's outcome as compare's result record (``status`` ok | failed)."""
     base = {"algorithm": job.label, "seed": job.seed}
-    try:
-        cfg, warm = _configs(job)
-        algo = Algorithm.from_source(job.source)
-        start = load_or_build(warm, Path(job.home))
-
-        def report(step, total, row):
-            if progress_queue is not None:
-                progress_queue.put((job.label, job.seed, step, total))
-
-        result = train(algo, start, job.seed, cfg, report)
-        return {**base, "status": "ok", **result.as_dict(), "algorithm": job.label}
-    except CandidateError as e:
-        return {**base, "status": "failed", "error": str(e), "hook": e.hook}
-    except Exception as e:  # a bug of ours, not the candidate's: keep the traceback
-        return {**base, "status": "error", "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc()}
+    res = outcome.result
+    if res.ok:
+        return {**base, "status": "ok", **res.value, "algorithm": job.label}
+    return {**base, "status": "failed", "kind": res.kind, "error": f"{res.kind}: {res.error}"}
 
 
 def run_jobs(jobs: list[Job], workers: int, results_dir: Path | None = None,
              quiet: bool = False) -> list[dict]:
-    """Run jobs in ``workers`` processes; results already in ``results_dir`` are reused
-    (a killed compare resumes), new ones are written there as they finish."""
-    set_single_thread_env()
+    """Run jobs in at most ``workers`` sandbox children at once; results already in
+    ``results_dir`` are reused (a killed compare resumes), new ones are written there
+    as they finish. One record per job, in order."""
+    from trainers.executors import ProcessExecutor
+
     results: dict[int, dict] = {}
     todo = []
     for i, job in enumerate(jobs):
@@ -86,45 +73,35 @@ def run_jobs(jobs: list[Job], workers: int, results_dir: Path | None = None,
             todo.append(i)
     if not todo:
         return [results[i] for i in range(len(jobs))]
-    steps_of = {i: jobs[i].train_config.get("steps", 200) for i in todo}
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager, Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), disable=quiet) as bar:
-        q = manager.Queue()
-        overall = bar.add_task(f"{len(todo)} runs", total=sum(steps_of.values()))
-        done_steps: dict[tuple, int] = {}
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {pool.submit(run_job, jobs[i], q): i for i in todo}
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                _drain(q, bar, overall, done_steps)
-                for f in finished:
-                    i = futures[f]
-                    results[i] = f.result()
-                    _store(results_dir, jobs[i], results[i])
-                    if not quiet:
-                        bar.console.log(f"{jobs[i].label} seed {jobs[i].seed}: "
-                                        f"{results[i]['status']}")
-            _drain(q, bar, overall, done_steps)
+    executor = ProcessExecutor(workers)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), disable=quiet) as bar:
+        total = sum(int(jobs[i].train_config.get("steps", 100)) for i in todo)
+        overall = bar.add_task(f"{len(todo)} runs", total=total)
+        done_steps: dict[tuple[str, int], int] = {}
+
+        def progress(label, seed, step, row):
+            prev = done_steps.get((label, seed), 0)
+            done_steps[(label, seed)] = step
+            bar.advance(overall, step - prev)
+
+        def finished(k: int, outcome) -> None:
+            i = todo[k]
+            results[i] = outcome_dict(jobs[i], outcome)
+            _store(results_dir, jobs[i], results[i])
+            if not quiet:
+                bar.console.log(f"{jobs[i].label} seed {jobs[i].seed}: "
+                                f"{results[i]['status']}"
+                                + (f" ({results[i]['error'][:200]})"
+                                   if results[i]["status"] != "ok" else ""))
+
+        executor.train([jobs[i].payload() for i in todo],
+                       timeout_s=max(job_timeout_s(jobs[i]) for i in todo),
+                       on_progress=progress, on_done=finished)
     return [results[i] for i in range(len(jobs))]
 
 
-def _drain(q, bar, task, done_steps) -> None:
-    while True:
-        try:
-            label, seed, step, total = q.get_nowait()
-        except (queue_mod.Empty, EOFError, OSError):
-            return
-        prev = done_steps.get((label, seed), 0)
-        done_steps[(label, seed)] = step
-        bar.advance(task, step - prev)
-
-
 def _result_path(results_dir: Path, job: Job) -> Path:
-    import hashlib
-
     key = hashlib.sha256(json.dumps([job.source, job.train_config, job.warm_config],
                                     sort_keys=True).encode()).hexdigest()[:10]
     return results_dir / f"{job.label}-seed{job.seed}-{key}.json"
@@ -148,6 +125,6 @@ def _store(results_dir: Path | None, job: Job, result: dict) -> None:
         return
     results_dir.mkdir(parents=True, exist_ok=True)
     path = _result_path(results_dir, job)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, path)
