@@ -19,7 +19,7 @@ ARGS = ["--candidates", "2", "--width", "2", "--screen-steps", "2", "--steps", "
 
 
 def _campaign(tmp_path, *extra, directive="accurate and concise"):
-    return subprocess.run([sys.executable, "-m", "evals.campaign", "--directive", directive,
+    return subprocess.run([sys.executable, "-m", "graph.campaign", "--directive", directive,
                            "--home", str(tmp_path / "home"), "--out", str(tmp_path / "out"),
                            *extra], cwd=REPO, capture_output=True, text=True, timeout=900)
 
@@ -82,7 +82,7 @@ def test_campaign_writes_every_stage(campaign):
     assert "## Verdict" in md and "GRPO" in md.split("## Verdict")[1].split("##")[0]
     assert data["verdicts"]["vs_grpo"]["overall"] == "not worse"
     assert data["verdicts"]["vs_grpo"]["length"] == "no clear difference"
-    assert "python -m evals.campaign --directive 'accurate and concise'" in md
+    assert "python -m graph.campaign --directive 'accurate and concise'" in md
     png = (out / "best_so_far.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -111,7 +111,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 
 
 def test_unknown_baseline_is_refused_before_any_test_training(tmp_path):
-    from evals.campaign import CampaignError, parse_args, test_stage
+    from graph.campaign.cli import parse_args
+    from graph.campaign.stages import CampaignError, test_stage
     from rich.console import Console
 
     args = parse_args(["--directive", "accurate", "--out", str(tmp_path),
@@ -131,7 +132,7 @@ def test_out_dir_of_another_directive_is_refused(campaign):
     (0.5, 3.0, "better"), (-3.0, -0.2, "worse"), (-0.8, 2.0, "not worse"),
     (-1.5, 2.0, "inconclusive"), (float("-inf"), float("inf"), "inconclusive")])
 def test_overall_verdict_reads_the_paired_ci(low, high, word):
-    from evals.campaign import overall_verdict
+    from graph.campaign.report import overall_verdict
     assert overall_verdict({"low": low, "high": high, "mean": 0.0}, margin=1.0) == word
 
 
@@ -139,7 +140,7 @@ def test_verdicts_from_real_paired_cis():
     """Verdicts computed from the same paired-CI code the report uses, on seeded numbers."""
     import numpy as np
 
-    from evals.campaign import verdicts
+    from graph.campaign.report import verdicts
     from evals.stats import paired_diff_ci
     from trainers.local.compare import _ci
 

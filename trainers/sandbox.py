@@ -72,6 +72,7 @@ class SandboxResult:
     stdout_tail: str
     wall_s: float
     cpu_s: float = 0.0   # the child's own CPU seconds (user + system)
+    peak_rss_mb: float = 0.0  # the child's peak resident memory
     isolation: dict = field(default_factory=dict)  # which layers were active in the child
 
     def as_dict(self) -> dict:
@@ -123,8 +124,10 @@ def run_in_sandbox(task: str, payload: dict, *, timeout_s: float = 60.0,
                 _, status, usage = os.wait4(proc.pid, 0)
                 proc.returncode = os.waitstatus_to_exitcode(status)
         child_cpu = usage.ru_utime + usage.ru_stime
-        return _result(root, proc.returncode, timed_out, limits, timeout_s,
-                       time.monotonic() - started, child_cpu)
+        res = _result(root, proc.returncode, timed_out, limits, timeout_s,
+                      time.monotonic() - started, child_cpu)
+        res.peak_rss_mb = usage.ru_maxrss / 1024.0  # Linux: KiB
+        return res
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -5,8 +5,11 @@
 Prints a table and writes ``DIR/bench.json`` with ``cpu_seconds_per_candidate_seed``
 (default budget, evaluation included), ``tokens_per_second`` (sampling with the KV cache),
 ``train_tokens_per_second`` (forward+backward over response tokens), ``peak_rss_mb`` and
-the warm-start build cost when it was built by this call. Runs in this process with one
-thread, as a candidate-seed job does.
+the warm-start build cost when it was built by this call. The throughput probes run the
+trusted model code in this process with one thread; the algorithm's training run is a
+sandboxed job (trainers/local/jobs.py), as in compare and the loop, and its peak RSS is
+the sandbox child's. A candidate that fails there is reported with the sandbox's reason
+(exit code 1).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -25,10 +29,11 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from evals.tasks import BOS, PromptStream, encode  # noqa: E402
-from trainers.algorithm import load_algorithm  # noqa: E402
+from trainers.algorithm import CandidateError, resolve_algorithm  # noqa: E402
 from trainers.local.evaluate import testbed_profile  # noqa: E402
+from trainers.local.jobs import Job, run_jobs  # noqa: E402
 from trainers.local.model import generate, left_pad, response_logprobs  # noqa: E402
-from trainers.local.trainer import TrainConfig, train  # noqa: E402
+from trainers.local.trainer import TrainConfig  # noqa: E402
 from trainers.local.warmstart import (WarmStartConfig, checkpoint_path, default_home,  # noqa: E402
                                       load_or_build)
 
@@ -62,7 +67,8 @@ def throughput(model, cfg: TrainConfig, repeats: int = 3) -> tuple[float, float]
     return gen_tok / gen_t, train_tok / train_t
 
 
-def main(argv=None) -> dict:
+def main(argv=None, *, train_config: TrainConfig | None = None,
+         warm_config: WarmStartConfig | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m trainers.local.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
@@ -74,32 +80,42 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     console = Console()
+    try:
+        label, source = resolve_algorithm(args.algorithm)
+    except CandidateError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        sys.exit(2)
     home = args.home or default_home()
-    warm = WarmStartConfig()
+    warm = warm_config or WarmStartConfig()
     built = not checkpoint_path(warm, home).is_file()
     t0 = time.process_time()
     with console.status("warm start..."):
         model = load_or_build(warm, home)
     warm_cpu = time.process_time() - t0 if built else None
-    cfg = TrainConfig() if args.steps is None else TrainConfig(steps=args.steps)
+    cfg = train_config or TrainConfig()
+    if args.steps is not None:
+        cfg = replace(cfg, steps=args.steps)
     with console.status("warm-start profile..."):
         profile = testbed_profile(model)
     tok_s, train_tok_s = throughput(model, cfg)
-    algo = load_algorithm(args.algorithm)
-    with console.status(f"one {args.algorithm} run at the default budget..."):
-        result = train(algo, model, args.seed, cfg)
+    with console.status(f"one {label} run at the default budget (sandboxed)..."):
+        result, = run_jobs([Job(label, source, args.seed, str(home), cfg.as_dict(),
+                                asdict(warm))], workers=1, quiet=True)
+    if result["status"] != "ok":
+        print(f"error: {label} failed in training: {result['error'][:500]}", file=sys.stderr)
+        sys.exit(1)
     report = {
-        "algorithm": args.algorithm,
-        "steps": result.steps_done,
-        "cpu_seconds_per_candidate_seed": result.cpu_seconds,
-        "train_cpu_seconds": result.train_cpu_seconds,
-        "eval_cpu_seconds": result.cpu_seconds - result.train_cpu_seconds,
+        "algorithm": label,
+        "steps": result["steps_done"],
+        "cpu_seconds_per_candidate_seed": result["cpu_seconds"],
+        "train_cpu_seconds": result["train_cpu_seconds"],
+        "eval_cpu_seconds": result["cpu_seconds"] - result["train_cpu_seconds"],
         "tokens_per_second": tok_s,
         "train_tokens_per_second": train_tok_s,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": max(peak_rss_mb(), result["peak_rss_mb"]),
         "warm_start_cpu_seconds": warm_cpu,
         "model_params": model.num_params(),
-        "final_overall": result.final["overall"],
+        "final_overall": result["final"]["overall"],
     }
     t = Table(title="trainers.local.bench (one thread)")
     t.add_column("metric")

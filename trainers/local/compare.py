@@ -112,7 +112,8 @@ def print_table(rows: list[dict], console: Console) -> None:
     console.print(t)
     for r in rows:
         for f in r["failures"]:
-            console.print(f"[red]{r['algorithm']} seed {f['seed']} failed:[/red] {f['error']}")
+            console.print(f"[red]{escape(r['algorithm'])} seed {f['seed']} failed:[/red] "
+                          f"{escape(str(f['error']))}")
 
 
 def plot_curves(results: list[dict], labels: list[str], out: Path) -> list[Path]:
@@ -195,6 +196,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="held-out split of the final evaluation")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="parallel single-threaded training processes")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="wall-clock and CPU limit of each sandboxed training run (default: "
+                        "600 s + 20 s per step)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     args = p.parse_args(argv)
     if args.seeds < 1:
@@ -203,6 +207,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--workers must be at least 1")
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
+    if args.timeout is not None and not args.timeout > 0:
+        p.error("--timeout must be a positive number of seconds")
     return args
 
 
@@ -234,7 +240,8 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     jobs = [Job(label, source, seed, str(home), cfg.as_dict(), asdict(warm))
             for label, source in resolved for seed in seeds]
-    results = run_jobs(jobs, args.workers, args.out / "runs", quiet=args.quiet)
+    results = run_jobs(jobs, args.workers, args.out / "runs", quiet=args.quiet,
+                       timeout_s=args.timeout)
     rows = summarize(results, labels, seeds)
     print_table(rows, console)
     plots = plot_curves(results, labels, args.out)
@@ -243,10 +250,6 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
                "plots": [p.name for p in plots]}
     (args.out / "compare.json").write_text(json.dumps(payload, indent=2))
     console.print(f"wrote {args.out / 'compare.json'} and {', '.join(p.name for p in plots)}")
-    for r in results:
-        if r["status"] != "ok":
-            console.print(f"[red]{escape(r['algorithm'])} seed {r['seed']} failed[/red]: "
-                          f"{escape(r['error'][:300])}", highlight=False)
     return rows
 
 

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 # A job's wall-clock bound: generous (a default-budget job takes ~100 s alone, ~2x that
@@ -52,15 +53,17 @@ def outcome_dict(job: Job, outcome) -> dict:
     base = {"algorithm": job.label, "seed": job.seed}
     res = outcome.result
     if res.ok:
-        return {**base, "status": "ok", **res.value, "algorithm": job.label}
+        return {**base, "status": "ok", **res.value, "algorithm": job.label,
+                "peak_rss_mb": res.peak_rss_mb}
     return {**base, "status": "failed", "kind": res.kind, "error": f"{res.kind}: {res.error}"}
 
 
 def run_jobs(jobs: list[Job], workers: int, results_dir: Path | None = None,
-             quiet: bool = False) -> list[dict]:
+             quiet: bool = False, timeout_s: float | None = None) -> list[dict]:
     """Run jobs in at most ``workers`` sandbox children at once; results already in
     ``results_dir`` are reused (a killed compare resumes), new ones are written there
-    as they finish. One record per job, in order."""
+    as they finish. One record per job, in order. ``timeout_s``: each job's wall-clock
+    and CPU bound (default: ``job_timeout_s``, from the budget)."""
     from trainers.executors import ProcessExecutor
 
     results: dict[int, dict] = {}
@@ -90,13 +93,13 @@ def run_jobs(jobs: list[Job], workers: int, results_dir: Path | None = None,
             results[i] = outcome_dict(jobs[i], outcome)
             _store(results_dir, jobs[i], results[i])
             if not quiet:
-                bar.console.log(f"{jobs[i].label} seed {jobs[i].seed}: "
-                                f"{results[i]['status']}"
-                                + (f" ({results[i]['error'][:200]})"
-                                   if results[i]["status"] != "ok" else ""))
+                bar.console.log(escape(f"{jobs[i].label} seed {jobs[i].seed}: "
+                                       f"{results[i]['status']}"
+                                       + (f" ({results[i]['error'][:200]})"
+                                          if results[i]["status"] != "ok" else "")))
 
         executor.train([jobs[i].payload() for i in todo],
-                       timeout_s=max(job_timeout_s(jobs[i]) for i in todo),
+                       timeout_s=timeout_s or max(job_timeout_s(jobs[i]) for i in todo),
                        on_progress=progress, on_done=finished)
     return [results[i] for i in range(len(jobs))]
 

@@ -1,0 +1,140 @@
+"""``python -m graph.campaign``: the command (see the package docstring)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+import graph.campaign as package
+from evals.objective import ObjectiveSpec
+from graph.campaign.report import plot_best_so_far, print_summary, verdicts, write_report
+from graph.campaign.stages import (CampaignError, State, lineage, load_config, mechanism,
+                                   promote, rediscovery, search, test_stage)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m graph.campaign", description=package.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--directive", required=True, help='e.g. "accurate" or "accurate and concise"')
+    p.add_argument("--candidates", type=int, default=64, help="candidates to search (default 64)")
+    p.add_argument("--seeds", type=int, default=5, help="fresh test seeds (default 5)")
+    p.add_argument("--confirm-seeds", type=int, default=0,
+                   help="after the test stage, train GRPO, the winner and the best other "
+                        "baseline up to this many paired test seeds in all (default 0: off); "
+                        "their CIs then use every seed")
+    p.add_argument("--out", type=Path, required=True, help="campaign output directory")
+    p.add_argument("--home", default=None, help="POISE home (default $POISE_HOME or ./.poise)")
+    p.add_argument("--screen-steps", type=int, default=40,
+                   help="training steps of the search stage (default 40)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps of promotion and test (default: the trainer's)")
+    p.add_argument("--promote", type=int, default=4,
+                   help="candidates promoted to the full budget (default 4)")
+    p.add_argument("--promote-seeds", type=int, default=3, help="seeds per promoted candidate")
+    p.add_argument("--width", type=int, default=2, help="candidates per search round")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search (builtin agents)")
+    p.add_argument("--baselines", default=None,
+                   help="comma-separated shipped baselines to test (default: all)")
+    p.add_argument("--rediscovery", action="store_true",
+                   help="also report when the search reached DAPO's / Dr. GRPO's score")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="parallel training processes in promotion and test")
+    p.add_argument("--config", type=Path, default=None,
+                   help="JSON of Context fields (train_overrides, warm_config): tests use a "
+                        "tiny testbed")
+    p.add_argument("--margin", type=float, default=1.0,
+                   help="non-inferiority margin in Overall points: 'not worse' means the "
+                        "paired 95%% CI's lower bound is above -MARGIN (default 1.0)")
+    p.add_argument("--job-timeout", type=float, default=None, metavar="S",
+                   help="wall-clock and CPU limit of each sandboxed training run in "
+                        "promotion, test and rediscovery (default: 600 s + 20 s per step)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-smoke", action="store_true", help="skip the verifier's smoke run")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    for name in ("candidates", "seeds", "screen_steps", "promote", "promote_seeds", "width",
+                 "workers"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.seeds < 2:
+        p.error("--seeds must be at least 2 for a paired CI")
+    if not args.margin >= 0:
+        p.error("--margin must be a number >= 0")
+    if args.confirm_seeds and args.confirm_seeds <= args.seeds:
+        p.error(f"--confirm-seeds must exceed --seeds ({args.seeds}) or be 0")
+    if args.steps is not None and args.steps < 1:
+        p.error("--steps must be at least 1")
+    if args.job_timeout is not None and not args.job_timeout > 0:
+        p.error("--job-timeout must be a positive number of seconds")
+    if not args.directive.strip():
+        p.error("--directive is empty: say what to optimize, e.g. \"accurate\"")
+    return args
+
+
+def main(argv=None) -> int:
+    console, err = Console(), Console(stderr=True)
+    try:
+        args = parse_args(argv)
+        return _main(args, console)
+    except CampaignError as e:
+        err.print(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted: rerun the same command to resume")
+        return 130
+
+
+def _main(args, console: Console) -> int:
+    from memory.archive import Archive
+
+    home = Path(args.home or os.environ.get("POISE_HOME", ".poise"))
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CampaignError(f"cannot create --out {args.out}: {e.strerror}") from None
+    cfg = load_config(args)
+    state = State(args.out)
+    if state.get("directive", args.directive) != args.directive:
+        raise CampaignError(f"{args.out} holds a campaign for \"{state.get('directive')}\"; "
+                            "use another --out")
+    state.set("directive", args.directive)
+    run_id = search(args, home, state, console)
+    with Archive(home) as a:
+        spec = ObjectiveSpec(**a.run(run_id).config["objective"])
+        search_cpu = sum(e.wall_time or 0.0 for c in a.candidates(run_id)
+                         for e in a.evaluations(c.id))
+    prom = promote(args, home, run_id, spec, cfg, console)
+    test = test_stage(args, home, (prom["winner"], prom["winner_source"]), cfg, console)
+    redis = rediscovery(args, home, run_id, spec, cfg, console) if args.rediscovery else None
+    lines = {f"{k} (screening)": v["score"] for k, v in (redis or {}).items()
+             if isinstance(v, dict) and "score" in v}
+    plot_best_so_far(home, run_id, args.out / "best_so_far.png", lines)
+    compute = {"search_cpu_s": search_cpu, "promote_cpu_s": prom["cpu_seconds"],
+               "test_cpu_s": test["cpu_seconds"],
+               "rediscovery_cpu_s": (redis or {}).get("cpu_seconds", 0.0),
+               "search_wall_s": state.get("search_wall_s", 0.0)}
+    compute["total_cpu_s"] = sum(v for k, v in compute.items() if k.endswith("cpu_s"))
+    payload = {"directive": args.directive, "objective": spec.describe(),
+               "command": "python -m graph.campaign " + shlex.join(args.argv),
+               "args": {k: (str(v) if isinstance(v, Path) else v)
+                        for k, v in vars(args).items()},
+               "run_id": run_id, "promote": {k: v for k, v in prom.items()
+                                             if k != "winner_source"},
+               "test": test, "lineage": lineage(home, run_id, prom["winner"]),
+               "mechanism": mechanism(home, run_id, prom["winner"]),
+               "rediscovery": redis, "compute": compute,
+               "verdicts": verdicts(test, args.margin)}
+    (args.out / "campaign.json").write_text(json.dumps(payload, indent=2, default=str))
+    md = write_report(args.out, payload)
+    print_summary(payload, console)
+    console.print(f"wrote {args.out / 'campaign.json'}, {md}, {args.out / 'best_so_far.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

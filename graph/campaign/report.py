@@ -1,0 +1,225 @@
+"""The campaign's report: verdicts in words from the paired CIs, the markdown report,
+the best-so-far plot and the terminal summary. Reads results; trains nothing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from evals.tasks import FAMILIES, HARD_FAMILY, PASS_K
+from graph.campaign.stages import best_so_far_curve
+
+
+def plot_best_so_far(home: Path, run_id: int, path: Path, lines: dict[str, float]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from memory.archive import Archive
+
+    with Archive(home) as a:
+        cands = [c for c in a.candidates(run_id) if c.generation > 0]
+        seed = [c for c in a.candidates(run_id) if c.generation == 0]
+    xs = np.arange(1, len(cands) + 1)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.scatter(xs, [c.fitness if c.fitness is not None else np.nan for c in cands], s=14,
+               color="0.6", label="candidate (val, screening budget)")
+    ax.step(xs, best_so_far_curve(cands), where="post", color="C0", lw=2, label="best so far")
+    if seed and seed[0].fitness is not None:
+        ax.axhline(seed[0].fitness, color="k", ls="--", lw=1, label="GRPO (seed)")
+    for i, (k, v) in enumerate(lines.items()):
+        ax.axhline(v, color=f"C{i + 1}", ls=":", lw=1.2, label=k)
+    ax.set_xlabel("candidates evaluated")
+    ax.set_ylabel("fitness (val)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+def overall_verdict(ci: dict | None, margin: float) -> str:
+    """A paired 95% CI of a difference in Overall, in words: ``better`` (CI above 0),
+    ``worse`` (CI below 0), ``not worse`` (lower bound above -margin), else
+    ``inconclusive``."""
+    if not ci or not np.isfinite(ci.get("low", np.nan)):
+        return "inconclusive"
+    if ci["low"] > 0:
+        return "better"
+    if ci["high"] < 0:
+        return "worse"
+    if ci["low"] > -margin:
+        return "not worse"
+    return "inconclusive"
+
+
+def length_verdict(ci: dict | None) -> str:
+    if not ci or not np.isfinite(ci.get("low", np.nan)):
+        return "inconclusive"
+    if ci["high"] < 0:
+        return "shorter"
+    if ci["low"] > 0:
+        return "longer"
+    return "no clear difference"
+
+
+def verdicts(test: dict, margin: float) -> dict:
+    """The winner against GRPO and against the best other baseline, in words."""
+    rows = {r["algorithm"]: r for r in test["rows"]}
+    w, g = rows.get(test["winner_label"], {}), rows.get("grpo", {})
+    out: dict = {"margin": margin}
+    if "overall_mean" not in w or "overall_mean" not in g:
+        out["vs_grpo"] = {"overall": "inconclusive", "length": "inconclusive"}
+    else:
+        dlen = w.get("length_delta_vs_baseline_ci95")
+        out["vs_grpo"] = {
+            "overall": overall_verdict(w.get("delta_vs_baseline_ci95"), margin),
+            "length": length_verdict(dlen),
+            "length_change_pct": (100.0 * (w["mean_length"] / g["mean_length"] - 1.0)
+                                  if g["mean_length"] else None)}
+        if dlen and g["mean_length"] and np.isfinite(dlen.get("low", np.nan)):
+            out["vs_grpo"]["length_change_pct_ci95"] = [
+                100.0 * dlen["low"] / g["mean_length"], 100.0 * dlen["high"] / g["mean_length"]]
+    vb = test.get("vs_best_baseline") or {}
+    out["vs_best_baseline"] = {"baseline": test.get("best_baseline"),
+                               "overall": overall_verdict(vb.get("overall"), margin),
+                               "length": length_verdict(vb.get("length"))}
+    return out
+
+
+def verdict_lines(payload: dict) -> list[str]:
+    v, t = payload["verdicts"], payload["test"]
+    rows = {r["algorithm"]: r for r in t["rows"]}
+    w = rows.get(t["winner_label"], {})
+    m = v["margin"]
+    say = {"better": "beats", "worse": "is worse than", "not worse":
+           f"is not worse than (95% CI lower bound above -{m:g})",
+           "inconclusive": "cannot be told apart from"}
+    lines = []
+    if "delta_vs_baseline_ci95" in w:
+        vg = v["vs_grpo"]
+        lines.append(f"- Overall: the winner {say[vg['overall']]} GRPO: "
+                     f"{w['delta_vs_baseline_ci95']['text']} points (paired 95% CI).")
+        pct = vg.get("length_change_pct")
+        pci = vg.get("length_change_pct_ci95")
+        lines.append(f"- Length: {vg['length']} than GRPO"
+                     if vg["length"] in ("shorter", "longer") else
+                     f"- Length: {vg['length']} from GRPO")
+        if pct is not None:
+            lines[-1] += (f", {pct:+.1f}%"
+                          + (f" [{pci[0]:+.1f}%, {pci[1]:+.1f}%]" if pci else "")
+                          + f" ({w['length_delta_vs_baseline_ci95']['text']} tokens).")
+    vb = v["vs_best_baseline"]
+    if vb["baseline"] == "grpo":
+        lines.append("- GRPO is the best shipped baseline on this test.")
+    elif vb["baseline"]:
+        ci = t["vs_best_baseline"].get("overall", {}).get("text", "n/a")
+        lines.append(f"- Against the best shipped baseline ({vb['baseline']}): the winner "
+                     f"{say[vb['overall']]} it, {ci} points.")
+    return lines
+
+
+# ----------------------------------------------------------------------------- report
+
+def _mechanism_bullets(words: str) -> list[str]:
+    """Genome.describe() marks changed genes with '* ': one markdown bullet per gene."""
+    out = []
+    for line in (words or "").splitlines():
+        if not line.strip():
+            continue
+        changed = line.startswith("* ")
+        out.append(f"- {'**changed** ' if changed else ''}{line[2:] if changed else line.strip()}")
+    return out
+
+
+def write_report(out: Path, payload: dict) -> Path:
+    t = payload["test"]
+    lines = [f"# Campaign: \"{payload['directive']}\"", "",
+             f"Objective: {payload['objective']}", "",
+             f"Command: `{payload['command']}`", "",
+             "## Verdict (held-out test split)", "", *verdict_lines(payload), "",
+             "## Held-out test split "
+             f"({len(t['seeds'])} paired seeds {t['seeds'][0]}..{t['seeds'][-1]}"
+             + (f"; GRPO, the winner and the best baseline also seeds {t['confirm_seeds'][0]}.."
+                f"{t['confirm_seeds'][-1]}" if t.get("confirm_seeds") else "") + ")", "",
+             "| algorithm | seeds | Overall | " + " | ".join(f.name for f in FAMILIES)
+             + f" | {HARD_FAMILY} pass@{PASS_K} | length | valid % | dOverall vs GRPO | "
+               "dLength vs GRPO |",
+             "|---" * (8 + len(FAMILIES)) + "|"]
+    for r in t["rows"]:
+        if "overall_mean" not in r:
+            lines.append(f"| {r['algorithm']} | 0 | failed |" + " |" * (6 + len(FAMILIES)))
+            continue
+        d = lambda k: r[k]["text"] if k in r and r["algorithm"] != "grpo" else "-"  # noqa
+        lines.append(f"| {r['algorithm']} | {len(r['seeds'])} | {r['overall_mean']:.1f} | "
+                     + " | ".join(f"{v:.1f}" for v in r["families"].values())
+                     + f" | {r[f'pass@{PASS_K}']:.1f} | {r['mean_length']:.1f} | "
+                       f"{r['validity']:.1f} | {d('delta_vs_baseline_ci95')} | "
+                       f"{d('length_delta_vs_baseline_ci95')} |")
+    vb = t["vs_best_baseline"]
+    lines += ["", f"Winner vs the best baseline ({t['best_baseline']}): Overall "
+                  f"{vb.get('overall', {}).get('text', 'n/a')}, length "
+                  f"{vb.get('length', {}).get('text', 'n/a')} (paired 95% CI).", "",
+              "## Winner", "", "Lineage: " + " -> ".join(
+                  f"{x['name']} ({'-' if x['fitness'] is None else format(x['fitness'], '.1f')})"
+                  for x in payload["lineage"]), "",
+              "Mechanism (**changed** marks a gene that differs from GRPO's):", "",
+              *_mechanism_bullets(payload["mechanism"]["words"]), "",
+              "```", payload["mechanism"]["math"], "```", "",
+              "## Promotion (val, full budget)", "",
+              "| candidate | fitness | Overall | length | seeds |", "|---|---|---|---|---|"]
+    ref = payload["promote"].get("reference")
+    if ref:
+        lines.append(f"| grpo (reference, same seeds) | - | {ref['overall']:.1f} | "
+                     f"{ref['length']:.1f} | {len(payload['promote'].get('seeds', []))} |")
+    for r in payload["promote"]["rows"]:
+        lines.append(f"| {r['name']} | {r['fitness']:.1f} | {r['overall']:.1f} | "
+                     f"{r['length']:.1f} | {r['seeds']} |")
+    if payload.get("rediscovery"):
+        lines += ["", "## Rediscovery", ""]
+        for k, v in payload["rediscovery"].items():
+            if k == "cpu_seconds" or "score" not in v:
+                continue
+            close = [c for c in v["closest"] if c["shared_genes"]]
+            lines.append(f"- {k}: screening score {v['score']:.1f}; best-so-far reached it "
+                         f"after {v['reached_after'] or 'never (within the budget)'} "
+                         "candidates; " + ("closest genomes: " + "; ".join(
+                             f"#{c['index']} {c['name']} shares {len(c['shared_genes'])}/"
+                             f"{v['known_genes']} gene kinds ({', '.join(c['shared_genes'])})"
+                             for c in close) if close else
+                             f"no candidate carries any of its {v['known_genes']} genes "
+                             "that GRPO lacks"))
+    comp = payload["compute"]
+    lines += ["", "## Compute", "",
+              f"CPU-seconds: search {comp['search_cpu_s']:.0f}, promotion "
+              f"{comp['promote_cpu_s']:.0f}, test {comp['test_cpu_s']:.0f}, rediscovery "
+              f"{comp['rediscovery_cpu_s']:.0f}; total {comp['total_cpu_s']:.0f} "
+              f"({comp['total_cpu_s'] / 3600:.2f} CPU-hours). Search wall time "
+              f"{comp['search_wall_s']:.0f} s.", "", "![best so far](best_so_far.png)", ""]
+    path = out / "campaign.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def print_summary(payload: dict, console: Console) -> None:
+    t = payload["test"]
+    tab = Table(title=f"\"{payload['directive']}\": held-out test, paired seeds; deltas vs "
+                      "GRPO (95% CI)")
+    for col in ("algorithm", "seeds", "Overall", "length", "valid%", "dOverall", "dLength"):
+        tab.add_column(col, justify="left" if col == "algorithm" else "right")
+    for r in t["rows"]:
+        if "overall_mean" not in r:
+            tab.add_row(r["algorithm"], "0", "failed", "", "", "", "")
+            continue
+        d = lambda k: r[k]["text"] if k in r and r["algorithm"] != "grpo" else "-"  # noqa
+        tab.add_row(r["algorithm"], str(len(r["seeds"])), f"{r['overall_mean']:.1f}",
+                    f"{r['mean_length']:.1f}", f"{r['validity']:.1f}", d("delta_vs_baseline_ci95"),
+                    d("length_delta_vs_baseline_ci95"))
+    console.print(tab)
+    for line in verdict_lines(payload):
+        console.print(line[2:])

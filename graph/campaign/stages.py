@@ -1,0 +1,332 @@
+"""The campaign's stages: search (the loop), promote and test (re-training candidates and
+baselines as sandboxed jobs), rediscovery; and the state file that makes them resumable."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from evals.objective import ObjectiveSpec, fitness
+
+TEST_SEED_OFFSET = 2000      # fresh seeds of the test stage (search uses the run seed)
+PROMOTE_SEED_OFFSET = 1000   # fresh seeds of the promotion stage
+
+
+class CampaignError(Exception):
+    """Bad input or an unusable state: one clear line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- state
+
+class State:
+    """``OUT/state.json``: what finished, so a rerun resumes."""
+
+    def __init__(self, out: Path):
+        self.path = out / "state.json"
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def set(self, key, value) -> None:
+        self.data[key] = value
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)
+
+
+def load_config(args) -> dict:
+    if args.config is None:
+        return {}
+    try:
+        data = json.loads(args.config.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CampaignError(f"cannot read --config {args.config}: {e}") from None
+    return data
+
+
+
+
+# ----------------------------------------------------------------------------- stages
+
+def search(args, home: Path, state: State, console: Console) -> int:
+    """Stage 1: the loop at the screening budget. Returns the run id; a killed search
+    resumes its run (a run killed before its first checkpoint is started afresh)."""
+    from graph import run as graph_run
+    from memory.archive import Archive
+
+    quiet = ["--quiet"] if args.quiet else []
+    run_id = state.get("run_id")
+    if run_id is not None:
+        with Archive(home) as a:
+            if a.run(run_id).status == "done":
+                console.print(f"search: run {run_id} already finished")
+                return run_id
+    began = time.time()
+    try:
+        if run_id is not None:
+            try:
+                graph_run.run(graph_run.parse_args(
+                    ["--home", str(home), "--resume", str(run_id), *quiet]), console)
+            except graph_run.UsageError as e:
+                if "no checkpoint" not in str(e):
+                    raise
+                with Archive(home) as a:
+                    a.finish_run(run_id, status="abandoned")
+                run_id = None
+        if run_id is None:
+            argv = ["--home", str(home), "--directive", args.directive,
+                    "--candidates", str(args.candidates), "--steps", str(args.screen_steps),
+                    "--width", str(args.width), "--seed", str(args.seed), *quiet]
+            if args.no_smoke:
+                argv.append("--no-smoke")
+            if args.config:
+                argv += ["--config", str(args.config)]
+            holder = {}
+
+            def remember(rid: int) -> None:
+                holder["id"] = rid
+                state.set("run_id", rid)
+
+            graph_run.run(graph_run.parse_args(argv), console, on_start=remember)
+            run_id = holder["id"]
+    except graph_run.UsageError as e:
+        raise CampaignError(str(e)) from None
+    state.set("search_wall_s", state.get("search_wall_s", 0.0) + time.time() - began)
+    return run_id
+
+
+def _train_config(args, cfg: dict, steps: int | None, split: str) -> dict:
+    from trainers.local.trainer import TrainConfig, train_config_from_dict
+
+    tc = train_config_from_dict(cfg.get("train_overrides", {})) if cfg.get(
+        "train_overrides") else TrainConfig()
+    d = tc.as_dict()
+    if steps is not None:
+        d["steps"] = steps
+    d["final_eval"] = {**d["final_eval"], "split": split}
+    return d
+
+
+def _jobs(entries: list[tuple[str, str]], seeds: list[int], home: Path, train_config: dict,
+          warm: dict | None):
+    from trainers.local.jobs import Job
+
+    return [Job(label, source, seed, str(home), train_config, warm)
+            for label, source in entries for seed in seeds]
+
+
+def _run(jobs, args, home: Path, console: Console, stage: str) -> list[dict]:
+    from trainers.local.jobs import run_jobs
+
+    console.rule(f"{stage}: {len(jobs)} training runs")
+    results = run_jobs(jobs, args.workers, home / "campaign-cache", quiet=args.quiet,
+                       timeout_s=args.job_timeout)
+    bad = [r for r in results if r["status"] != "ok"]
+    for r in bad:
+        console.print(f"[red]{stage}: {r['algorithm']} seed {r['seed']} {r['status']}:[/red] "
+                      f"{r.get('error')}")
+    return results
+
+
+def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
+            console: Console) -> dict:
+    """Stage 2: the best distinct candidates and GRPO at the full budget on val."""
+    from memory.archive import Archive
+    from trainers.baselines import baseline_source
+    from trainers.algorithm import code_hash
+
+    with Archive(home) as a:
+        board = a.leaderboard(run_id)
+        picked, seen = [], {code_hash(baseline_source("grpo"))}
+        for s in board:
+            c = a.candidate(s.candidate_id)
+            h = code_hash(c.code or "")
+            if c.generation == 0 or h in seen:
+                continue
+            seen.add(h)
+            picked.append((c.name, c.code))
+            if len(picked) == args.promote:
+                break
+    if not picked:
+        raise CampaignError(f"run {run_id} has no evaluated candidate to promote")
+    entries = [("grpo", baseline_source("grpo"))] + picked
+    seeds = list(range(PROMOTE_SEED_OFFSET, PROMOTE_SEED_OFFSET + args.promote_seeds))
+    results = _run(_jobs(entries, seeds, home, _train_config(args, cfg, args.steps, "val"),
+                         cfg.get("warm_config")), args, home, console, "promote")
+    by = _by_label(results)
+    if "grpo" not in by:
+        raise CampaignError("GRPO failed in the promotion stage; nothing to compare with")
+    ref = (_mean(by["grpo"], "overall"), _mean(by["grpo"], "length"))
+    rows = []
+    for label, _ in picked:
+        runs = by.get(label, [])
+        if not runs:
+            continue
+        fits = [fitness(spec, r["final"]["overall"], r["final"]["length"], ref) for r in runs]
+        rows.append({"name": label, "fitness": float(np.mean(fits)),
+                     "overall": _mean(runs, "overall"), "length": _mean(runs, "length"),
+                     "seeds": len(runs)})
+    if not rows:
+        raise CampaignError("every promoted candidate failed to train")
+    rows.sort(key=lambda r: -r["fitness"])
+    source = dict(picked)[rows[0]["name"]]
+    return {"rows": rows, "winner": rows[0]["name"], "winner_source": source,
+            "reference": {"overall": ref[0], "length": ref[1]}, "seeds": seeds,
+            "cpu_seconds": _cpu(results)}
+
+
+def test_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
+               console: Console) -> dict:
+    """Stage 3: the winner and every shipped baseline on the test split, paired seeds."""
+    from trainers.baselines import BASELINES, baseline_source
+    from trainers.local.compare import summarize
+
+    names = list(BASELINES) if args.baselines is None else \
+        [b.strip() for b in args.baselines.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown or "grpo" not in names:
+        raise CampaignError(f"--baselines must name shipped baselines including grpo; "
+                            f"unknown: {unknown}; shipped: {', '.join(BASELINES)}")
+    label = f"winner:{winner[0]}"
+    entries = [(b, baseline_source(b)) for b in names] + [(label, winner[1])]
+    seeds = list(range(TEST_SEED_OFFSET, TEST_SEED_OFFSET + args.seeds))
+    train_config = _train_config(args, cfg, args.steps, "test")
+    results = _run(_jobs(entries, seeds, home, train_config, cfg.get("warm_config")),
+                   args, home, console, "test")
+    labels = [e[0] for e in entries]
+    rows = summarize(results, labels, seeds)  # deltas vs the first label: grpo
+    best = _best_baseline(rows, names)
+    confirm = []
+    if args.confirm_seeds:
+        # more paired seeds for the three algorithms the verdicts compare
+        confirm = list(range(seeds[-1] + 1, TEST_SEED_OFFSET + args.confirm_seeds))
+        trio = [e for e in entries if e[0] in ("grpo", best, label)]
+        results = results + _run(_jobs(trio, confirm, home, train_config,
+                                       cfg.get("warm_config")), args, home, console, "confirm")
+        trio_rows = {r["algorithm"]: r for r in
+                     summarize(results, [e[0] for e in trio], seeds + confirm)}
+        rows = [trio_rows.get(r["algorithm"], r) for r in rows]
+    # the winner's paired CIs against the best baseline, as summarize gives them vs GRPO
+    vs = summarize(results, [best, label], seeds + confirm)[1]
+    vs_best = {key: vs[field] for key, field in (("overall", "delta_vs_baseline_ci95"),
+                                                 ("length", "length_delta_vs_baseline_ci95"))
+               if field in vs}
+    return {"rows": rows, "seeds": seeds, "confirm_seeds": confirm, "winner_label": label,
+            "best_baseline": best, "vs_best_baseline": vs_best,
+            "cpu_seconds": _cpu(results)}
+
+
+def _best_baseline(rows: list[dict], names: list[str]) -> str:
+    """The shipped baseline with the best mean test Overall, GRPO included."""
+    ok = [r for r in rows if r["algorithm"] in names and "overall_mean" in r]
+    if not ok:
+        raise CampaignError("every baseline failed in the test stage")
+    return max(ok, key=lambda r: r["overall_mean"])["algorithm"]
+
+
+def rediscovery(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
+                console: Console) -> dict:
+    """When did the search reach the score of the known mechanisms it was not seeded
+    with? Trained at the search's own budget and seed, scored like the candidates."""
+    from agents.builtin.genes import BASELINE_GENOMES, SLOTS, Genome
+    from memory.archive import Archive
+
+    with Archive(home) as a:
+        cands = [c for c in a.candidates(run_id) if c.generation > 0]
+        seed_cand = [c for c in a.candidates(run_id) if c.generation == 0][0]
+        ev = a.evaluations(seed_cand.id)
+        ref = (float(np.mean([e.metrics["val"]["overall"] for e in ev])),
+               float(np.mean([e.metrics["val"]["length"] for e in ev])))
+    targets = {k: BASELINE_GENOMES[k] for k in ("dapo", "dr_grpo")}
+    entries = [(f"rediscover:{k}", g.render(name=k)) for k, g in targets.items()]
+    results = _run(_jobs(entries, [args.seed], home,
+                         _train_config(args, cfg, args.screen_steps, "val"),
+                         cfg.get("warm_config")), args, home, console, "rediscovery")
+    out = {}
+    best = best_so_far_curve(cands)
+    trained = _by_label(results)
+    grpo = dict(zip(SLOTS, Genome.grpo().signature().split(";")))
+    for (label, _), (k, genome) in zip(entries, targets.items()):
+        runs = trained.get(label)
+        if not runs:
+            out[k] = {"error": "failed to train"}
+            continue
+        score = fitness(spec, runs[0]["final"]["overall"], runs[0]["final"]["length"], ref)
+        reached = next((i + 1 for i, v in enumerate(best) if v >= score), None)
+        target = dict(zip(SLOTS, genome.signature().split(";")))
+        known = [s for s in SLOTS if target[s] != grpo[s]]  # the genes GRPO lacks
+        shared = []
+        for i, c in enumerate(cands):
+            sig = (c.details or {}).get("signature")
+            if not sig:
+                continue
+            genes = dict(zip(SLOTS, sig.split(";")))
+            # the same kind of gene (clip_higher, token_mean, ...), parameters may differ
+            diff = [s for s in known
+                    if genes.get(s, "").split("(")[0] == target[s].split("(")[0]]
+            shared.append((len(diff), i + 1, c.name, diff))
+        shared.sort(key=lambda t: (-t[0], t[1]))
+        out[k] = {"score": score, "reached_after": reached,
+                  "known_genes": len(known),
+                  "closest": [{"index": i, "name": n, "shared_genes": d}
+                              for _, i, n, d in shared[:3]]}
+    out["cpu_seconds"] = _cpu(results)
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _by_label(results: list[dict]) -> dict[str, list[dict]]:
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        if r.get("status") == "ok":
+            by.setdefault(r["algorithm"], []).append(r)
+    return by
+
+
+def _mean(runs: list[dict], key: str) -> float:
+    return float(np.mean([r["final"][key] for r in runs]))
+
+
+def _cpu(results: list[dict]) -> float:
+    return float(sum(r.get("cpu_seconds", 0.0) for r in results))
+
+
+def best_so_far_curve(cands) -> list[float]:
+    best, out = -math.inf, []
+    for c in cands:
+        if c.fitness is not None:
+            best = max(best, c.fitness)
+        out.append(best)
+    return out
+
+
+def lineage(home: Path, run_id: int, name: str) -> list[dict]:
+    from memory.archive import Archive
+
+    with Archive(home) as a:
+        cand = next(c for c in a.candidates(run_id) if c.name == name)
+        path = a.lineage_path(cand.id)
+        if path and path[0].id == cand.id:  # root first
+            path = path[::-1]
+        return [{"id": c.id, "name": c.name, "generation": c.generation,
+                 "fitness": c.fitness} for c in path]
+
+
+def mechanism(home: Path, run_id: int, name: str) -> dict:
+    from agents.builtin.genes import Genome
+    from memory.archive import Archive
+
+    with Archive(home) as a:
+        cand = next(c for c in a.candidates(run_id) if c.name == name)
+        sig = (cand.details or {}).get("signature")
+        if sig:
+            g = Genome.from_signature(sig)
+            return {"signature": sig, "words": g.describe(), "math": g.math()}
+        return {"signature": None, "words": cand.proposal, "math": ""}
