@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from agents.prompts import messages, quote_data, quote_text
 from agents.scientist import MAX_CODE_CHARS, cut, proposal_view
 from agents.structured import ReplyError, extract_python_code, invoke_parsed
-from trainers.algorithm import HOOKS, parse_source
+from trainers.source import HOOKS, parse_source
 
 MAX_FEEDBACK = 8             # verifier messages shown on a retry
 MAX_FEEDBACK_CHARS = 2_000   # per message (tracebacks are long)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, computed_field, field_validator
 
 from agents.prompts import messages, quote_data, quote_text
 from agents.structured import NonBlank, invoke_structured
-from trainers.algorithm import HOOKS
+from trainers.source import HOOKS
 
 Hook = Literal[HOOKS]  # type: ignore[valid-type]  # the contract's hook names
 

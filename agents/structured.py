@@ -28,7 +28,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import AfterValidator, BaseModel, ValidationError
 
 from agents.redact import redact
-from trainers.algorithm import compile_source
+from trainers.source import compile_source
 
 MAX_REPLY_CHARS = 200_000   # a longer reply is runaway generation, not an answer
 ECHO_CHARS = 4_000          # how much of a bad reply goes back into the conversation

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from trainers.algorithm import HOOKS, parse_source
+from trainers.source import HOOKS, parse_source
 from trainers.sandbox import SandboxResult, check_source, run_in_sandbox
 
 Stage = Literal["static", "dynamic", "smoke", "consistency"]

@@ -46,7 +46,7 @@ from memory.schema import (DUPLICATE, EVALUATED, FAILED_EVALUATION, FAILED_TRAIN
                            FAILED_VERIFICATION)
 from memory.evidence import DUPLICATE_SIMILARITY
 from memory.selection import select_parent_ids
-from trainers.algorithm import code_hash
+from trainers.source import code_hash
 from trainers.baselines import baseline_source
 from trainers.executors import Executor, get_executor
 

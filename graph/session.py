@@ -25,7 +25,7 @@ from graph.context import Context
 from graph.graph import model_for
 from graph.run import UsageError, compile_graph, prepare, print_leaderboard, write_summary
 from graph.steering import (COMMANDS, FREE_TEXT_HELP, Action, Instruction,
-                            action_from_intent, parse_line)
+                            action_from_intent, parse_line, thread_run_id, unknown_thread)
 
 class Left(Exception):
     """The person left the session (``/quit``, end of input, Ctrl-C at the prompt)."""
@@ -323,7 +323,6 @@ def open_session(args: argparse.Namespace, console: Console) -> tuple[Session, O
 
 
 def _resume_session(args, console: Console) -> tuple[Session, Opening]:
-    from graph.steer import thread_run_id, unknown_thread
     from memory.archive import Archive
     from memory.schema import ArchiveError
 

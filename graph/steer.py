@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -21,7 +20,8 @@ from typing import NoReturn
 from rich.console import Console
 
 # Only light imports here: bad input is answered before torch (via graph.run) loads.
-_THREAD = re.compile(r"^(?:run-)?(\d+)$")
+from graph.steering import THREAD_ID, unknown_thread
+
 _NEW_RUN_FLAGS = ("directive", "candidates", "width", "seeds", "steps", "seed", "config",
                   "model")
 
@@ -59,20 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             flags = ", ".join(given + ["--no-smoke"] * args.no_smoke)
             p.error(f"--thread resumes a session as it was started; {flags} only start "
                     "new ones (change the budget with /budget inside)")
-        if not _THREAD.match(args.thread.strip()):
+        if not THREAD_ID.match(args.thread.strip()):
             p.error(f"--thread takes a thread id such as run-3, got {args.thread!r}")
     elif args.directive is None:
         p.error("--directive is required to start a session (or --thread ID to resume one)")
     return args
-
-
-def thread_run_id(thread: str) -> int:
-    """The run id of a checked thread id (``run-3`` or ``3``)."""
-    return int(_THREAD.match(thread.strip()).group(1))
-
-
-def unknown_thread(thread: str, home: Path) -> str:
-    return f"no thread run-{thread_run_id(thread)} in {home}: start a session with --directive"
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from evals.objective import ObjectiveSpec, fitness, objective_from_directive
 from memory.schema import EVALUATED
 
+THREAD_ID = re.compile(r"^(?:run-)?(\d+)$")   # a steering session's thread: run-<run id>
+
+
+def thread_run_id(thread: str) -> int:
+    """The run id of a checked thread id (``run-3`` or ``3``)."""
+    return int(THREAD_ID.match(thread.strip()).group(1))
+
+
+def unknown_thread(thread: str, home) -> str:
+    return f"no thread run-{thread_run_id(thread)} in {home}: start a session with --directive"
+
 BUDGET_KEYS = ("candidates", "width", "seeds", "steps")
 LEADERBOARD_SIZE = 5
 

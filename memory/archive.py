@@ -29,11 +29,9 @@ its commit and its vectors, so the crash tests can kill a run exactly there.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
@@ -42,9 +40,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from memory.schema import (EVALUATED, LINEAGE_KINDS, STATUSES, ArchiveError, Candidate,
-                           Evaluation, Lineage, Reflection, Run, make_engine, open_schema,
-                           source_hash, sqlite_url, utcnow)
+from memory.schema import (EVALUATED, LINEAGE_KINDS, ArchiveError, Candidate, Evaluation,
+                           Lineage, Reflection, Run, Standing, SyncReport, check_status,
+                           clean_tags, evaluation_row, get_row, jsonable, make_engine,
+                           open_schema, source_hash, sqlite_url, utcnow)
 
 if TYPE_CHECKING:
     from memory.evidence import Evidence, Novelty
@@ -57,29 +56,6 @@ _BATCH = 256
 def resolve_home(home: str | Path | None = None) -> Path:
     """``home``, else ``$POISE_HOME``, else ``./.poise``."""
     return Path(home if home is not None else os.environ.get("POISE_HOME") or ".poise")
-
-
-@dataclass
-class SyncReport:
-    """What ``Archive.sync`` repaired: vectors upserted (rows that were not indexed, or
-    indexed rows missing from the store) and orphan vectors deleted."""
-
-    upserted: int = 0
-    deleted: int = 0
-
-
-@dataclass
-class Standing:
-    """One leaderboard row: mean fitness over seeds and its sample sd."""
-
-    candidate_id: int
-    name: str
-    generation: int
-    status: str
-    fitness: float
-    fitness_sd: float
-    seeds: int
-    parent_ids: list[int]
 
 
 class Archive:
@@ -138,14 +114,14 @@ class Archive:
     def start_run(self, directive: str, config: dict | None = None) -> int:
         """A new run under ``directive``; returns its id."""
         with self.session() as s:
-            run = Run(directive=directive, config=_jsonable(config or {}, "config"))
+            run = Run(directive=directive, config=jsonable(config or {}, "config"))
             s.add(run)
             s.commit()
             return run.id
 
     def finish_run(self, run_id: int, status: str = "done") -> None:
         with self.session() as s:
-            run = _get(s, Run, run_id)
+            run = get_row(s, Run, run_id)
             run.status, run.finished = status, utcnow()
             s.commit()
 
@@ -155,9 +131,9 @@ class Archive:
         into its config. A new directive re-indexes the run's vectors: their metadata
         carries it."""
         with self.session() as s:
-            run = _get(s, Run, run_id)
+            run = get_row(s, Run, run_id)
             if config:
-                run.config = _jsonable({**run.config, **config}, "config")
+                run.config = jsonable({**run.config, **config}, "config")
             changed = directive is not None and directive != run.directive
             if changed:
                 run.directive = directive
@@ -176,7 +152,7 @@ class Archive:
 
     def run(self, run_id: int) -> Run:
         with self.session() as s:
-            return _get(s, Run, run_id)
+            return get_row(s, Run, run_id)
 
     def runs(self) -> list[Run]:
         with self.session() as s:
@@ -212,7 +188,7 @@ class Archive:
         mid-write leaves the candidate whole or absent, never without its results.
         ``rename_on_conflict``: a name taken meanwhile (by another thread or process)
         becomes ``name-2``, ``name-3``, ... instead of an error."""
-        _check_status(status)
+        check_status(status)
         kind = kind or ("crossover" if len(parents) > 1 else "mutation")
         if kind not in LINEAGE_KINDS:
             raise ArchiveError(f"unknown lineage kind {kind!r}: expected one of "
@@ -244,13 +220,13 @@ class Archive:
                           status, error, details, evaluations, reflection
                           ) -> tuple[int, list[int]]:
         with self.session() as s:
-            _get(s, Run, run_id)
+            get_row(s, Run, run_id)
             for p in parents:
-                _get(s, Candidate, p)
+                get_row(s, Candidate, p)
             cand = Candidate(run_id=run_id, name=name, generation=generation,
                              proposal=proposal, code=code, status=status, error=error,
                              code_hash=source_hash(code) if code else None,
-                             details=_jsonable(details or {}, "details"))
+                             details=jsonable(details or {}, "details"))
             s.add(cand)
             try:
                 s.flush()
@@ -260,9 +236,9 @@ class Archive:
             s.add_all(Lineage(parent_id=p, child_id=cand.id, kind=kind)
                       for p in dict.fromkeys(parents))
             for ev in evaluations:
-                s.add(_evaluation_row(cand.id, **ev))
+                s.add(evaluation_row(cand.id, **ev))
             rows = [] if reflection is None else [Reflection(
-                candidate_id=cand.id, text=reflection[0], tags=_clean_tags(reflection[1]))]
+                candidate_id=cand.id, text=reflection[0], tags=clean_tags(reflection[1]))]
             s.add_all(rows)
             s.flush()
             if evaluations:
@@ -275,16 +251,16 @@ class Archive:
     def set_code(self, candidate_id: int, code: str) -> None:
         """Store (or replace) the candidate's module source and its code hash."""
         with self.session() as s:
-            cand = _get(s, Candidate, candidate_id)
+            cand = get_row(s, Candidate, candidate_id)
             cand.code, cand.code_hash, cand.updated = code, source_hash(code), utcnow()
             s.commit()
 
     def set_status(self, candidate_id: int, status: str, error: str | None = None) -> None:
         """Move a candidate to ``status`` (``error`` says why, for a failure) and refresh
         the status in its vectors' metadata."""
-        _check_status(status)
+        check_status(status)
         with self.session() as s:
-            cand = _get(s, Candidate, candidate_id)
+            cand = get_row(s, Candidate, candidate_id)
             cand.status, cand.updated = status, utcnow()
             if error is not None:
                 cand.error = error
@@ -299,7 +275,7 @@ class Archive:
 
     def candidate(self, candidate_id: int) -> Candidate:
         with self.session() as s:
-            return _get(s, Candidate, candidate_id)
+            return get_row(s, Candidate, candidate_id)
 
     def find_candidate(self, key: str | int) -> Candidate:
         """A candidate by id or by name."""
@@ -349,7 +325,7 @@ class Archive:
         with self.session() as s:
             while current is not None and current not in seen:
                 seen.add(current)
-                path.append(_get(s, Candidate, current))
+                path.append(get_row(s, Candidate, current))
                 current = s.exec(select(Lineage.parent_id).where(
                     Lineage.child_id == current).order_by(Lineage.id)).first()
         return path
@@ -364,8 +340,8 @@ class Archive:
         {name: value, higher is better}, ``curves`` {metric: [[step, value], ...]}. The
         candidate's cached fitness becomes the mean over its evaluations."""
         with self.session() as s:
-            cand = _get(s, Candidate, candidate_id)
-            ev = _evaluation_row(candidate_id, seed, backend, metrics, fitness, curves,
+            cand = get_row(s, Candidate, candidate_id)
+            ev = evaluation_row(candidate_id, seed, backend, metrics, fitness, curves,
                                  wall_time, objectives)
             s.add(ev)
             s.flush()
@@ -392,7 +368,7 @@ class Archive:
                 ev.fitness = score(ev)
             s.flush()
             for cid in {ev.candidate_id for ev in rows}:
-                cand = _get(s, Candidate, cid)
+                cand = get_row(s, Candidate, cid)
                 cand.fitness = s.exec(select(func.avg(Evaluation.fitness)).where(
                     Evaluation.candidate_id == cid)).one()
             s.commit()
@@ -427,12 +403,12 @@ class Archive:
         """Bulk ``add_reflection``: one SQL commit, then vectors in batches."""
         with self.session() as s:
             for cid in {c for c, _, _ in items}:
-                _get(s, Candidate, cid)
+                get_row(s, Candidate, cid)
             rows = []
             for cid, body, tags in items:
                 if not body or not body.strip():
                     raise ArchiveError(f"empty reflection for candidate {cid}")
-                rows.append(Reflection(candidate_id=cid, text=body, tags=_clean_tags(tags)))
+                rows.append(Reflection(candidate_id=cid, text=body, tags=clean_tags(tags)))
             s.add_all(rows)
             s.commit()
             ids = [r.id for r in rows]
@@ -579,20 +555,6 @@ class _NameTaken(Exception):
     """The candidate name is taken (the insert hit the unique constraint)."""
 
 
-def _evaluation_row(candidate_id: int, seed: int, backend: str = "local",
-                    metrics: dict | None = None, fitness: float | None = None,
-                    curves: dict | None = None, wall_time: float | None = None,
-                    objectives: dict | None = None) -> Evaluation:
-    return Evaluation(candidate_id=candidate_id, seed=seed, backend=backend,
-                      metrics=_jsonable(metrics or {}, "metrics"), fitness=fitness,
-                      objectives=_jsonable(objectives or {}, "objectives"),
-                      curves=_jsonable(curves or {}, "curves"), wall_time=wall_time)
-
-
-def _clean_tags(tags: Iterable[str]) -> list[str]:
-    return [str(t).strip() for t in tags if str(t).strip()]
-
-
 FAULT_POINTS_ENV = "POISE_TEST_PAUSE_AT"
 
 
@@ -621,23 +583,3 @@ def _vector_id(kind: str, row_id: int) -> str:
 
 def _row_id(vector_id: str) -> int:
     return int(vector_id.rsplit("-", 1)[1])
-
-
-def _get(s: Session, model, row_id: int):
-    row = s.get(model, row_id)
-    if row is None:
-        raise ArchiveError(f"no {model.__name__.lower()} with id {row_id} in the archive")
-    return row
-
-
-def _check_status(status: str) -> None:
-    if status not in STATUSES:
-        raise ArchiveError(f"unknown status {status!r}: expected one of {', '.join(STATUSES)}")
-
-
-def _jsonable(value: dict, what: str) -> dict:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError) as e:
-        raise ArchiveError(f"{what} must be JSON-serializable: {e}") from None
-    return value

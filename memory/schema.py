@@ -16,14 +16,16 @@ with tables but no Meta, is refused with a message that says what to do.
 """
 from __future__ import annotations
 
+import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from sqlalchemy import JSON, Column, Connection, Engine, Text, event, inspect, text
 from sqlalchemy.exc import DatabaseError
-from sqlmodel import Field, SQLModel, create_engine
+from sqlmodel import Field, Session, SQLModel, create_engine
 
 SCHEMA_VERSION = 1
 
@@ -51,9 +53,9 @@ def utcnow() -> datetime:
 
 
 def source_hash(code: str) -> str:
-    """``trainers.algorithm.code_hash`` of candidate source, imported on first use: it
+    """``trainers.source.code_hash`` of candidate source, imported on first use: it
     pulls in torch, which the read-only commands should not pay for."""
-    from trainers.algorithm import code_hash
+    from trainers.source import code_hash
 
     return code_hash(code)
 
@@ -222,3 +224,62 @@ def _check_version(conn: Connection, where: str) -> str:
         conn.execute(text(f"UPDATE {Meta.__tablename__} SET value = :v "
                           "WHERE key = 'schema_version'"), {"v": str(SCHEMA_VERSION)})
     return uid
+
+
+# ----------------------------------------------------------------------------- rows
+
+@dataclass
+class SyncReport:
+    """What ``Archive.sync`` repaired: vectors upserted (rows that were not indexed, or
+    indexed rows missing from the store) and orphan vectors deleted."""
+
+    upserted: int = 0
+    deleted: int = 0
+
+
+@dataclass
+class Standing:
+    """One leaderboard row: mean fitness over seeds and its sample sd."""
+
+    candidate_id: int
+    name: str
+    generation: int
+    status: str
+    fitness: float
+    fitness_sd: float
+    seeds: int
+    parent_ids: list[int]
+
+
+def evaluation_row(candidate_id: int, seed: int, backend: str = "local",
+                    metrics: dict | None = None, fitness: float | None = None,
+                    curves: dict | None = None, wall_time: float | None = None,
+                    objectives: dict | None = None) -> Evaluation:
+    return Evaluation(candidate_id=candidate_id, seed=seed, backend=backend,
+                      metrics=jsonable(metrics or {}, "metrics"), fitness=fitness,
+                      objectives=jsonable(objectives or {}, "objectives"),
+                      curves=jsonable(curves or {}, "curves"), wall_time=wall_time)
+
+
+def clean_tags(tags: Iterable[str]) -> list[str]:
+    return [str(t).strip() for t in tags if str(t).strip()]
+
+
+def get_row(s: Session, model, row_id: int):
+    row = s.get(model, row_id)
+    if row is None:
+        raise ArchiveError(f"no {model.__name__.lower()} with id {row_id} in the archive")
+    return row
+
+
+def check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise ArchiveError(f"unknown status {status!r}: expected one of {', '.join(STATUSES)}")
+
+
+def jsonable(value: dict, what: str) -> dict:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as e:
+        raise ArchiveError(f"{what} must be JSON-serializable: {e}") from None
+    return value

@@ -84,7 +84,7 @@ def sandbox_children(run_pid: int) -> dict[int, str]:
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"trainers.sandbox_child" not in cmd or state in ("Z", "X"):
+        if b"trainers.sandbox.child" not in cmd or state in ("Z", "X"):
             continue
         request = Path(cmd[-2].decode() if not cmd[-1] else cmd[-1].decode())
         if not request.parent.name.startswith(f"poise-sandbox-{run_pid}-"):

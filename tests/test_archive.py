@@ -10,7 +10,7 @@ from sqlalchemy import text
 from memory import schema
 from memory.archive import Archive
 from memory.schema import ArchiveError
-from trainers.algorithm import code_hash
+from trainers.source import code_hash
 
 CODE = "NAME = 'x'\n\ndef shape_reward(batch):\n    return batch.correct.float()\n"
 

@@ -105,9 +105,9 @@ def _sandbox_children(home: Path) -> list[int]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"trainers.sandbox_child" not in argv:
+            if b"trainers.sandbox.child" not in argv:
                 continue
-            request = json.loads(Path(argv[argv.index(b"trainers.sandbox_child") + 1]
+            request = json.loads(Path(argv[argv.index(b"trainers.sandbox.child") + 1]
                                       .decode()).read_text())
         except (OSError, ValueError, IndexError):
             continue
@@ -157,7 +157,7 @@ def test_a_node_without_the_drivers_home_trains_from_the_shipped_warm_start(
 
     from trainers.executors import NODE_HOME, build_warm_start, train_job
     from trainers.local.warmstart import checkpoint_path
-    from trainers.sandbox_tasks import warm_start_config
+    from trainers.sandbox.tasks import warm_start_config
 
     tiny = _tiny()
     (tmp_path / "driver").mkdir()

@@ -50,7 +50,7 @@ from agents.structured import (ECHO_CHARS, MAX_REPLY_CHARS, PROBLEM_CHARS, Agent
                                code_fences)
 from evals.objective import ObjectiveSpec, objective_from_directive
 from scripted_chat import ScriptedChat, prompt_chars
-from trainers.algorithm import HOOKS
+from trainers.source import HOOKS
 from trainers.baselines import grpo
 
 # Shrinking replies of 200,000 characters can take minutes: off unless asked for

@@ -1,4 +1,4 @@
-"""The sandbox (trainers/sandbox.py): hostile candidates are contained and reported.
+"""The sandbox (trainers/sandbox/): hostile candidates are contained and reported.
 
 Every case runs in its own sandbox child; the module fixture runs them three at a time
 (each is ~3 s of child start-up, mostly importing torch) and the tests read the results.
@@ -18,7 +18,7 @@ import torch
 
 from trainers.baselines import baseline_source
 from trainers.sandbox import MARKER, check_source, run_in_sandbox
-from trainers.sandbox_tasks import SMOKE_WARM_CONFIG
+from trainers.sandbox.tasks import SMOKE_WARM_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 OK_T = 60          # generous wall limit for cases that must end on their own
@@ -392,7 +392,7 @@ def _run_python(code: str) -> subprocess.CompletedProcess:
 def test_seccomp_filter_refuses_processes_and_sockets_but_not_threads():
     out = _run_python("""
         import os, socket, subprocess, threading
-        from trainers.sandbox_child import install_seccomp
+        from trainers.sandbox.kernel import install_seccomp
         if not install_seccomp():
             print("unsupported"); raise SystemExit(0)
         results = []

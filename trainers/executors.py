@@ -145,7 +145,7 @@ def build_warm_start(payload: dict) -> bytes:
     import torch
 
     from trainers.local.warmstart import checkpoint_path, load_or_build
-    from trainers.sandbox_tasks import warm_start_config
+    from trainers.sandbox.tasks import warm_start_config
 
     torch.set_num_threads(1)  # as in the sandbox child: the same weights
     warm = warm_start_config(payload)
@@ -157,7 +157,7 @@ def build_warm_start(payload: dict) -> bytes:
 def train_job(payload: dict, timeout_s: float, warm_blob: bytes | None) -> dict:
     """One sandboxed training job, on a Ray worker: the sandbox result and its span."""
     from trainers.local.warmstart import checkpoint_path
-    from trainers.sandbox_tasks import warm_start_config
+    from trainers.sandbox.tasks import warm_start_config
 
     home = _node_home(payload["home"])
     ckpt = checkpoint_path(warm_start_config(payload), home)
@@ -243,7 +243,7 @@ class RayExecutor:
         import ray
 
         from trainers.local.warmstart import checkpoint_path
-        from trainers.sandbox_tasks import warm_start_config
+        from trainers.sandbox.tasks import warm_start_config
 
         warm = warm_start_config(payload)
         with self._warm_lock:  # concurrent trainer nodes wait for one build

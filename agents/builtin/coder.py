@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from agents.builtin.scientist import Proposal
-from trainers.algorithm import code_hash
+from trainers.source import code_hash
 
 
 def write_code(proposal: Proposal) -> str:

@@ -139,7 +139,7 @@ def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
     """Stage 2: the best distinct candidates and GRPO at the full budget on val."""
     from memory.archive import Archive
     from trainers.baselines import baseline_source
-    from trainers.algorithm import code_hash
+    from trainers.source import code_hash
 
     with Archive(home) as a:
         board = a.leaderboard(run_id)

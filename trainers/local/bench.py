@@ -29,7 +29,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from evals.tasks import BOS, PromptStream, encode  # noqa: E402
-from trainers.algorithm import CandidateError, resolve_algorithm  # noqa: E402
+from trainers.source import CandidateError, resolve_algorithm  # noqa: E402
 from trainers.local.evaluate import testbed_profile  # noqa: E402
 from trainers.local.jobs import Job, run_jobs  # noqa: E402
 from trainers.local.model import generate, left_pad, response_logprobs  # noqa: E402

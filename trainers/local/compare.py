@@ -26,7 +26,7 @@ from rich.table import Table
 
 from evals.stats import format_ci, mean_ci, paired_diff_ci
 from evals.tasks import FAMILIES, HARD_FAMILY, PASS_K
-from trainers.algorithm import CandidateError, resolve_algorithm
+from trainers.source import CandidateError, resolve_algorithm
 from trainers.baselines import BASELINES
 from trainers.local.jobs import Job, run_jobs
 from trainers.local.trainer import TrainConfig

@@ -433,7 +433,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         require("verl", "python -m trainers.verl.launcher")
-        from trainers.algorithm import CandidateError, resolve_algorithm
+        from trainers.source import CandidateError, resolve_algorithm
 
         try:
             label, source = resolve_algorithm(args.algorithm)

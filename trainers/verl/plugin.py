@@ -22,7 +22,7 @@ import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainers.algorithm import CandidateError, code_hash, load_module, parse_source
+from trainers.source import CandidateError, code_hash, load_module, parse_source
 from trainers.verl.adapter import Settings, registered_name
 
 UNAVAILABLE_IN_LOSS = ("correct", "valid")

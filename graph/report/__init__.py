@@ -13,7 +13,7 @@ files (``report-genealogy.png``, ``report-curves.png``, ``report-leaderboard.png
 - per candidate: proposal, code diff against its first parent, status and error,
   reflections.
 
-Read-only: safe while the run is still writing (see ``graph.report_data``). Every text
+Read-only: safe while the run is still writing (see ``graph.report.data``). Every text
 from the archive (LLM-written) is HTML-escaped. Bad input (unknown run, no home, a
 corrupt archive) is one line on stderr and exit code 2.
 """
@@ -23,15 +23,14 @@ import base64
 import difflib
 import html
 import os
-import sys
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from memory.archive import Archive, resolve_home
-from memory.cli import Parser, add_home, fail, run_cli
-from graph.report_data import CandidateView, RunSnapshot, Standing, ci_text, load_snapshot
+from memory.cli import Parser, add_home, fail
+from graph.report.data import CandidateView, RunSnapshot, Standing, ci_text, load_snapshot
 
 REPORT_FILE = "report.html"
 TOP_K = 4                           # best candidates in the learning curves
@@ -50,7 +49,7 @@ def write_report(home: str | Path | None, run_id: int, out: str | Path | None = 
     """Write run ``run_id``'s report and its PNGs; returns the HTML path. ``step`` is
     called with each stage's name (progress display). Raises ArchiveError for an unknown
     run or an unreadable archive, OSError when the files cannot be written."""
-    from graph import report_plots as plots
+    from graph.report import plots
 
     home = resolve_home(home)
     out = Path(out) if out is not None else default_path(home, run_id)
@@ -373,6 +372,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {path}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from graph.report_data import (CURVE_KEYS, CandidateView, RunSnapshot, Standing, ci_text,
+from graph.report.data import (CURVE_KEYS, CandidateView, RunSnapshot, Standing, ci_text,
                                mean_curve)
 
 FITNESS_CMAP = "viridis"

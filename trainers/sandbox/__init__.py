@@ -5,7 +5,7 @@
     result.ok, result.kind, result.error, result.value
 
 Candidate code never runs in the calling process. ``run_in_sandbox`` starts
-``python -m trainers.sandbox_child`` (never a thread) and:
+``python -m trainers.sandbox.child`` (never a thread) and:
 - a hard wall-clock timeout: SIGKILL to the child's whole process group, then to any
   process still carrying this run's environment marker (a process that left the group);
   the same on every exit path, so no process outlives the call;
@@ -24,8 +24,9 @@ Candidate code never runs in the calling process. ``run_in_sandbox`` starts
   (root / CAP_SYS_ADMIN); where it does not, sockets are still refused by the seccomp
   filter, the audit hook, the import allowlist and this module's static check.
 The child's guard (Landlock file/network rules, seccomp, audit hook, import allowlist,
-monkeypatch fingerprint) is described in ``trainers/sandbox_child.py``; the tasks it can
-run in ``trainers/sandbox_tasks.py``. ``SandboxResult.isolation`` says which layers the
+monkeypatch fingerprint) is described in ``trainers/sandbox/child.py`` and
+``trainers/sandbox/kernel.py``; the tasks it can run in ``trainers/sandbox/tasks.py``; the
+static check in ``trainers/sandbox/static.py``. ``SandboxResult.isolation`` says which layers the
 kernel granted. Linux only.
 
 ``check_source`` is the static check (AST, in this process, nothing executed): imports
@@ -37,10 +38,8 @@ modules. ``run_in_sandbox`` applies it to ``payload["source"]`` unless ``static=
 """
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -52,11 +51,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from trainers.algorithm import parse_source
+from trainers.sandbox.static import check_source
 
 # "executor": the job never ran to a result where it was sent (a Ray worker died...).
 Kind = Literal["ok", "timeout", "memory", "crash", "contract", "blocked", "executor"]
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MARKER = "POISE_SANDBOX_RUN"
 TAIL_CHARS = 4000
 MAX_RESULT_BYTES = 64 * 1024 * 1024
@@ -84,7 +83,7 @@ def run_in_sandbox(task: str, payload: dict, *, timeout_s: float = 60.0,
                    output_kb: int = 256, max_procs: int = 32, max_files: int = 256,
                    static: bool = True,
                    on_progress: Callable[[dict], None] | None = None) -> SandboxResult:
-    """Run ``task`` (see ``trainers.sandbox_tasks.TASKS``) on ``payload`` in a child.
+    """Run ``task`` (see ``trainers.sandbox.tasks.TASKS``) on ``payload`` in a child.
 
     ``payload["source"]``, if present, is the candidate module; it is checked statically
     first unless ``static=False``. ``cpu_s`` defaults to ``timeout_s``; ``memory_mb`` is
@@ -113,7 +112,7 @@ def run_in_sandbox(task: str, payload: dict, *, timeout_s: float = 60.0,
         (root / "request.json").write_text(json.dumps(request))
         with open(root / "output.log", "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "trainers.sandbox_child", str(root / "request.json")],
+                [sys.executable, "-m", "trainers.sandbox.child", str(root / "request.json")],
                 cwd=scratch, env=_child_env(scratch, token), stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
             try:
@@ -275,160 +274,5 @@ def _output_tail(path: Path) -> str:
         return ""
 
 
-# ----------------------------------------------------------------------------- static check
-
-ALLOWED_IMPORTS = ("torch", "math", "numpy")
-MAX_SOURCE_CHARS = 200_000
-FORBIDDEN_CALLS = {"__import__", "eval", "exec", "open", "compile", "globals", "locals",
-                   "vars", "input", "breakpoint", "exit", "quit", "help", "setattr",
-                   "delattr", "memoryview"}
-# Modules (and exits) a candidate has no business naming, as a name or an attribute
-# (``torch.os``). Common words (signal, io, resource) are left to the dynamic guard.
-FORBIDDEN_NAMES = {"os", "sys", "subprocess", "socket", "shutil", "builtins", "importlib",
-                   "ctypes", "multiprocessing", "threading", "SystemExit",
-                   "KeyboardInterrupt", "GeneratorExit"}
-# Attributes that read or write files, load native code, start processes or compile.
-FORBIDDEN_ATTRS = FORBIDDEN_NAMES | {
-    "pickle", "marshal", "pathlib", "tempfile", "gc", "pty", "urllib", "requests",
-    "load", "save", "savez", "savez_compressed", "loadtxt", "savetxt", "genfromtxt",
-    "fromfile", "tofile", "memmap", "from_file", "hub", "cpp_extension", "ctypeslib",
-    "distributed", "compile", "library", "ops", "load_library", "system", "popen",
-    "package", "f2py", "distutils"}
-# Frame and traceback introspection reaches the trusted caller's globals.
-INTROSPECTION_ATTRS = {"gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame", "ag_code",
-                       "tb_frame", "tb_next", "f_back", "f_globals", "f_locals",
-                       "f_builtins", "f_code"}
-ALLOWED_DUNDERS = {"__init__", "__name__", "__doc__", "__all__"}
-_DUNDER = re.compile(r"^__\w+__$")
-
-
-def check_source(source: str) -> list[str]:
-    """Every rule the source breaks, as "line N: what, and what to do" messages."""
-    if not isinstance(source, str) or not source.strip():
-        return ["the candidate source is empty"]
-    if len(source) > MAX_SOURCE_CHARS:
-        return [f"the candidate source is {len(source)} characters; the limit is "
-                f"{MAX_SOURCE_CHARS}"]
-    try:
-        tree = parse_source(source)
-    except SyntaxError as e:
-        return [f"line {e.lineno}: syntax error: {e.msg}"]
-    except (ValueError, RecursionError, MemoryError) as e:
-        return [f"the candidate source does not parse: {type(e).__name__}"]
-    checker = _StaticChecker()
-    checker.visit(tree)
-    return list(dict.fromkeys(checker.problems))
-
-
-class _StaticChecker(ast.NodeVisitor):
-    def __init__(self):
-        self.problems: list[str] = []
-        self.modules: set[str] = set()  # names bound to imported modules or their members
-
-    def flag(self, node: ast.AST, message: str) -> None:
-        self.problems.append(f"line {getattr(node, 'lineno', '?')}: {message}")
-
-    def visit_Import(self, node: ast.Import) -> None:
-        for alias in node.names:
-            self._check_module(node, alias.name)
-            self.modules.add(alias.asname or alias.name.split(".")[0])
-        self.generic_visit(node)
-
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        if node.level:
-            self.flag(node, "relative imports are not allowed: a candidate may import only "
-                            f"{', '.join(ALLOWED_IMPORTS)}")
-        else:
-            self._check_module(node, node.module or "")
-        for alias in node.names:
-            if alias.name in FORBIDDEN_ATTRS or _DUNDER.match(alias.name):
-                self.flag(node, f"`from {node.module} import {alias.name}` is not allowed")
-            self.modules.add(alias.asname or alias.name)
-        self.generic_visit(node)
-
-    def _check_module(self, node: ast.AST, name: str) -> None:
-        if name.split(".")[0] not in ALLOWED_IMPORTS:
-            self.flag(node, f"imports {name!r}: a candidate may import only "
-                            f"{', '.join(ALLOWED_IMPORTS)} (and their submodules)")
-
-    def visit_Name(self, node: ast.Name) -> None:
-        if node.id in FORBIDDEN_CALLS:
-            self.flag(node, f"uses `{node.id}`, which candidate code may not use")
-        elif node.id in FORBIDDEN_NAMES:
-            self.flag(node, f"uses `{node.id}`: no system, process, file or network "
-                            "access (and no exiting) in candidate code")
-        elif _DUNDER.match(node.id) and node.id not in ALLOWED_DUNDERS:
-            self.flag(node, f"uses `{node.id}`: dunder names are not allowed")
-
-    def visit_Attribute(self, node: ast.Attribute) -> None:
-        attr = node.attr
-        if _DUNDER.match(attr) and attr not in ALLOWED_DUNDERS:
-            self.flag(node, f"accesses `.{attr}`: dunder attributes are not allowed")
-        elif attr in INTROSPECTION_ATTRS:
-            self.flag(node, f"accesses `.{attr}`: frame and traceback introspection is not "
-                            "allowed in candidate code")
-        elif attr in FORBIDDEN_ATTRS:
-            self.flag(node, f"accesses `.{attr}`: no file, process, native-code or "
-                            "compiler access in candidate code")
-        elif attr.startswith("_") and self._root(node) in self.modules:
-            self.flag(node, f"accesses `.{attr}` of a library module: private internals "
-                            "are not allowed")
-        self.generic_visit(node)
-
-    def visit_Call(self, node: ast.Call) -> None:
-        fn = node.func
-        if isinstance(fn, ast.Name) and fn.id in ("getattr", "hasattr") and len(node.args) >= 2:
-            name = node.args[1]
-            if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
-                self.flag(node, f"`{fn.id}` with a computed attribute name is not allowed; "
-                                "use the attribute directly")
-            elif name.value.startswith("_"):
-                self.flag(node, f"`{fn.id}(..., {name.value!r})`: private and dunder "
-                                "attributes are not allowed")
-        self.generic_visit(node)
-
-    def visit_Constant(self, node: ast.Constant) -> None:
-        if isinstance(node.value, str) and _DUNDER.match(node.value) \
-                and node.value not in ALLOWED_DUNDERS:
-            self.flag(node, f"the string {node.value!r} names a dunder attribute, which "
-                            "candidate code may not reach")
-
-    def _check_targets(self, node: ast.AST, targets: list[ast.expr]) -> None:
-        for target in targets:
-            if isinstance(target, (ast.Tuple, ast.List)):
-                self._check_targets(node, list(target.elts))
-            elif isinstance(target, ast.Starred):
-                self._check_targets(node, [target.value])
-            elif isinstance(target, (ast.Attribute, ast.Subscript)) \
-                    and self._root(target, through_calls=False) in self.modules:
-                self.flag(node, f"assigns to `{ast.unparse(target)}`: modifying library "
-                                "modules (monkeypatching) is not allowed")
-
-    def visit_Assign(self, node: ast.Assign) -> None:
-        self._check_targets(node, node.targets)
-        self.generic_visit(node)
-
-    def visit_AugAssign(self, node: ast.AugAssign) -> None:
-        self._check_targets(node, [node.target])
-        self.generic_visit(node)
-
-    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
-        self._check_targets(node, [node.target])
-        self.generic_visit(node)
-
-    def visit_Delete(self, node: ast.Delete) -> None:
-        self._check_targets(node, node.targets)
-        self.generic_visit(node)
-
-    @staticmethod
-    def _root(node: ast.AST, through_calls: bool = True) -> str | None:
-        """The name at the root of ``a.b[c].d`` (and of ``a.b().c`` with through_calls)."""
-        chain = (ast.Attribute, ast.Subscript, ast.Call) if through_calls else (
-            ast.Attribute, ast.Subscript)
-        while isinstance(node, chain):
-            node = node.func if isinstance(node, ast.Call) else node.value
-        return node.id if isinstance(node, ast.Name) else None
-
-
 __all__ = ["SandboxResult", "run_in_sandbox", "check_source", "kill_tree",
-           "marked_processes", "ALLOWED_IMPORTS"]
+           "marked_processes"]
