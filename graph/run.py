@@ -1,6 +1,7 @@
 """Run the POISE loop: ``python -m graph.run --directive "accurate and concise"``.
 
-Embedded defaults: builtin offline agents, the local CPU trainer, SQLite + embedded
+The command line only: it parses flags into a ``RunRequest`` (graph/request.py) and hands
+it to the library (graph/runner.py). Embedded defaults: builtin offline agents, the local CPU trainer, SQLite + embedded
 Chroma under ``--home``. Shows live progress, ends with a leaderboard, and writes
 ``<home>/runs/<run_id>/summary.json``. ``--resume RUN_ID`` continues a killed run from
 its last checkpoint; finished candidates are not redone.
@@ -8,29 +9,18 @@ its last checkpoint; finished candidates are not redone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import sqlite3
 import sys
-import time
-from dataclasses import asdict, fields
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from agents.objective import objective_for
-from evals.objective import ObjectiveSpec, objective_from_directive
 from graph import tracing
-from graph.context import Context
+from graph.request import RunRequest
+from graph.runner import UsageError, run
 
 
-class UsageError(Exception):
-    """Bad input from the person: one clear line, exit code 2."""
-
-
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> RunRequest:
     from memory.cli import Parser  # one-line errors, exit code 2
 
     p = Parser(prog="python -m graph.run", description=__doc__,
@@ -75,459 +65,69 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--directive is required (or --resume RUN_ID)")
     if args.ray_address and args.executor == "process":
         p.error("--ray-address needs --executor ray")
-    _require_extras(args)
-    return args
+    flags = vars(args)
+    request = RunRequest(smoke=not flags.pop("no_smoke"), **flags)
+    _require_extras(request)
+    return request
 
 
-def _require_extras(args: argparse.Namespace) -> None:
+def _require_extras(request: RunRequest) -> None:
     """A backend whose optional extra is missing is refused before anything is written."""
     from trainers.extras import MissingExtra, require
 
     try:
-        if args.trainer == "verl":
+        if request.trainer == "verl":
             require("verl", "--trainer verl")
-        if args.executor == "ray" or args.ray_address:
+        if request.executor == "ray" or request.ray_address:
             require("ray", "--executor ray")
     except MissingExtra as e:
         raise UsageError(str(e)) from None
 
-
-def prepare(args: argparse.Namespace):
-    """Home, archive, run id, context and graph input; raises UsageError.
-
-    Everything that can be refused is checked before anything is written: the home,
-    --config, the model configuration and its server, a Chroma server, the archive,
-    the run to resume, the objective. Only then are the home, the archive and the run
-    row created (and removed again if that fails half-way)."""
-    from memory.archive import ARCHIVE_FILE, Archive
-    from memory.schema import ArchiveError
-    from memory.vectors import check_chroma_server
-
-    home = Path(args.home or os.environ.get("POISE_HOME") or ".poise")
-    _check_home(home)
-    overrides = _config_file(args.config) if args.resume is None else {}
-    try:
-        check_chroma_server()
-        archive = Archive(home, create=False) if os.environ.get("POISE_DB_URL") or (
-            home / ARCHIVE_FILE).is_file() else None
-    except ArchiveError as e:
-        raise UsageError(str(e)) from None
-    if args.resume is not None:
-        return _prepare_resume(args, home, archive)
-    model_ctx = Context(home=str(home), model=args.model)
-    model = _check_models(model_ctx)
-    try:
-        spec, how = objective_for(args.directive, model)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - the server failed mid-call; nothing written yet
-        raise UsageError(f"the LLM scientist could not write the objective: "
-                         f"{type(e).__name__}: {_one_line(e)}") from None
-    ctx = Context(home=str(home), candidates=args.candidates, width=args.width,
-                  seeds=args.seeds, steps=args.steps, seed=args.seed,
-                  model=None if args.model in (None, "builtin") else args.model,
-                  smoke=not args.no_smoke, steer=getattr(args, "steer", False),
-                  **overrides, **_executor_choice(args))
-    _connect(ctx)  # before the run is recorded: an unreachable cluster leaves no trace
-    saved = {k: v for k, v in asdict(ctx).items() if k not in ("home", "chat_models")}
-    config = {"context": saved, "objective": spec.model_dump(), "objective_source": how}
-    archive, run_id = _create_run(home, archive, spec.directive, config)
-    state = {"run_id": run_id, "directive": spec.directive,
-             "objective": spec.model_dump(), "round": 0, "reference": None}
-    return home, archive, run_id, spec.directive, ctx, state, archive.run(run_id).config
-
-
-def _prepare_resume(args: argparse.Namespace, home: Path, archive):
-    from memory.schema import ArchiveError
-
-    run_id = args.resume
-    where = f"no run {run_id} in {home}"
-    if archive is None:
-        raise UsageError(f"{where}: it has no archive (python -m graph.run --directive "
-                         "... starts a run)")
-    try:
-        run = archive.run(run_id)
-    except ArchiveError:
-        raise UsageError(f"{where}: see python -m memory.query or start one with "
-                         "--directive") from None
-    if not (home / "graph.db").is_file():
-        raise UsageError(f"run {run_id} has no checkpoint to resume from ({home / 'graph.db'}"
-                         " is missing)")
-    ctx = Context(**{k: v for k, v in run.config.get("context", {}).items()
-                     if k in {f.name for f in fields(Context)}})
-    ctx.home = str(home)
-    ctx.steer = getattr(args, "steer", False)  # graph.run finishes a steered run unattended
-    for key, value in _executor_choice(args).items():  # explicit beats saved
-        setattr(ctx, key, value)
-    _check_models(ctx)
-    _connect(ctx)
-    return home, archive, run.id, run.directive, ctx, None, run.config
-
-
-def _check_home(home: Path) -> None:
-    """Refuse a home that is a file, or that cannot be written or created; writes
-    nothing (a probe file in an existing home is removed at once)."""
-    if home.exists():
-        if not home.is_dir():
-            raise UsageError(f"home {home} is not a directory (a file is in its place): "
-                             "pass --home DIR")
-        probe = home / f".write-test-{os.getpid()}"
-        try:
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise UsageError(f"cannot write to home {home}: {e.strerror}") from None
-        return
-    parent = home.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"cannot create home {home}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot create home {home}: {parent} is not writable")
-
-
-def _check_models(ctx: Context):
-    """Build every role's model (ConfigError: a missing key, a bad model string) and
-    check, once per server, that it accepts a connection. Returns the scientist's."""
-    from agents.llm import ROLES, check_reachable, get_model
-
-    checked: set = set()
-    try:
-        models = {role: get_model(role, ctx) for role in ROLES}
-        for role in ROLES:
-            key = _server_key(role, ctx)
-            if models[role] is not None and key not in checked:
-                checked.add(key)
-                check_reachable(role, ctx)
-    except Exception as e:  # noqa: BLE001 - a configuration problem, said in one line
-        raise UsageError(_one_line(e)) from None
-    return models["scientist"]
-
-
-def _server_key(role: str, ctx: Context) -> tuple:
-    """What decides a role's server: its provider, and OPENAI_BASE_URL."""
-    from agents.llm import model_spec
-
-    spec, _ = model_spec(role, ctx)
-    return (spec or "").partition(":")[0].strip().lower(), os.environ.get("OPENAI_BASE_URL")
-
-
-def _create_run(home: Path, archive, directive: str, config: dict):
-    """Create the home, the archive and the run row; on failure remove what was
-    created here, so a refused start leaves the home as it was."""
-    from memory.archive import Archive
-    from memory.schema import ArchiveError
-
-    # Only a home created here is removed on failure: in an existing home another
-    # process (a second run started at the same moment) may own what appeared in it.
-    created = None
-    try:
-        if not home.exists():
-            top = _topmost_missing(home)
-            try:
-                home.mkdir(parents=True)
-                created = top
-            except FileExistsError:  # made meanwhile by someone else: not ours to remove
-                pass
-        if archive is None:
-            archive = Archive(home)
-        return archive, archive.start_run(directive, config)
-    except (OSError, ArchiveError) as e:
-        if archive is not None:
-            archive.close()
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        why = getattr(e, "strerror", None) or _one_line(e)
-        raise UsageError(f"cannot create the run in home {home}: {why}") from None
-
-
-def _topmost_missing(path: Path) -> Path:
-    path = path.absolute()
-    while not path.parent.exists():
-        path = path.parent
-    return path
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:500]
-
-
-def _config_file(path: Path | None) -> dict:
-    """Context fields from a JSON file; unknown keys are an error, not ignored."""
-    if path is None:
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"cannot read --config {path}: {_one_line(e)}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path}: expected a JSON object of Context fields")
-    allowed = {f.name for f in fields(Context)} - {"home", "candidates", "width", "seeds",
-                                                  "steps", "seed", "model", "smoke",
-                                                  "chat_models", "steer", "executor",
-                                                  "ray_address"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise UsageError(f"--config {path}: unknown keys {unknown}; allowed: "
-                         f"{sorted(allowed)}")
-    return data
-
-
-def compile_graph(home: Path):
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    from graph.graph import builder
-
-    conn = sqlite3.connect(home / "graph.db", check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    return builder.compile(checkpointer=SqliteSaver(conn))
-
-
-def run(args: argparse.Namespace, console: Console, tracer=None, on_start=None) -> dict:
-    """Run (or resume) the loop. ``on_start(run_id)`` is called once the run exists."""
-    from trainers.executors import close_executors
-
-    try:
-        return _run(args, console, tracer, on_start)
-    finally:
-        close_executors()  # a local Ray we started is shut down, a cluster disconnected
-
-
-def _executor_choice(args: argparse.Namespace) -> dict:
-    """Context fields for --executor / --ray-address (an address implies ray)."""
-    executor = getattr(args, "executor", None)
-    address = getattr(args, "ray_address", None)
-    if not (executor or address):
-        return {}
-    choice = {"executor": "ray" if address else executor, "ray_address": address}
-    if choice["executor"] == "verl":  # --trainer verl
-        choice["trainer_config"] = getattr(args, "trainer_config", None)
-    return choice
-
-
-def _connect(ctx: Context) -> str:
-    """Connect the run's executor (once; a bad --ray-address fails before any work) and
-    describe it for the header."""
-    from graph.graph import executor_for
-    from trainers.executors import ExecutorUnavailable
-    from trainers.extras import MissingExtra, require
-
-    try:
-        if ctx.executor in ("ray", "verl"):
-            require(ctx.executor, f"--executor {ctx.executor}" if ctx.executor == "ray"
-                    else "--trainer verl")
-        executor = executor_for(ctx)
-    except (ExecutorUnavailable, MissingExtra) as e:
-        raise UsageError(str(e)) from None
-    if ctx.executor == "ray":
-        return f"Ray tasks on {executor.describe()}"
-    if ctx.executor == "verl":
-        return f"verl GRPO runs of {executor.config.model}, one per candidate x seed"
-    return f"up to {ctx.max_parallel_jobs} sandboxed processes at once"
-
-
-def _run(args: argparse.Namespace, console: Console, tracer, on_start) -> dict:
-    home, archive, run_id, directive, ctx, state, run_config = prepare(args)
-    jobs = _connect(ctx)
-    if on_start is not None:
-        on_start(run_id)
-    app = compile_graph(home)
-    config = {"configurable": {"thread_id": f"run-{run_id}"}, "recursion_limit": 10_000,
-              **tracing.run_config(tracer, run_id, directive, resumed=state is None)}
-    if state is None:  # resuming
-        snapshot = app.get_state(config)
-        if not snapshot.values:
-            raise UsageError(f"run {run_id} has no checkpoint to resume from")
-        if snapshot.interrupts:
-            raise UsageError(f"run {run_id} is paused in a steering session: continue it "
-                             f"with python -m graph.steer --home {home} --thread run-{run_id}")
-        if not snapshot.next:
-            console.print(f"run {run_id} already finished")
-        archive.store("reflections")  # opens and syncs the vectors a kill left behind
-    spec = ObjectiveSpec(**run_config["objective"]) if "objective" in run_config else \
-        objective_from_directive(directive)
-    how = run_config.get("objective_source", "builtin keyword mapping")
-    console.rule(f"POISE run {run_id}")
-    console.print(f"directive: [bold]{directive}[/bold]\nobjective: {spec.describe()} "
-                  f"({how})\n"
-                  f"agents: {ctx.model or 'builtin (offline)'}; trainer: local CPU, "
-                  f"{jobs}; "
-                  f"budget: {ctx.candidates} candidates x {ctx.seeds} seed(s); home: {home}")
-    started = time.time()
-    _stream(app, state, config, ctx, console, quiet=args.quiet)
-    wall = time.time() - started
-    summary = write_summary(archive, app, config, run_id, directive, home, wall)
-    archive.finish_run(run_id)
-    print_leaderboard(archive, run_id, console)
-    shares = summary["time_shares"]
-    console.print(f"wall time {wall:.0f} s: training+evaluation "
-                  f"{100 * shares['training_and_evaluation']:.1f}%, verifier smoke training "
-                  f"{100 * shares['smoke_training']:.1f}%, verifier checks "
-                  f"{100 * shares['verification_checks']:.1f}%, orchestration "
-                  f"{100 * shares['orchestration']:.1f}%; summary: "
-                  f"{home / 'runs' / str(run_id) / 'summary.json'}")
-    try:  # the report is a view of the archive: its failure must not fail the run
-        from graph.report import write_report
-        console.print(f"report: {write_report(home, run_id)}", soft_wrap=True)
-    except Exception as e:  # noqa: BLE001 - said as a warning, the run's results stand
-        console.print(f"[yellow]warning: report not written: {e}[/yellow]")
-    return summary
-
-
-def _stream(app, state, config, ctx: Context, console: Console, quiet: bool) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    total = ctx.candidates + 1
-    done = len(app.get_state(config).values.get("finished", [])) if state is None else 0
-    best: float | None = None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, disable=quiet) as bar:
-        task = bar.add_task("starting", total=total, completed=done)
-        # durability="sync": a step's checkpoint is on disk before the next step starts,
-        # so a kill -9 loses at most the step in flight (the default, "async", may lose
-        # more, which a resumed run then redoes: LLM calls and training included).
-        for ns, mode, update in app.stream(state, config, context=ctx,
-                                           stream_mode=["updates", "custom"],
-                                           subgraphs=True, durability="sync"):
-            if mode == "custom":  # a verl run's metrics, as they are logged
-                _log_progress(console, (update or {}).get("verl_progress"))
-                continue
-            for node, value in (update or {}).items():
-                where = "round ?" if not ns else ns[0].split(":")[0]
-                bar.update(task, description=f"{node} ({where}); best {_fmt(best)}")
-                if node == "archive" and value:
-                    for c in value.get("finished", []):
-                        bar.advance(task)
-                        if c["fitness"] is not None:
-                            best = c["fitness"] if best is None else max(best, c["fitness"])
-                        console.log(f"round {c['round']} #{c['id']} {c['name']}: "
-                                    f"{c['status']} fitness {_fmt(c['fitness'])}"
-                                    + (f" ({c['error'][:120]})" if c.get("error") else ""))
-
-
-def _log_progress(console: Console, p: dict | None) -> None:
-    if not p:
-        return
-    m = p["metrics"]
-    shown = [(k.split("/")[-1], m[k]) for k in ("poise/reward", "poise/accuracy",
-                                                "actor/entropy", "response_length/mean")
-             if k in m]
-    console.log(f"{p['candidate']} seed {p['seed']} verl step {p['step']}: "
-                + ", ".join(f"{k} {v:.3g}" for k, v in shown))
-
-
-def _fmt(x) -> str:
-    return "-" if x is None else f"{x:.2f}"
-
-
-def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
-                  wall: float) -> dict:
-    cands = archive.candidates(run_id)
-    rows = [{"id": c.id, "name": c.name, "parents": archive.parents(c.id),
-             "status": c.status, "fitness": c.fitness,
-             "generation": c.generation, "error": c.error} for c in cands]
-    board = archive.leaderboard(run_id)
-    end = time.time()
-
-    def spans(*keys):
-        return [sp for c in cands for k in keys for sp in (c.details or {}).get(k, [])]
-
-    # Training and evaluation = the trainer's sandboxed jobs; the verifier's few-step
-    # smoke training is reported apart, as is the rest of verification (static and
-    # sandboxed hook checks), so each reading of "orchestration" can be taken.
-    lo = end - wall
-    train = _covered(spans("train_spans"), lo, end)
-    smoke = _covered(spans("train_spans", "smoke_spans"), lo, end) - train
-    checks = _covered(spans("train_spans", "verify_spans"), lo, end) - train - smoke
-    summary = {"run_id": run_id, "directive": directive, "candidates": rows,
-               "best": ({"id": board[0].candidate_id, "name": board[0].name,
-                         "fitness": board[0].fitness} if board else None),
-               "wall_seconds": wall,
-               "time_shares": {"training_and_evaluation": train / wall,
-                               "smoke_training": smoke / wall,
-                               "verification_checks": checks / wall,
-                               "orchestration": max(0.0, 1 - (train + smoke + checks) / wall)}}
-    out = home / "runs" / str(run_id)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "summary.json")
-    return summary
-
-
-def _covered(spans: list, lo: float, hi: float) -> float:
-    """Seconds of [lo, hi] covered by the union of ``spans`` ([start, end] pairs)."""
-    clipped = sorted((max(a, lo), min(b, hi)) for a, b in spans if b > lo and a < hi)
-    total, cur_a, cur_b = 0.0, None, None
-    for a, b in clipped:
-        if cur_b is None or a > cur_b:
-            total += 0.0 if cur_b is None else cur_b - cur_a
-            cur_a, cur_b = a, b
-        else:
-            cur_b = max(cur_b, b)
-    return total + (0.0 if cur_b is None else cur_b - cur_a)
-
-
-def print_leaderboard(archive, run_id: int, console: Console) -> None:
-    t = Table(title=f"run {run_id}: leaderboard (val fitness, mean over seeds)")
-    for col in ("#", "candidate", "gen", "parents", "fitness", "sd", "seeds"):
-        t.add_column(col, justify="left" if col == "candidate" else "right")
-    for i, s in enumerate(archive.leaderboard(run_id), 1):
-        t.add_row(str(i), s.name, str(s.generation), ",".join(map(str, s.parent_ids)) or "-",
-                  f"{s.fitness:.2f}", f"{s.fitness_sd:.2f}", str(s.seeds))
-    console.print(t)
-    failed = [c for c in archive.candidates(run_id) if c.status != "evaluated"]
-    for c in failed:
-        console.print(f"[yellow]{c.name}[/yellow] {c.status}: {(c.error or '')[:160]}")
-
-
-def run_verl(args: argparse.Namespace) -> int:
+def run_verl(request: RunRequest) -> int:
     """The verl backend (trainers/verl/launcher.py); --resume RUN_ID picks the candidates
     whose commands a dry run prints."""
     from trainers.verl.launcher import graph_entry
 
-    home = Path(args.home or os.environ.get("POISE_HOME", ".poise"))
+    home = Path(request.home or os.environ.get("POISE_HOME", ".poise"))
     candidates = None
-    if args.resume is not None and args.dry_run:
+    if request.resume is not None and request.dry_run:
         from memory.archive import Archive
         from memory.schema import ArchiveError
 
         try:
             archive = Archive(home)
-            candidates = [(c.name, c.code) for c in archive.candidates(args.resume) if c.code]
+            candidates = [(c.name, c.code) for c in archive.candidates(request.resume) if c.code]
         except ArchiveError as e:
             raise UsageError(str(e)) from None
         if not candidates:
-            raise UsageError(f"run {args.resume} in {home} has no candidate code")
-    if args.dry_run:
-        return graph_entry(candidates, args.trainer_config, home, True, args.seed)
+            raise UsageError(f"run {request.resume} in {home} has no candidate code")
+    if request.dry_run:
+        return graph_entry(candidates, request.trainer_config, home, True, request.seed)
     from trainers.verl.config import ConfigError, load_verl_config
     from trainers.verl.launcher import preflight
 
     try:
-        problems = preflight(load_verl_config(args.trainer_config))
+        problems = preflight(load_verl_config(request.trainer_config))
     except ConfigError as e:
         raise UsageError(f"verl trainer config: {e}") from None
     if problems:
         raise UsageError("cannot train with verl here: " + "; ".join(problems)
                          + " (--dry-run shows the command)")
-    args.executor, args.ray_address = "verl", None
+    request.executor, request.ray_address = "verl", None
     return None  # the loop runs with the verl executor
 
 
 def main(argv=None) -> int:
     console = Console()
     try:
-        args = parse_args(argv)
-        if args.trainer == "verl":
-            code = run_verl(args)
+        request = parse_args(argv)
+        if request.trainer == "verl":
+            code = run_verl(request)
             if code is not None:
                 return code
         tracer = tracing.start()  # None unless LangSmith tracing is on
         with tracing.session(tracer):  # sends every trace before the CLI exits
-            run(args, console, tracer)
+            run(request, console, tracer)
     except UsageError as e:  # one line, unwrapped: scripts grep it
         print(f"error: {e}", file=sys.stderr)
         return 2

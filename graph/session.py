@@ -22,8 +22,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from graph.context import Context
+from graph.request import RunRequest
 from graph.graph import model_for
-from graph.run import UsageError, compile_graph, prepare, print_leaderboard, write_summary
+from graph.runner import UsageError, compile_graph, prepare, print_leaderboard, write_summary
 from graph.steering import (COMMANDS, FREE_TEXT_HELP, Action, Instruction,
                             action_from_intent, parse_line, thread_run_id, unknown_thread)
 
@@ -310,12 +311,12 @@ def open_session(args: argparse.Namespace, console: Console) -> tuple[Session, O
     raises UsageError for an unknown thread."""
     if args.thread is not None:
         return _resume_session(args, console)
-    ns = argparse.Namespace(
-        home=args.home, directive=args.directive, resume=None, steer=True,
+    request = RunRequest(
+        home=args.home, directive=args.directive, steer=True,
         candidates=args.candidates or 8, width=args.width or 2, seeds=args.seeds or 1,
-        steps=args.steps, seed=args.seed or 0, no_smoke=args.no_smoke,
+        steps=args.steps, seed=args.seed or 0, smoke=not args.no_smoke,
         config=args.config, model=args.model)
-    home, archive, run_id, directive, ctx, state, _ = prepare(ns)
+    home, archive, run_id, directive, ctx, state, _ = prepare(request)
     session = Session(home, archive, run_id, ctx, console)
     session.show_header(directive, resumed=False)
     console.print("training the seed baseline (GRPO)...")
@@ -335,8 +336,8 @@ def _resume_session(args, console: Console) -> tuple[Session, Opening]:
         Archive(home, create=False).run(run_id)
     except ArchiveError:
         raise unknown from None
-    ns = argparse.Namespace(home=str(home), resume=run_id, steer=True, model=None)
-    home, archive, run_id, directive, ctx, _, _ = prepare(ns)
+    home, archive, run_id, directive, ctx, _, _ = prepare(
+        RunRequest(home=str(home), resume=run_id, steer=True))
     session = Session(home, archive, run_id, ctx, console)
     snapshot = session.app.get_state(session.config)
     if not snapshot.values:

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         if not (home / "graph.db").is_file():  # answered before the heavy imports
             print(f"error: {unknown_thread(args.thread, home)}", file=sys.stderr)
             return 2
-    from graph.run import UsageError  # after the input is checked: these import torch
+    from graph.runner import UsageError  # after the input is checked: these import torch
     from graph.session import Left, open_session
 
     console = Console(highlight=False)

@@ -87,7 +87,7 @@ def test_two_runs_and_queries_share_one_home(tmp_path):
     threads = {t for (t,) in con.execute("select distinct thread_id from checkpoints")}
     con.close()
     assert threads == {"run-1", "run-2"}
-    from graph.run import compile_graph
+    from graph.runner import compile_graph
 
     app = compile_graph(home)
     for run_id in (1, 2):

@@ -367,7 +367,7 @@ def _rows(home, sql):
 
 
 def _checkpoint(home):
-    from graph.run import compile_graph
+    from graph.runner import compile_graph
 
     return compile_graph(home).get_state({"configurable": {"thread_id": "run-1"}})
 

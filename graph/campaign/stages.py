@@ -57,10 +57,11 @@ def load_config(args) -> dict:
 def search(args, home: Path, state: State, console: Console) -> int:
     """Stage 1: the loop at the screening budget. Returns the run id; a killed search
     resumes its run (a run killed before its first checkpoint is started afresh)."""
-    from graph import run as graph_run
+    from graph import runner
     from memory.archive import Archive
 
-    quiet = ["--quiet"] if args.quiet else []
+    from graph.request import RunRequest
+
     run_id = state.get("run_id")
     if run_id is not None:
         with Archive(home) as a:
@@ -71,31 +72,28 @@ def search(args, home: Path, state: State, console: Console) -> int:
     try:
         if run_id is not None:
             try:
-                graph_run.run(graph_run.parse_args(
-                    ["--home", str(home), "--resume", str(run_id), *quiet]), console)
-            except graph_run.UsageError as e:
+                runner.run(RunRequest(home=str(home), resume=run_id, quiet=args.quiet),
+                              console)
+            except runner.UsageError as e:
                 if "no checkpoint" not in str(e):
                     raise
                 with Archive(home) as a:
                     a.finish_run(run_id, status="abandoned")
                 run_id = None
         if run_id is None:
-            argv = ["--home", str(home), "--directive", args.directive,
-                    "--candidates", str(args.candidates), "--steps", str(args.screen_steps),
-                    "--width", str(args.width), "--seed", str(args.seed), *quiet]
-            if args.no_smoke:
-                argv.append("--no-smoke")
-            if args.config:
-                argv += ["--config", str(args.config)]
+            request = RunRequest(home=str(home), directive=args.directive,
+                                 candidates=args.candidates, steps=args.screen_steps,
+                                 width=args.width, seed=args.seed, quiet=args.quiet,
+                                 smoke=not args.no_smoke, config=args.config)
             holder = {}
 
             def remember(rid: int) -> None:
                 holder["id"] = rid
                 state.set("run_id", rid)
 
-            graph_run.run(graph_run.parse_args(argv), console, on_start=remember)
+            runner.run(request, console, on_start=remember)
             run_id = holder["id"]
-    except graph_run.UsageError as e:
+    except runner.UsageError as e:
         raise CampaignError(str(e)) from None
     state.set("search_wall_s", state.get("search_wall_s", 0.0) + time.time() - began)
     return run_id
