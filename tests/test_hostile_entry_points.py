@@ -153,14 +153,14 @@ def test_campaign_promotion_and_test_stages_fail_a_hostile_winner_and_go_on(lab,
 
     home = lab["home"]
     cfg = json.loads(TINY.read_text())
-    source = lab["files"]["sleeper"].read_text()
-    run = _archive_with(home, "sleeper", source)
+    run = _archive_with(home, "writes-at-import", lab["files"]["writes-at-import"].read_text())
     args = _campaign_args(tmp_path, "--promote", "1", "--promote-seeds", "1",
                           "--baselines", "grpo", "--seeds", "2")
     console = Console(quiet=True)
     with pytest.raises(CampaignError, match="every promoted candidate failed to train"):
         promote(args, home, run, objective_from_directive("accurate"), cfg, console)
     _untouched(lab)
+    source = lab["files"]["sleeper"].read_text()
     out = test_stage(args, home, ("sleeper", source), cfg, console)
     by = {r["algorithm"]: r for r in out["rows"]}
     assert by["grpo"]["seeds"] == [2000, 2001] and "overall_mean" in by["grpo"]
