@@ -1,7 +1,9 @@
 """Run the POISE loop: ``python -m graph.run --directive "accurate and concise"``.
 
 The command line only: it parses flags into a ``RunRequest`` (graph/request.py) and hands
-it to the library (graph/runner.py). Embedded defaults: builtin offline agents, the local CPU trainer, SQLite + embedded
+it to the library (graph/runner.py).
+
+Embedded defaults: builtin offline agents, the local CPU trainer, SQLite + embedded
 Chroma under ``--home``. Shows live progress, ends with a leaderboard, and writes
 ``<home>/runs/<run_id>/summary.json``. ``--resume RUN_ID`` continues a killed run from
 its last checkpoint; finished candidates are not redone.
