@@ -349,9 +349,35 @@ def _spawn(home, *args):
 
     s = pexpect.spawn(sys.executable, ["-m", "graph.steer", "--home", str(home), *args],
                       cwd=str(REPO), env=_env(), encoding="utf-8", timeout=300,
-                      dimensions=(50, 200))
+                      dimensions=(50, 200), preexec_fn=_as_a_shell_starts_it)
     s.logfile_read = open(home.parent / "terminal.log", "a")
     return s
+
+
+def _as_a_shell_starts_it():
+    """In the child before exec: Ctrl-C's disposition and the signal mask as an
+    interactive shell leaves them for a foreground command (bash resets both), not as the
+    test process happens to have them after the tests before this one."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _threads(pid: int) -> str:
+    """Each thread of ``pid``: its name and which signals it blocks (SigBlk), so a lost
+    Ctrl-C shows whether the main thread had SIGINT blocked."""
+    rows = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*"), key=lambda t: int(t.name)):
+        try:
+            status = dict(line.split(":", 1) for line in (task / "status").read_text()
+                          .splitlines() if ":" in line)
+            rows.append(f"{task.name} {(task / 'comm').read_text().strip()} "
+                        f"State={status['State'].strip()} SigBlk={status['SigBlk'].strip()} "
+                        f"SigIgn={status['SigIgn'].strip()} SigCgt={status['SigCgt'].strip()}")
+        except OSError as e:
+            rows.append(f"{task.name}: {e}")
+    return "\n".join(rows)
 
 
 def _screen(home, chars: int = 4000) -> str:
@@ -404,14 +430,11 @@ def test_a_person_steers_quits_and_resumes_by_thread_in_a_new_process(tmp_path):
     except pexpect.TIMEOUT:
         import signal
 
-        try:
-            status = [line for line in open(f"/proc/{s.pid}/status")
-                      if line.startswith(("State", "Sig", "Threads"))]
-        except OSError as e:
-            status = [str(e)]
-        raise AssertionError(f"no exit on Ctrl-C; SIGINT here: "
-                             f"{signal.getsignal(signal.SIGINT)}; the CLI's {''.join(status)}"
-                             f"screen:\n{_screen(home)}") from None
+        raise AssertionError(
+            f"no exit on Ctrl-C; SIGINT in the test process: "
+            f"{signal.getsignal(signal.SIGINT)}, its blocked signals: "
+            f"{sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))}; the CLI's threads:\n"
+            f"{_threads(s.pid)}\nscreen:\n{_screen(home)}") from None
     s.expect(pexpect.EOF)
     s.close()
     assert s.exitstatus == 130

@@ -301,9 +301,9 @@ def launch(plan: LaunchPlan, poll_s: float = 10.0, on_poll=None,
     started = time.time()
     timed_out = False
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(plan.command, env={**os.environ, **plan.env}, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=plan.run_dir,
-                                start_new_session=True)
+        proc = subprocess.Popen(plan.command, env={**os.environ, **plan.env},
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=plan.run_dir, start_new_session=True)
         try:
             while proc.poll() is None:
                 if timeout_s is not None and time.time() - started > timeout_s:
