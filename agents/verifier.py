@@ -23,7 +23,6 @@ cheaper than a training run, so a proposal the code contradicts never costs one.
 from __future__ import annotations
 
 import ast
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from typing import Callable, Literal
 
 from trainers.source import HOOKS, parse_source
 from trainers.sandbox import SandboxResult, check_source, run_in_sandbox
+from trainers.home import resolve_home
 
 Stage = Literal["static", "dynamic", "smoke", "consistency"]
 ConsistencyJudge = Callable[[str, str], tuple[bool, str]]
@@ -64,7 +64,7 @@ class VerifierReport:
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("POISE_HOME", ".poise"))
+    return resolve_home()
 
 
 def verify(source: str, proposal_text: str | None = None, *, smoke: bool = True,

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from trainers.home import resolve_home
 
 
 @dataclass(kw_only=True)
 class Context:
-    home: str = field(default_factory=lambda: os.environ.get("POISE_HOME", ".poise"),
+    home: str = field(default_factory=lambda: str(resolve_home()),
                       metadata={"description": "POISE home: archive, vectors, checkpoints"})
     candidates: int = field(default=8, metadata={
         "description": "new candidates to propose after the seed baseline (the budget)"})

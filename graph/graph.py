@@ -296,7 +296,8 @@ def trainer(state: CandidateState, runtime: Runtime[Context]) -> dict:
               for seed, o in enumerate(outcomes) if not o.result.ok]
     if errors:
         return {"status": FAILED_TRAINING, "error": "training failed: " + "; ".join(errors)}
-    return {"results": [{**o.result.value, "span": list(o.span)} for o in outcomes]}
+    return {"results": [{**o.result.value, "span": list(o.span), "backend": executor.backend}
+                        for o in outcomes]}
 
 
 @guarded
@@ -383,7 +384,7 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
 
 def _evaluations(results: list[dict | None]) -> list[dict]:
     """Per-seed training results as ``Archive.add_evaluation`` keyword dicts."""
-    return [{"seed": seed, "backend": "local", "metrics": {"val": r["final"]},
+    return [{"seed": seed, "backend": r.get("backend", "local"), "metrics": {"val": r["final"]},
              "fitness": r.get("fitness"), "wall_time": r.get("cpu_seconds"),
              "objectives": {"overall": r["final"]["overall"],
                             "neg_length": -r["final"]["length"]},

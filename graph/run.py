@@ -11,7 +11,6 @@ its last checkpoint; finished candidates are not redone.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from rich.console import Console
 from graph import tracing
 from graph.request import RunRequest
 from graph.runner import UsageError, run
+from trainers.home import resolve_home
 
 
 def parse_args(argv=None) -> RunRequest:
@@ -90,7 +90,7 @@ def run_verl(request: RunRequest) -> int:
     whose commands a dry run prints."""
     from trainers.verl.launcher import graph_entry
 
-    home = Path(request.home or os.environ.get("POISE_HOME", ".poise"))
+    home = resolve_home(request.home)
     candidates = None
     if request.resume is not None and request.dry_run:
         from memory.archive import Archive

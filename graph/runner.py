@@ -21,6 +21,7 @@ from evals.objective import ObjectiveSpec, objective_from_directive
 from graph import tracing
 from graph.context import Context
 from graph.request import RunRequest
+from trainers.home import resolve_home
 
 
 class UsageError(Exception):
@@ -37,7 +38,7 @@ def prepare(request: RunRequest):
     from memory.schema import ArchiveError
     from memory.vectors import check_chroma_server
 
-    home = Path(request.home or os.environ.get("POISE_HOME") or ".poise")
+    home = resolve_home(request.home)
     _check_home(home)
     overrides = _config_file(request.config) if request.resume is None else {}
     try:
@@ -255,11 +256,7 @@ def _connect(ctx: Context) -> str:
         executor = executor_for(ctx)
     except (ExecutorUnavailable, MissingExtra) as e:
         raise UsageError(str(e)) from None
-    if ctx.executor == "ray":
-        return f"Ray tasks on {executor.describe()}"
-    if ctx.executor == "verl":
-        return f"verl GRPO runs of {executor.config.model}, one per candidate x seed"
-    return f"up to {ctx.max_parallel_jobs} sandboxed processes at once"
+    return executor.describe()
 
 
 def _run(request: RunRequest, console: Console, tracer, on_start) -> dict:
@@ -286,8 +283,7 @@ def _run(request: RunRequest, console: Console, tracer, on_start) -> dict:
     console.rule(f"POISE run {run_id}")
     console.print(f"directive: [bold]{directive}[/bold]\nobjective: {spec.describe()} "
                   f"({how})\n"
-                  f"agents: {ctx.model or 'builtin (offline)'}; trainer: local CPU, "
-                  f"{jobs}; "
+                  f"agents: {ctx.model or 'builtin (offline)'}; trainer: {jobs}; "
                   f"budget: {ctx.candidates} candidates x {ctx.seeds} seed(s); home: {home}")
     started = time.time()
     _stream(app, state, config, ctx, console, quiet=request.quiet)

@@ -9,7 +9,6 @@ command line is graph/steer.py.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import dataclass, replace
 from datetime import timezone
@@ -27,6 +26,7 @@ from graph.graph import model_for
 from graph.runner import UsageError, compile_graph, prepare, print_leaderboard, write_summary
 from graph.steering import (COMMANDS, FREE_TEXT_HELP, Action, Instruction,
                             action_from_intent, parse_line, thread_run_id, unknown_thread)
+from trainers.home import resolve_home
 
 class Left(Exception):
     """The person left the session (``/quit``, end of input, Ctrl-C at the prompt)."""
@@ -328,7 +328,7 @@ def _resume_session(args, console: Console) -> tuple[Session, Opening]:
     from memory.schema import ArchiveError
 
     run_id = thread_run_id(args.thread)
-    home = Path(args.home or os.environ.get("POISE_HOME", ".poise"))
+    home = resolve_home(args.home)
     unknown = UsageError(unknown_thread(args.thread, home))
     if not (home / "graph.db").is_file():
         raise unknown

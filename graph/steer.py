@@ -12,7 +12,6 @@ Ctrl-C, end of input or /quit leave the run paused where it is;
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -21,6 +20,7 @@ from rich.console import Console
 
 # Only light imports here: bad input is answered before torch (via graph.run) loads.
 from graph.steering import THREAD_ID, unknown_thread
+from trainers.home import resolve_home
 
 _NEW_RUN_FLAGS = ("directive", "candidates", "width", "seeds", "steps", "seed", "config",
                   "model")
@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.thread is not None:
-        home = Path(args.home or os.environ.get("POISE_HOME", ".poise"))
+        home = resolve_home(args.home)
         if not (home / "graph.db").is_file():  # answered before the heavy imports
             print(f"error: {unknown_thread(args.thread, home)}", file=sys.stderr)
             return 2

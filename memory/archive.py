@@ -44,6 +44,7 @@ from memory.schema import (EVALUATED, LINEAGE_KINDS, ArchiveError, Candidate, Ev
                            Lineage, Reflection, Run, Standing, SyncReport, check_status,
                            clean_tags, evaluation_row, get_row, jsonable, make_engine,
                            open_schema, source_hash, sqlite_url, utcnow)
+from trainers.home import resolve_home
 
 if TYPE_CHECKING:
     from memory.evidence import Evidence, Novelty
@@ -51,11 +52,6 @@ if TYPE_CHECKING:
 
 ARCHIVE_FILE = "archive.db"
 _BATCH = 256
-
-
-def resolve_home(home: str | Path | None = None) -> Path:
-    """``home``, else ``$POISE_HOME``, else ``./.poise``."""
-    return Path(home if home is not None else os.environ.get("POISE_HOME") or ".poise")
 
 
 class Archive:

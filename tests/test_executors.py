@@ -214,4 +214,4 @@ def test_a_run_on_ray_archives_what_the_process_run_archives(tmp_path):
                         "--resume", "1", "--quiet"], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "Ray tasks on a local Ray" in " ".join(r.stdout.split())
+    assert "trainer: local CPU, Ray tasks on a local Ray" in " ".join(r.stdout.split())

@@ -53,7 +53,10 @@ def test_run_archives_every_candidate_with_lineage_and_reflection(tmp_path):
         assert all(a.reflections(c["id"]) for c in cands)
         evaluated = [c for c in cands if c["status"] == "evaluated"]
         assert all(len(a.evaluations(c["id"])) == 1 for c in evaluated)
+        assert {a.evaluations(c["id"])[0].backend for c in evaluated} == {"local"}
     assert "leaderboard" in r.stdout
+    # the header names the executor the run trains on, as the executor describes itself
+    assert "trainer: local CPU, up to " in " ".join(r.stdout.split())
 
 
 def test_kill_and_resume_redoes_nothing_and_loses_nothing(tmp_path):

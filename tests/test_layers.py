@@ -8,7 +8,8 @@ Layers, top to bottom:
   evals/    ground libraries: tasks, metrics, stats, objective
 Imports only go down (agents and memory are one floor and may use each other); agents
 use trainers only through the candidate contract's torch-free source helpers
-(``trainers.source``) and the sandbox that runs candidate code. No import loops between
+(``trainers.source``), the sandbox that runs candidate code and the home resolver
+(``trainers.home``). No import loops between
 modules, apart from type-only imports under ``if TYPE_CHECKING:``. No module over ~600
 lines.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("graph", "agents", "memory", "trainers", "evals")
 FLOOR = {"graph": 3, "agents": 2, "memory": 2, "trainers": 1, "evals": 0}
-AGENTS_MAY_USE = ("trainers.source", "trainers.sandbox", "trainers.baselines")
+AGENTS_MAY_USE = ("trainers.source", "trainers.sandbox", "trainers.baselines", "trainers.home")
 MAX_LINES = 600
 
 
@@ -147,3 +148,18 @@ def test_parsing_candidate_source_and_llm_replies_imports_no_torch():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_the_home_is_resolved_in_one_place(monkeypatch, tmp_path):
+    from trainers.home import resolve_home
+
+    readers = sorted(str(path.relative_to(ROOT)) for path in _modules().values()
+                     if 'environ.get("POISE_HOME"' in path.read_text()
+                     or "environ['POISE_HOME']" in path.read_text()
+                     or 'environ["POISE_HOME"]' in path.read_text())
+    assert readers == ["trainers/home.py"], readers
+    monkeypatch.setenv("POISE_HOME", str(tmp_path / "env"))
+    assert resolve_home(tmp_path / "given") == tmp_path / "given"
+    assert resolve_home() == resolve_home("") == tmp_path / "env"
+    monkeypatch.setenv("POISE_HOME", "")
+    assert resolve_home() == resolve_home(None) == Path(".poise")

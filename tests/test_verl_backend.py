@@ -92,6 +92,7 @@ def test_the_loop_trains_candidates_on_verl(tmp_path, monkeypatch):
             [(c.name, c.status, c.error) for c in cands]
         for c in cands:
             ev = a.evaluations(c.id)[0]
+            assert ev.backend == "verl"  # the executor's backend, not a fixed "local"
             val = ev.metrics["val"]
             assert c.fitness == pytest.approx(val["overall"])  # "accurate": fitness = Overall
             assert "standin_math/pass@4" in val

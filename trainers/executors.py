@@ -61,10 +61,15 @@ DoneFn = Callable[[int, JobOutcome], None]           # (payload index, its outco
 class Executor(Protocol):
     """Every executor takes the same arguments. ``on_progress`` gets each job's step
     metrics as they come (the Ray executor: once, at the job's end); ``on_done`` each
-    job's outcome as it finishes. ``name`` is the backend the run header and the archived
-    evaluations name."""
+    job's outcome as it finishes. ``name`` is how the executor runs jobs (process, ray,
+    verl); ``backend`` the trainer that produced a job's result, as archived with each
+    evaluation (``local`` for the CPU trainer, on processes or Ray tasks; ``verl``);
+    ``describe()`` the line the run header shows."""
 
     name: str
+    backend: str
+
+    def describe(self) -> str: ...
 
     def train(self, payloads: list[dict], *, timeout_s: float,
               on_progress: ProgressFn | None = None,
@@ -84,10 +89,15 @@ def failed(error: str, began: float, ended: float | None = None) -> JobOutcome:
 
 class ProcessExecutor:
     name = "process"
+    backend = "local"
 
     def __init__(self, max_parallel_jobs: int):
         assert max_parallel_jobs >= 1, "max_parallel_jobs must be at least 1"
+        self.max_parallel_jobs = max_parallel_jobs
         self.slots = threading.BoundedSemaphore(max_parallel_jobs)
+
+    def describe(self) -> str:
+        return f"local CPU, up to {self.max_parallel_jobs} sandboxed processes at once"
 
     def train(self, payloads: list[dict], *, timeout_s: float,
               on_progress: ProgressFn | None = None,
@@ -187,6 +197,7 @@ def check_address(address: str) -> None:
 
 class RayExecutor:
     name = "ray"
+    backend = "local"
 
     def __init__(self, address: str | None = None, *, task_memory_mb: int = 1536,
                  max_retries: int = 1, num_cpus: int | None = None):
@@ -235,7 +246,7 @@ class RayExecutor:
 
         cpus = ray.cluster_resources().get("CPU", 0)
         where = "a local Ray" if self.started else f"the Ray cluster at {self.address}"
-        return f"{where} ({cpus:g} CPUs)"
+        return f"local CPU, Ray tasks on {where} ({cpus:g} CPUs)"
 
     def _warm_ref(self, payload: dict):
         """The ObjectRef of the payload's warm-start bytes, built once by a Ray task and
@@ -337,6 +348,7 @@ class VerlExecutor:
     poll interval is ``$POISE_VERL_POLL_S`` (default 10 s)."""
 
     name = "verl"
+    backend = "verl"
 
     def __init__(self, trainer_config: str | None = None, poll_s: float = 10.0):
         from trainers.verl.config import ConfigError, load_verl_config
@@ -347,6 +359,9 @@ class VerlExecutor:
             raise ExecutorUnavailable(f"verl trainer config: {e}") from None
         self.trainer_config = trainer_config
         self.poll_s = poll_s
+
+    def describe(self) -> str:
+        return f"verl GRPO runs of {self.config.model}, one per candidate x seed"
 
     def train(self, payloads: list[dict], *, timeout_s: float,
               on_progress: ProgressFn | None = None,
@@ -418,4 +433,5 @@ def close_executors() -> None:
 
 
 __all__ = ["Executor", "ExecutorUnavailable", "JobOutcome", "ProcessExecutor",
-           "RayExecutor", "VerlExecutor", "get_executor", "close_executors", "check_address", "KINDS"]
+           "RayExecutor", "VerlExecutor", "get_executor", "close_executors", "check_address",
+           "KINDS"]

@@ -15,6 +15,7 @@ from evals.objective import ObjectiveSpec
 from graph.campaign.report import plot_best_so_far, print_summary, verdicts, write_report
 from graph.campaign.stages import (CampaignError, State, lineage, load_config, mechanism,
                                    promote, rediscovery, search, test_stage)
+from trainers.home import resolve_home
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
 def _main(args, console: Console) -> int:
     from memory.archive import Archive
 
-    home = Path(args.home or os.environ.get("POISE_HOME", ".poise"))
+    home = resolve_home(args.home)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

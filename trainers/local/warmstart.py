@@ -19,6 +19,7 @@ import torch
 
 from evals.tasks import BOS, EOS, PAD, VOCAB_SIZE, CorpusNoise, encode, sft_corpus
 from trainers.local.model import ModelConfig, TinyGPT, positions_for
+from trainers.home import resolve_home
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def warm_config_from_dict(d: dict) -> WarmStartConfig:
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("POISE_HOME", ".poise"))
+    return resolve_home()
 
 
 def checkpoint_path(cfg: WarmStartConfig, home: Path | None = None) -> Path:

@@ -36,6 +36,7 @@ from trainers.extras import MissingExtra, require
 from trainers.verl.adapter import Settings, run_token
 from trainers.verl.config import ConfigError, VerlConfig, describe_fields, load_verl_config
 from trainers.verl.plugin import Plugin, PluginError, write_plugin
+from trainers.home import resolve_home
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KL_AGG_MODE = "seq-mean-token-mean"  # verl's KL term aggregation (GRPO's)
@@ -440,7 +441,7 @@ def main(argv=None) -> int:
         except CandidateError as e:
             raise LaunchError(e.message) from None
         cfg = load_verl_config(args.trainer_config)
-        home = args.home or os.environ.get("POISE_HOME", ".poise")
+        home = resolve_home(args.home)
         if args.dry_run:
             dry_run(plan_launch(source, cfg, home, label, args.seed))
             return 0
