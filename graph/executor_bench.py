@@ -55,9 +55,9 @@ def snapshot(home: Path, run_id: int = 1) -> tuple[dict, list]:
 
     with Archive(home) as archive:
         cands = archive.candidates(run_id)
-        slot = {c.id: f"{c.details['round']}:{c.details['slot']}" for c in cands}
+        slot = {c.id: f"{c.info.round}:{c.info.slot}" for c in cands}
         out = {}
-        spans = [sp for c in cands for sp in (c.details or {}).get("train_spans", [])]
+        spans = [sp for c in cands for sp in c.info.train_spans]
         for c in cands:
             evals = sorted(archive.evaluations(c.id), key=lambda e: e.seed)
             out[slot[c.id]] = {

@@ -43,7 +43,7 @@ from graph.context import Context
 from graph.state import CandidateOutput, CandidateState, RunState
 from memory.archive import Archive
 from memory.schema import (DUPLICATE, EVALUATED, FAILED_EVALUATION, FAILED_TRAINING,
-                           FAILED_VERIFICATION)
+                           FAILED_VERIFICATION, CandidateDetails)
 from memory.evidence import DUPLICATE_SIMILARITY
 from memory.selection import select_parent_ids
 from trainers.source import code_hash
@@ -125,7 +125,7 @@ def select_parent(state: CandidateState, runtime: Runtime[Context]) -> dict:
     archive = archive_for(ctx.home)
     rnd = state["round"]
     run_cands = [c for c in archive.candidates(state["run_id"]) if c.generation < rnd]
-    refs = sorted({(c.details or {}).get("signature") for c in run_cands} - {None})
+    refs = sorted({c.info.signature for c in run_cands} - {None})
     if rnd == 0:
         return {"parent_ids": [], "parent_code": None, "parent_signature": None,
                 "references": refs}
@@ -135,7 +135,7 @@ def select_parent(state: CandidateState, runtime: Runtime[Context]) -> dict:
         below_generation=rnd)[0]
     parent = archive.candidate(pid)
     return {"parent_ids": [pid], "parent_code": parent.code,
-            "parent_signature": (parent.details or {}).get("signature"),
+            "parent_signature": parent.info.signature,
             "references": refs}
 
 
@@ -154,7 +154,7 @@ def retrieve_evidence(state: CandidateState, runtime: Runtime[Context]) -> dict:
     evidence = [h.to_dict() for h in hits]
     for ev in evidence:  # the builtin scientist weighs genes by fitness evidence
         ev["text"] = ev["reflection"]
-        ev["signature"] = (archive.candidate(ev["candidate_id"]).details or {}).get("signature")
+        ev["signature"] = archive.candidate(ev["candidate_id"]).info.signature
         ev["about_parent"] = ev["candidate_id"] == pid
     return {"evidence": evidence}
 
@@ -351,20 +351,20 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
     arch = archive_for(ctx.home)
     key = _key(state)
     existing = [c for c in arch.candidates(state["run_id"])
-                if (c.details or {}).get("key") == key]
+                if c.info.key == key]
     if existing:
         cand = existing[0]
     else:
         prop = state.get("proposal") or {"name": f"candidate-r{state['round']}"}
         status = state.get("status") or FAILED_VERIFICATION
         genome = prop.get("genome")
-        details = {"key": key, "round": state["round"], "slot": state["slot"],
-                   "signature": genome, "genes": genome.split(";") if genome else None,
-                   "kind": prop.get("kind"), "feedback": state.get("feedback") or [],
-                   "changes": prop.get("changes"), "rationale": prop.get("rationale"),
-                   "verify_spans": state.get("verify_spans", []),
-                   "smoke_spans": state.get("smoke_spans", []),
-                   "train_spans": [r["span"] for r in state.get("results") or [] if r]}
+        details = CandidateDetails(
+            key=key, round=state["round"], slot=state["slot"], signature=genome,
+            genes=genome.split(";") if genome else None, kind=prop.get("kind"),
+            feedback=state.get("feedback") or [], changes=prop.get("changes"),
+            rationale=prop.get("rationale"), verify_spans=state.get("verify_spans", []),
+            smoke_spans=state.get("smoke_spans", []),
+            train_spans=[r["span"] for r in state.get("results") or [] if r]).model_dump()
         diag = state.get("diagnosis") or {}
         # One transaction: a run killed mid-write leaves the candidate whole or absent
         # (a resumed run finds it by its key and does not write it again).

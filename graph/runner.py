@@ -361,16 +361,16 @@ def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
     board = archive.leaderboard(run_id)
     end = time.time()
 
-    def spans(*keys):
-        return [sp for c in cands for k in keys for sp in (c.details or {}).get(k, [])]
+    def spans(*kinds):
+        return [sp for c in cands for sp in c.info.spans(*kinds)]
 
     # Training and evaluation = the trainer's sandboxed jobs; the verifier's few-step
     # smoke training is reported apart, as is the rest of verification (static and
     # sandboxed hook checks), so each reading of "orchestration" can be taken.
     lo = end - wall
-    train = _covered(spans("train_spans"), lo, end)
-    smoke = _covered(spans("train_spans", "smoke_spans"), lo, end) - train
-    checks = _covered(spans("train_spans", "verify_spans"), lo, end) - train - smoke
+    train = _covered(spans("train"), lo, end)
+    smoke = _covered(spans("train", "smoke"), lo, end) - train
+    checks = _covered(spans("train", "verify"), lo, end) - train - smoke
     summary = {"run_id": run_id, "directive": directive, "candidates": rows,
                "best": ({"id": board[0].candidate_id, "name": board[0].name,
                          "fitness": board[0].fitness} if board else None),

@@ -254,18 +254,19 @@ def why_text(archive, cid: int, similar: int = 3) -> str:
     """Why candidate ``cid`` was proposed and how it did, from the archive: proposal,
     parent, the evidence behind it, outcome, reflection, and similar past reflections."""
     c = archive.candidate(cid)
-    d = c.details or {}
-    lines = [f"#{c.id} {c.name}: round {d.get('round', '?')}, generation {c.generation}, "
-             f"{c.status}" + (f", fitness {c.fitness:.2f}" if c.fitness is not None else "")]
+    d = c.info
+    lines = [f"#{c.id} {c.name}: round {'?' if d.round is None else d.round}, "
+             f"generation {c.generation}, {c.status}"
+             + (f", fitness {c.fitness:.2f}" if c.fitness is not None else "")]
     parents = [archive.candidate(p) for p in archive.parents(cid)]
     lines.append("parent: " + (", ".join(f"#{p.id} {p.name} ({p.status}, fitness "
                                          f"{_fmt(p.fitness)})" for p in parents)
                                or "none (the seed baseline)"))
-    if d.get("kind"):
-        lines.append(f"proposed as: {d['kind']}"
-                     + (f", changing {', '.join(d['changes'])}" if d.get("changes") else ""))
-    if d.get("rationale"):
-        lines.append("evidence behind the proposal: " + "; ".join(d["rationale"]))
+    if d.kind:
+        lines.append(f"proposed as: {d.kind}"
+                     + (f", changing {', '.join(d.changes)}" if d.changes else ""))
+    if d.rationale:
+        lines.append("evidence behind the proposal: " + "; ".join(d.rationale))
     lines.append(c.proposal.strip())
     evals = archive.evaluations(cid)
     if evals:
@@ -275,8 +276,8 @@ def why_text(archive, cid: int, similar: int = 3) -> str:
             _fmt(v.get("length")) for v in vals) + f" ({len(evals)} seed(s))")
     if c.error:
         lines.append(f"why it failed: {c.error}")
-    if d.get("feedback"):
-        lines.append("verifier feedback: " + "; ".join(d["feedback"][:3]))
+    if d.feedback:
+        lines.append("verifier feedback: " + "; ".join(d.feedback[:3]))
     refl = archive.reflections(cid)
     for r in refl:
         lines.append(f"reflection [{', '.join(r.tags)}]: {r.text}")

@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 
 from sqlalchemy import JSON, Column, Connection, Engine, Text, event, inspect, text
 from sqlalchemy.exc import DatabaseError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlmodel import Field, Session, SQLModel, create_engine
 
 SCHEMA_VERSION = 1
@@ -109,6 +110,45 @@ class Candidate(SQLModel, table=True):
     created: datetime = Field(default_factory=utcnow)
     updated: datetime = Field(default_factory=utcnow)
     indexed: bool = Field(default=False, index=True)   # proposal vector is in the store
+
+    @property
+    def info(self) -> CandidateDetails:
+        """``details`` read through its typed model (missing keys are None or empty; a
+        value of the wrong type, from a hand-edited or foreign archive, reads as missing
+        rather than failing the reader)."""
+        raw = dict(self.details or {})
+        try:
+            return CandidateDetails.model_validate(raw)
+        except ValidationError as e:
+            for bad in {err["loc"][0] for err in e.errors() if err["loc"]}:
+                raw.pop(bad, None)
+            return CandidateDetails.model_validate(raw)
+
+
+class CandidateDetails(BaseModel):
+    """What the loop records about a candidate in ``Candidate.details`` (a JSON column):
+    where it came from in the run, what the scientist said, how verification went and
+    when its jobs ran. Archives written before this model read the same way: every key
+    is optional, and keys it does not know are kept (``extra="allow"``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    key: str | None = None            # "run:round:slot": a resumed run's idempotence key
+    round: int | None = None
+    slot: int | None = None
+    signature: str | None = None      # a builtin genome's signature ("gene=value;...")
+    genes: list[str] | None = None    # the signature split into its genes
+    kind: str | None = None           # how it was proposed: seed, mutation, crossover, ...
+    feedback: list[str] = []          # the verifier's feedback, when it failed
+    changes: list[str] | None = None  # the genes (builtin) or hooks (LLM) it changes
+    rationale: list[str] | None = None  # the evidence the scientist cited
+    verify_spans: list[list[float]] = []   # wall-clock (start, end) of verification steps
+    smoke_spans: list[list[float]] = []    # ... of the verifier's smoke training
+    train_spans: list[list[float]] = []    # ... of each seed's training job
+
+    def spans(self, *kinds: str) -> list[list[float]]:
+        """The spans of ``kinds`` ("verify", "smoke", "train"), in that order."""
+        return [sp for k in kinds for sp in getattr(self, f"{k}_spans")]
 
 
 class Lineage(SQLModel, table=True):

@@ -241,7 +241,7 @@ def code_signature(code: str | None) -> frozenset[str]:
 
 def nodes_from_archive(archive, run_id: int | None = None) -> list[Node]:
     """Nodes for ``run_id`` (or the whole archive). Objectives are the means over the
-    candidate's evaluations; the signature is ``details["genes"]`` when the candidate
+    candidate's evaluations; the signature is ``Candidate.info.genes`` when the candidate
     has one, else the identifiers of its code."""
     nodes = []
     parents: dict[int, list[int]] = {}
@@ -253,7 +253,7 @@ def nodes_from_archive(archive, run_id: int | None = None) -> list[Node]:
         for ev in evals:
             for key, value in (ev.objectives or {}).items():
                 objectives.setdefault(key, []).append(float(value))
-        genes = (c.details or {}).get("genes")
+        genes = c.info.genes
         nodes.append(Node(
             id=c.id, parents=tuple(parents.get(c.id, ())), fitness=c.fitness,
             status=c.status, generation=c.generation,
@@ -276,7 +276,7 @@ def select_parent_ids(archive, run_id: int | None = None, k: int = 1, *, seed: i
     keep = (lambda g: True) if below_generation is None else (lambda g: g < below_generation)
     nodes = [n for n in nodes_from_archive(archive, run_id) if keep(n.generation)]
     born = sorted((c for c in archive.candidates(run_id) if keep(c.generation)),
-                  key=lambda c: (c.run_id, c.generation, (c.details or {}).get("slot", 0),
+                  key=lambda c: (c.run_id, c.generation, (c.info.slot or 0),
                                  c.id))
     rank = {c.id: i for i, c in enumerate(born)}
     ranked = [replace(n, id=rank[n.id], parents=tuple(rank[p] for p in n.parents if p in rank))

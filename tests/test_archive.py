@@ -176,3 +176,28 @@ def test_poise_db_url_overrides_the_home_file(tmp_path, monkeypatch):
     assert not (tmp_path / "home" / "archive.db").exists()
     assert [r.directive for r in Archive(tmp_path / "elsewhere", create=False).runs()] == [
         "shared"]
+
+
+def test_candidate_details_read_through_their_typed_model(archive, tmp_path):
+    """``Candidate.info`` types the ``details`` column: what the loop writes reads back
+    as fields; an archive written before the model (keys missing, keys it does not know)
+    and a hand-edited one (a value of the wrong type) read without failing."""
+    run = archive.start_run("d", {})
+    full = schema.CandidateDetails(key="1:2:0", round=2, slot=0, signature="a=1;b=2",
+                                   genes=["a=1", "b=2"], kind="mutation",
+                                   changes=["a"], train_spans=[[1.0, 2.5]]).model_dump()
+    cid = archive.add_candidate(run, "full", 2, "p", "x", details=full)
+    old = archive.add_candidate(run, "old", 1, "p", "y",
+                                details={"round": 1, "genes": ["a=1"], "stage": "promotion"})
+    bad = archive.add_candidate(run, "bad", 1, "p", "z",
+                                details={"round": "two", "slot": 3, "feedback": "oops"})
+    info = archive.candidate(cid).info
+    assert (info.key, info.round, info.genes, info.kind) == ("1:2:0", 2, ["a=1", "b=2"],
+                                                              "mutation")
+    assert info.spans("verify", "train") == [[1.0, 2.5]]
+    assert archive.candidate(cid).details == full  # the column itself is unchanged JSON
+    info = archive.candidate(old).info
+    assert (info.round, info.genes, info.key, info.feedback) == (1, ["a=1"], None, [])
+    assert info.model_extra == {"stage": "promotion"}  # unknown keys are kept
+    info = archive.candidate(bad).info
+    assert (info.round, info.slot, info.feedback) == (None, 3, [])  # wrong types read as unset

@@ -261,7 +261,7 @@ def rediscovery(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
         known = [s for s in SLOTS if target[s] != grpo[s]]  # the genes GRPO lacks
         shared = []
         for i, c in enumerate(cands):
-            sig = (c.details or {}).get("signature")
+            sig = c.info.signature
             if not sig:
                 continue
             genes = dict(zip(SLOTS, sig.split(";")))
@@ -323,7 +323,7 @@ def mechanism(home: Path, run_id: int, name: str) -> dict:
 
     with Archive(home) as a:
         cand = next(c for c in a.candidates(run_id) if c.name == name)
-        sig = (cand.details or {}).get("signature")
+        sig = cand.info.signature
         if sig:
             g = Genome.from_signature(sig)
             return {"signature": sig, "words": g.describe(), "math": g.math()}

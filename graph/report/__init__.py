@@ -200,7 +200,7 @@ def _candidates_section(snap: RunSnapshot) -> str:
 def _candidate(snap: RunSnapshot, c: CandidateView) -> str:
     fit = "-" if c.fitness is None else f"{c.fitness:.3f}"
     seeds = ", ".join(f"seed {k}: {v:.3f}" for k, v in sorted(c.seed_fitness.items()))
-    genes = c.details.get("genes") or []
+    genes = c.info.genes or []
     parts = [f"<article class='candidate' id='cand-{c.id}' data-candidate-id='{c.id}'>",
              f"<h3>{e(c.name)} <small>#{c.id} · round {c.round}</small> {_badge(c.status)}"
              "</h3>",

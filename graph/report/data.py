@@ -16,8 +16,8 @@ from sqlmodel import col, select
 
 from evals.stats import ConfidenceInterval, mean_ci, paired_diff_ci
 from memory.archive import Archive
-from memory.schema import (EVALUATED, ArchiveError, Candidate, Evaluation, Lineage, Reflection,
-                           Run)
+from memory.schema import (EVALUATED, ArchiveError, Candidate, CandidateDetails, Evaluation,
+                           Lineage, Reflection, Run)
 
 CURVE_KEYS = ("reward", "accuracy", "entropy", "response_length", "validity", "kl_to_start")
 BASELINE_KINDS = ("seed", "baseline")
@@ -34,7 +34,7 @@ class CandidateView:
     proposal: str
     code: str | None
     error: str | None
-    details: dict
+    info: CandidateDetails                            # Candidate.details, typed
     parents: list[int] = field(default_factory=list)          # primary parent first
     evaluations: list[Evaluation] = field(default_factory=list)  # by seed
     reflections: list[Reflection] = field(default_factory=list)
@@ -42,7 +42,7 @@ class CandidateView:
     @property
     def is_baseline(self) -> bool:
         """A root of the genealogy (the seed GRPO of round 0) or a declared baseline."""
-        return not self.parents or self.details.get("kind") in BASELINE_KINDS
+        return not self.parents or self.info.kind in BASELINE_KINDS
 
     @property
     def seed_fitness(self) -> dict[int, float]:
@@ -85,7 +85,7 @@ class RunSnapshot:
         """The run's seed baseline: the first root declared as the seed, else the
         first root."""
         roots = [c for c in self.candidates if c.is_baseline]
-        seeds = [c for c in roots if c.details.get("kind") == "seed"]
+        seeds = [c for c in roots if c.info.kind == "seed"]
         return (seeds or roots or [None])[0]
 
     def leaderboard(self) -> list[Standing]:
@@ -128,10 +128,10 @@ def load_snapshot(archive: Archive, run_id: int) -> RunSnapshot:
                                f"(runs: {known})")
         rows = s.exec(select(Candidate).where(Candidate.run_id == run_id)
                       .order_by(Candidate.id)).all()
-        views = {c.id: CandidateView(c.id, c.name, int((c.details or {}).get("round",
-                                                                           c.generation)),
-                                     c.status, c.proposal or "", c.code, c.error,
-                                     c.details or {}) for c in rows}
+        views = {c.id: CandidateView(c.id, c.name,
+                                     c.generation if c.info.round is None else c.info.round,
+                                     c.status, c.proposal or "", c.code, c.error, c.info)
+                 for c in rows}
         ids = list(views)
         if ids:
             for edge in s.exec(select(Lineage).where(col(Lineage.child_id).in_(ids))
