@@ -1,5 +1,8 @@
-"""The LLM analyst: a mechanism-level diagnosis of a trained candidate, with tags.
+"""The analyst: a mechanism-level diagnosis of a trained candidate, with tags.
 
+``diagnose_with`` is the role: the LLM analyst's diagnosis when a model is configured
+(not for the seed baseline, which the builtin rules describe), else the builtin rules'
+(``agents.builtin.analyst.diagnose``, told the genome when the proposal has one).
 ``diagnose_llm`` mirrors the builtin ``agents.builtin.analyst.diagnose`` (same inputs,
 with the proposal in place of the genome) and returns an ``LLMDiagnosis``, a builtin
 ``Diagnosis`` whose tags come only from the builtin vocabulary ``TAGS`` (others are
@@ -18,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from agents.builtin.analyst import TAGS, Diagnosis, diagnose
 from agents.prompts import messages, quote_data
+from agents.proposal import Proposal
 from agents.scientist import proposal_view
 from agents.structured import NonBlank, invoke_structured
 
@@ -41,6 +45,15 @@ class LLMDiagnosis(Diagnosis):
     """A ``Diagnosis`` from the LLM analyst; ``dropped_tags`` are the model's tags that
     are not in the vocabulary."""
     dropped_tags: list[str] = []
+
+
+def diagnose_with(model: Any | None, proposal: Proposal, curve: Sequence[dict],
+                  evals: Sequence[dict], final: dict,
+                  baseline_final: dict | None) -> Diagnosis:
+    """The diagnosis of one run of ``proposal`` (see the module docstring for whose)."""
+    if model is not None and proposal.kind != "seed":
+        return diagnose_llm(model, proposal, curve, evals, final, baseline_final)
+    return diagnose(curve, evals, final, baseline_final, proposal.genome)
 
 
 def diagnose_llm(model: Any, proposal: Any, curve: Sequence[dict], evals: Sequence[dict],
@@ -118,5 +131,5 @@ def _round(v: Any) -> Any:
     return float(f"{v:.3g}") if isinstance(v, float) else v
 
 
-__all__ = ["diagnose_llm", "LLMDiagnosis", "DiagnosisReply", "normalize_tags",
+__all__ = ["diagnose_with", "diagnose_llm", "LLMDiagnosis", "DiagnosisReply", "normalize_tags",
            "summarize_curve", "TAGS"]

@@ -1,6 +1,9 @@
-"""The LLM coder: writes the candidate module for a proposal, and rewrites it with the
+"""The coder: writes the candidate module for a proposal, and rewrites it with the
 verifier's feedback on a retry.
 
+``write_code`` is the role: the seed's code is its baseline's source; a proposal that
+carries a genome is that genome rendered (the builtin coder, whether or not a model is
+configured: re-rendering is exact); any other proposal is written by the LLM coder.
 ``write_code_llm`` mirrors the builtin ``agents.builtin.coder.write_code``: it returns the
 module source. The reply must hold the module in one ```python fence; a module that does
 not parse, does not set ``NAME`` to the proposal's name, or defines no hook goes back to
@@ -13,6 +16,7 @@ import ast
 from typing import Any, Sequence
 
 from agents.prompts import messages, quote_data, quote_text
+from agents.proposal import Proposal
 from agents.scientist import MAX_CODE_CHARS, cut, proposal_view
 from agents.structured import ReplyError, extract_python_code, invoke_parsed
 from trainers.source import HOOKS, parse_source
@@ -24,10 +28,28 @@ RETRY_HINT = ("Reply again with the complete module in one ```python fenced bloc
               "nothing else.")
 
 
+def write_code(model: Any | None, proposal: Proposal, parent_code: str,
+               feedback: Sequence[str] | None = None) -> str:
+    """The candidate module for ``proposal`` (see the module docstring for who writes
+    it). A proposal without a genome and no coder model is a ``ValueError``."""
+    if proposal.kind == "seed":
+        from trainers.baselines import baseline_source
+
+        return baseline_source(proposal.name)
+    if proposal.genome is not None:
+        from agents.builtin.coder import write_code as render
+
+        return render(proposal)
+    if model is None:
+        raise ValueError(f"{proposal.name} has no genome to render and no coder model is "
+                         "configured to write it")
+    return write_code_llm(model, proposal, parent_code, feedback)
+
+
 def write_code_llm(model: Any, proposal: Any, parent_code: str,
                    feedback: Sequence[str] | None = None, *, max_repairs: int = 2) -> str:
-    """The candidate module implementing ``proposal`` (an ``LLMProposal``, a builtin
-    ``Proposal``, or a dict with at least ``name``), starting from ``parent_code``.
+    """The candidate module implementing ``proposal`` (a ``Proposal`` or its state
+    dict), starting from ``parent_code``.
     ``feedback``: the verifier's findings on the previous attempt, if any."""
     view = proposal_view(proposal)
     name = str(view.get("name") or "")
@@ -84,4 +106,4 @@ def _constant(node: ast.AST) -> Any:
         return "(a deeply nested expression)"
 
 
-__all__ = ["write_code_llm"]
+__all__ = ["write_code", "write_code_llm"]

@@ -1,15 +1,19 @@
-"""The LLM consistency judge: does the code do what the proposal says?
+"""The consistency judge: does the code do what the proposal says?
 
-``judge_consistency_llm`` is the LLM counterpart of the builtin rule
-``agents.builtin.coder.matches_proposal``; the verifier calls one or the other.
+``consistency_judge`` is the role, the judge the verifier is given: for a proposal with
+a genome, the builtin rule ``agents.builtin.coder.matches_proposal`` (the code must be
+the rendered genome); else the LLM judge ``judge_consistency_llm`` when a model is
+configured; else None (the verifier's own keyword rule). The seed baseline is not judged.
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
 from agents.prompts import messages, quote_data, quote_text
+from agents.proposal import Proposal
 from agents.scientist import MAX_CODE_CHARS, cut, proposal_view
 from agents.structured import NonBlank, invoke_structured
 
@@ -19,6 +23,27 @@ class JudgeVerdict(BaseModel):
     reason: NonBlank = Field(min_length=1, description="one or two sentences why")
     mismatches: list[str] = Field(default=[], description="each place where the code "
                                   "departs from the proposal")
+
+
+Judge = Callable[[str, str], "tuple[bool, str]"]   # (proposal text, code) -> verdict
+
+
+def consistency_judge(model: Any | None, proposal: Proposal) -> Judge | None:
+    """The judge for ``proposal``'s code (see the module docstring)."""
+    if proposal.genome is not None:
+        if proposal.kind == "seed":
+            return None
+        from agents.builtin.coder import matches_proposal
+
+        def judge(_proposal_text: str, code: str) -> tuple[bool, str]:
+            if matches_proposal(proposal, code):
+                return True, "code is the proposal's rendered genome"
+            return False, "the code is not the rendered genome of the proposal"
+
+        return judge
+    if model is None:
+        return None
+    return functools.partial(judge_consistency_llm, model)
 
 
 def judge_consistency_llm(model: Any, proposal_text: Any, code: str, *,
@@ -34,4 +59,4 @@ def judge_consistency_llm(model: Any, proposal_text: Any, code: str, *,
     return verdict.consistent, reason
 
 
-__all__ = ["judge_consistency_llm", "JudgeVerdict"]
+__all__ = ["consistency_judge", "judge_consistency_llm", "JudgeVerdict"]

@@ -1,11 +1,13 @@
-"""The LLM scientist: proposes one mechanism from the parent, the evidence and the directive.
+"""The scientist: proposes one mechanism from the parent, the evidence and the directive.
 
-``propose_llm`` mirrors the builtin ``agents.builtin.scientist.propose``: it returns a
-proposal with ``name``, ``hypothesis``, ``mechanism``, ``math``, ``changes``, ``kind``
-and ``rationale``; an LLM proposal names the hooks it changes instead of carrying a
-genome. Everything but the directive enters the prompt as quoted data (agents/prompts):
-the parent's summary and code, reflections, archive references and taken names, all
-written or derived by earlier agents; capped in number and length so prompts stay small.
+``propose`` is the role: the LLM scientist's proposal when a model is configured
+(``propose_llm``), else the builtin genome draw (``agents.builtin.scientist.propose``);
+both are an ``agents.proposal.Proposal``. An LLM proposal names the hooks it changes
+instead of carrying a genome; what the model must write is ``LLMProposal``, read into a
+``Proposal`` here. Everything but the directive enters the prompt as quoted data
+(agents/prompts): the parent's summary and code, reflections, archive references and
+taken names, all written or derived by earlier agents; capped in number and length so
+prompts stay small.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, Iterable, Literal, Sequence
 from pydantic import BaseModel, Field, computed_field, field_validator
 
 from agents.prompts import messages, quote_data, quote_text
+from agents.proposal import MAX_FIELD_CHARS, Proposal, cut
 from agents.structured import NonBlank, invoke_structured
 from trainers.source import HOOKS
 
@@ -23,7 +26,6 @@ Hook = Literal[HOOKS]  # type: ignore[valid-type]  # the contract's hook names
 
 MAX_REFLECTIONS = 8
 MAX_REFERENCES = 6
-MAX_FIELD_CHARS = 1_500      # per quoted string field
 MAX_CODE_CHARS = 12_000      # the parent's module
 SLUG_MAX = 48
 REFLECTION_KEYS = ("candidate", "name", "status", "fitness", "tags", "text", "error")
@@ -32,7 +34,8 @@ REFERENCE_KEYS = ("name", "role", "kind", "status", "fitness", "metrics", "hypot
 
 
 class LLMProposal(BaseModel):
-    """What the LLM scientist hands the coder (the fields the model writes)."""
+    """What the LLM scientist must write (its reply schema); ``proposal()`` reads it into
+    the loop's ``Proposal``."""
 
     name: str = Field(description=f"a new lowercase slug for the algorithm, letters, "
                                   f"digits and hyphens, at most {SLUG_MAX} characters, "
@@ -68,10 +71,34 @@ class LLMProposal(BaseModel):
     def kind(self) -> Literal["mutation", "crossover"]:
         return "crossover" if self.crossover_with else "mutation"
 
+    def proposal(self) -> Proposal:
+        return Proposal(name=self.name, kind=self.kind, hypothesis=self.hypothesis,
+                        mechanism=self.mechanism, math=self.math, changes=list(self.changes),
+                        rationale=list(self.rationale), crossover_with=self.crossover_with)
+
+
+def propose(model: Any | None, directive: str, evidence: Sequence[dict], *,
+            parent_signature: str | None, reference_signatures: Sequence[str],
+            rng: Any, parent_code: str = "", parent_summary: str = "",
+            references: Sequence[Any] = (), taken_names: Iterable[str] = ()) -> Proposal:
+    """The scientist's proposal for a child of the parent: the LLM's (``model``) from
+    the parent's code and summary, the evidence and the archive ``references``; without
+    a model, the builtin draw from the parent's genome (GRPO's when it has none), the
+    evidence and the reference genomes, under ``rng``."""
+    if model is not None:
+        return propose_llm(model, parent_code, parent_summary, directive, evidence,
+                           references, taken_names=taken_names)
+    from agents.builtin import scientist as builtin
+    from agents.builtin.genes import Genome
+
+    parent = Genome.from_signature(parent_signature) if parent_signature else Genome.grpo()
+    refs = [Genome.from_signature(sig) for sig in reference_signatures]
+    return builtin.propose(parent, directive, evidence, refs, rng)
+
 
 def propose_llm(model: Any, parent_code: str, parent_summary: str, directive: str,
                 reflections: Sequence[Any], references: Sequence[Any], *,
-                taken_names: Iterable[str] = (), max_repairs: int = 2) -> LLMProposal:
+                taken_names: Iterable[str] = (), max_repairs: int = 2) -> Proposal:
     """One novel proposal derived from the parent. ``reflections`` and ``references`` are
     dicts (or pydantic/dataclass records) from the archive; only a few known keys of each
     are shown. Raises ``AgentOutputError`` when no valid proposal comes back."""
@@ -98,7 +125,7 @@ def propose_llm(model: Any, parent_code: str, parent_summary: str, directive: st
                              "or null")
 
     return invoke_structured(model, prompt, LLMProposal, max_repairs=max_repairs,
-                             check=check)
+                             check=check).proposal()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -123,13 +150,11 @@ def compact(item: Any, keys: Sequence[str]) -> dict:
 
 
 def proposal_view(proposal: Any) -> dict:
-    """What the coder, analyst and judge see of a proposal (LLM, builtin, dict or text)."""
+    """What the coder, analyst and judge see of a proposal (a ``Proposal``, its state
+    dict, or a proposal text)."""
     if isinstance(proposal, str):
         return {"text": cut(proposal, 4 * MAX_FIELD_CHARS)}
-    d = as_dict(proposal)
-    keys = ("name", "kind", "hypothesis", "mechanism", "math", "changes", "crossover_with")
-    return {k: _small(d[k], 4 * MAX_FIELD_CHARS) for k in keys
-            if d.get(k) not in (None, "", [])}
+    return Proposal.of(proposal).view()
 
 
 def _small(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
@@ -144,9 +169,5 @@ def _small(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
     return value
 
 
-def cut(text: str, limit: int) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[:limit] + f" [... {len(text) - limit} chars cut]"
-
-
-__all__ = ["LLMProposal", "propose_llm", "proposal_view", "compact", "as_dict", "cut"]
+__all__ = ["LLMProposal", "propose", "propose_llm", "proposal_view", "compact", "as_dict",
+           "cut"]

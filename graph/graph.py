@@ -33,9 +33,11 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Send, interrupt
 
-from agents.builtin import analyst as builtin_analyst
-from agents.builtin import coder as builtin_coder
-from agents.builtin import scientist as builtin_scientist
+from agents.analyst import diagnose_with
+from agents.coder import write_code
+from agents.judge import consistency_judge
+from agents.proposal import Proposal
+from agents.scientist import propose
 from agents.builtin.genes import Genome
 from evals.objective import ObjectiveSpec, fitness
 from graph import steering
@@ -46,8 +48,6 @@ from memory.schema import (DUPLICATE, EVALUATED, FAILED_EVALUATION, FAILED_TRAIN
                            FAILED_VERIFICATION, CandidateDetails)
 from memory.evidence import DUPLICATE_SIMILARITY
 from memory.selection import select_parent_ids
-from trainers.source import code_hash
-from trainers.baselines import baseline_source
 from trainers.executors import Executor, get_executor
 
 SEED_NAME = "grpo"
@@ -163,57 +163,38 @@ def retrieve_evidence(state: CandidateState, runtime: Runtime[Context]) -> dict:
 def scientist(state: CandidateState, runtime: Runtime[Context]) -> dict:
     if state["round"] == 0:
         genome = Genome.grpo()
-        return {"proposal": {"name": SEED_NAME, "kind": "seed", "genome": genome.signature(),
-                             "hypothesis": "The seed baseline: GRPO as shipped.",
-                             "mechanism": genome.describe(), "math": genome.math()}}
-    model = model_for("scientist", runtime.context)
-    if model is not None:
-        return {"proposal": _llm_proposal(model, state, runtime.context)}
-    parent = Genome.from_signature(state["parent_signature"]) if state.get(
-        "parent_signature") else Genome.grpo()
-    refs = [Genome.from_signature(s) for s in state.get("references", [])]
-    proposal = builtin_scientist.propose(parent, state["directive"], state["evidence"],
-                                         refs, _rng(state, runtime.context))
-    return {"proposal": {"name": proposal.name, "kind": proposal.kind,
-                         "genome": proposal.genome.signature(),
-                         "hypothesis": proposal.hypothesis, "mechanism": proposal.mechanism,
-                         "math": proposal.math, "changes": list(proposal.changes),
-                         "rationale": list(proposal.rationale)}}
-
-
-def _llm_proposal(model, state: CandidateState, ctx: Context) -> dict:
-    from agents.scientist import propose_llm
-
-    archive = archive_for(ctx.home)
-    cands = archive.candidates(state["run_id"])
-    parent = archive.candidate(state["parent_ids"][0])
-    references = [{"name": c.name, "status": c.status, "fitness": c.fitness,
-                   "proposal": c.proposal[:600]} for c in cands if c.id != parent.id][-8:]
-    summary = (f"{parent.name}: status {parent.status}, fitness {parent.fitness}\n"
-               f"{parent.proposal[:1200]}")
-    prop = propose_llm(model, parent.code or "", summary, state["directive"],
-                       state["evidence"], references,
-                       taken_names=[c.name for c in cands])
-    return {"name": prop.name, "kind": prop.kind, "hypothesis": prop.hypothesis,
-            "mechanism": prop.mechanism, "math": prop.math, "changes": list(prop.changes),
-            "rationale": list(prop.rationale)}
+        return {"proposal": Proposal(
+            name=SEED_NAME, kind="seed", genome=genome,
+            hypothesis="The seed baseline: GRPO as shipped.", mechanism=genome.describe(),
+            math=genome.math()).state()}
+    ctx = runtime.context
+    model = model_for("scientist", ctx)
+    llm = {}
+    if model is not None:  # what the LLM scientist reads of the archive
+        archive = archive_for(ctx.home)
+        cands = archive.candidates(state["run_id"])
+        parent = archive.candidate(state["parent_ids"][0])
+        llm = {"parent_code": parent.code or "",
+               "parent_summary": f"{parent.name}: status {parent.status}, fitness "
+                                 f"{parent.fitness}\n{parent.proposal[:1200]}",
+               "references": [{"name": c.name, "status": c.status, "fitness": c.fitness,
+                               "proposal": c.proposal[:600]}
+                              for c in cands if c.id != parent.id][-8:],
+               "taken_names": [c.name for c in cands]}
+    proposal = propose(model, state["directive"], state["evidence"],
+                       parent_signature=state.get("parent_signature"),
+                       reference_signatures=state.get("references", []),
+                       rng=_rng(state, ctx), **llm)
+    return {"proposal": proposal.state()}
 
 
 @guarded
 def coder(state: CandidateState, runtime: Runtime[Context]) -> dict:
-    prop = state["proposal"]
-    if prop["kind"] == "seed":
-        return {"code": baseline_source(SEED_NAME), "attempts": state.get("attempts", 0) + 1}
-    model = model_for("coder", runtime.context)
-    if model is not None and not prop.get("genome"):
-        from agents.coder import write_code_llm
-
-        code = write_code_llm(model, prop, state.get("parent_code") or "",
-                              state.get("feedback") or None)
-        return {"code": code, "attempts": state.get("attempts", 0) + 1}
-    genome = Genome.from_signature(prop["genome"])
-    return {"code": genome.render(name=prop["name"]),
-            "attempts": state.get("attempts", 0) + 1}
+    prop = Proposal.of(state["proposal"])
+    model = None if prop.genome is not None else model_for("coder", runtime.context)
+    code = write_code(model, prop, state.get("parent_code") or "",
+                      state.get("feedback") or None)
+    return {"code": code, "attempts": state.get("attempts", 0) + 1}
 
 
 def verifier(state: CandidateState, runtime: Runtime[Context]
@@ -226,10 +207,11 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
     ctx = runtime.context
     began = time.time()
     try:
-        report = verify(state["code"], _proposal_text(state["proposal"]), smoke=ctx.smoke,
+        prop = Proposal.of(state["proposal"])
+        report = verify(state["code"], prop.text(), smoke=ctx.smoke,
                         home=ctx.home, warm_config=ctx.warm_config,
                         dynamic_timeout_s=ctx.verify_timeout_s,
-                        consistency_judge=_judge(state["proposal"], ctx))
+                        consistency_judge=_judge(prop, ctx))
     except Exception as e:  # noqa: BLE001
         return Command(goto="analyst", update={"status": FAILED_VERIFICATION,
                                                "error": f"verifier crashed: {e}"})
@@ -255,8 +237,8 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
         # identical code counts as a duplicate. LLM proposals also face the embedding
         # check (memory.evidence.DUPLICATE_SIMILARITY).
         threshold = 1.01 if state["proposal"].get("genome") else DUPLICATE_SIMILARITY
-        nov = archive_for(ctx.home).novelty(_proposal_text(state["proposal"]), state["code"],
-                                            threshold=threshold)
+        nov = archive_for(ctx.home).novelty(Proposal.of(state["proposal"]).text(),
+                                            state["code"], threshold=threshold)
         if nov.duplicate:
             return Command(goto="analyst", update={
                 "status": DUPLICATE, "verify_spans": spans, "smoke_spans": smoke_spans,
@@ -326,19 +308,11 @@ def analyst(state: CandidateState, runtime: Runtime[Context]) -> dict:
             "tags": [status.replace("_", "-")]}}
     first = state["results"][0]
     ref = state.get("reference")
-    baseline = ref.get("final") if ref else None
-    model = model_for("analyst", runtime.context)
+    prop = Proposal.of(state["proposal"])
+    model = None if prop.kind == "seed" else model_for("analyst", runtime.context)
     try:
-        if model is not None and state["proposal"].get("kind") != "seed":
-            from agents.analyst import diagnose_llm
-
-            diag = diagnose_llm(model, state["proposal"], first["curve"], first["evals"],
-                                first["final"], baseline)
-        else:
-            sig = state["proposal"].get("genome")
-            diag = builtin_analyst.diagnose(first["curve"], first["evals"], first["final"],
-                                            baseline, Genome.from_signature(sig) if sig
-                                            else None)
+        diag = diagnose_with(model, prop, first["curve"], first["evals"], first["final"],
+                             ref.get("final") if ref else None)
         return {"diagnosis": {"text": diag.text, "tags": list(diag.tags)}}
     except Exception as e:  # noqa: BLE001 - the candidate trained; keep it
         return {"diagnosis": {"text": f"analyst failed: {e}", "tags": ["analyst-error"]}}
@@ -355,22 +329,23 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
     if existing:
         cand = existing[0]
     else:
-        prop = state.get("proposal") or {"name": f"candidate-r{state['round']}"}
+        # no proposal when select_parent, retrieve_evidence or the scientist failed
+        prop = Proposal.of(state.get("proposal") or {"name": f"candidate-r{state['round']}"})
         status = state.get("status") or FAILED_VERIFICATION
-        genome = prop.get("genome")
+        genome = prop.signature
         details = CandidateDetails(
             key=key, round=state["round"], slot=state["slot"], signature=genome,
-            genes=genome.split(";") if genome else None, kind=prop.get("kind"),
-            feedback=state.get("feedback") or [], changes=prop.get("changes"),
-            rationale=prop.get("rationale"), verify_spans=state.get("verify_spans", []),
+            genes=genome.split(";") if genome else None, kind=prop.kind,
+            feedback=state.get("feedback") or [], changes=prop.changes,
+            rationale=prop.rationale, verify_spans=state.get("verify_spans", []),
             smoke_spans=state.get("smoke_spans", []),
             train_spans=[r["span"] for r in state.get("results") or [] if r]).model_dump()
         diag = state.get("diagnosis") or {}
         # One transaction: a run killed mid-write leaves the candidate whole or absent
         # (a resumed run finds it by its key and does not write it again).
         cid = arch.add_candidate(
-            state["run_id"], arch.unique_name(prop["name"]), state["round"],
-            _proposal_text(prop), state.get("code"), parents=state.get("parent_ids", []),
+            state["run_id"], arch.unique_name(prop.name), state["round"],
+            prop.text(), state.get("code"), parents=state.get("parent_ids", []),
             status=status, error=state.get("error"), details=details,
             evaluations=_evaluations(state.get("results") or []),
             reflection=(diag["text"], diag.get("tags", [])) if diag.get("text") else None,
@@ -394,37 +369,11 @@ def _evaluations(results: list[dict | None]) -> list[dict]:
             for seed, r in enumerate(results) if r is not None]
 
 
-def _judge(prop: dict, ctx: Context):
-    """Consistency judge: the genome rule for builtin proposals, the LLM judge when a
-    verifier model is configured, else the verifier's builtin keyword rule (None)."""
-    if prop.get("genome"):
-        return _genome_judge(prop)
-    model = model_for("verifier", ctx)
-    if model is None:
-        return None
-    from agents.judge import judge_consistency_llm
-
-    return functools.partial(judge_consistency_llm, model)
-
-
-def _genome_judge(prop: dict):
-    """The builtin consistency rule for a genome proposal: the code is exactly the
-    rendered genome, so it does what the proposal says. None: the verifier's default."""
-    if not prop.get("genome") or prop.get("kind") == "seed":
-        return None
-    expected = code_hash(Genome.from_signature(prop["genome"]).render(name=prop["name"]))
-
-    def judge(_proposal_text: str, code: str) -> tuple[bool, str]:
-        if code_hash(code) == expected:
-            return True, "code is the proposal's rendered genome"
-        return False, "the code is not the rendered genome of the proposal"
-
-    return judge
-
-
-def _proposal_text(prop: dict) -> str:
-    return "\n\n".join(f"{k}: {prop[k]}" for k in ("name", "hypothesis", "mechanism", "math")
-                       if prop.get(k))
+def _judge(prop: Proposal, ctx: Context):
+    """The verifier's consistency judge for ``prop`` (agents.judge.consistency_judge):
+    a verifier model is only looked up for proposals without a genome."""
+    model = None if prop.genome is not None else model_for("verifier", ctx)
+    return consistency_judge(model, prop)
 
 
 # ----------------------------------------------------------------------------- run nodes

@@ -45,6 +45,7 @@ from agents.builtin.analyst import TAGS
 from agents.coder import write_code_llm
 from agents.judge import judge_consistency_llm
 from agents.objective import objective_for, objective_llm
+from agents.proposal import Proposal
 from agents.scientist import SLUG_MAX, LLMProposal, propose_llm
 from agents.structured import (ECHO_CHARS, MAX_REPLY_CHARS, PROBLEM_CHARS, AgentOutputError,
                                code_fences)
@@ -431,8 +432,10 @@ def storable(value: Any) -> None:
 
 
 def check_proposal(p: Any) -> None:
-    assert isinstance(p, LLMProposal)
-    assert LLMProposal.model_validate(p.model_dump(exclude={"kind"})) == p
+    assert isinstance(p, Proposal) and p.genome is None
+    reply = LLMProposal.model_validate(p.model_dump(exclude={"kind", "genome", "parents"}))
+    assert reply.proposal() == p  # the reply schema and the loop's proposal agree
+    assert Proposal.of(p.state()) == p  # and it survives the graph state's JSON
     assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", p.name) and len(p.name) <= SLUG_MAX
     assert p.name not in TAKEN
     assert p.changes and set(p.changes) <= set(HOOKS) and len(set(p.changes)) == len(p.changes)

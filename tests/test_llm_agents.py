@@ -17,6 +17,7 @@ from agents.builtin.analyst import TAGS
 from agents.coder import write_code_llm
 from agents.judge import judge_consistency_llm
 from agents.llm import ConfigError, get_model
+from agents.proposal import Proposal
 from agents.scientist import LLMProposal, propose_llm
 from agents.structured import (MAX_REPLY_CHARS, AgentOutputError, extract_json,
                                invoke_structured)
@@ -70,7 +71,7 @@ def propose(model, **kw):
 def test_valid_json_gives_a_proposal_and_the_prompt_carries_the_schema():
     model, rec = scripted(json.dumps(PROPOSAL))
     p = propose(model)
-    assert isinstance(p, LLMProposal)
+    assert isinstance(p, Proposal) and p.genome is None  # the loop's one proposal shape
     assert (p.name, p.changes, p.kind) == ("gated-length-grpo", ["shape_reward"], "mutation")
     assert len(rec.calls) == 1
     prompt = last_human(rec.calls[0])
@@ -385,3 +386,63 @@ def test_chatopenai_local_server_without_key_uses_a_placeholder(clean_env, opena
     assert ok and reason == "matches"
     assert received[0]["body"]["model"] == "judge-model"
     assert received[0]["auth"] == "Bearer not-needed"
+
+
+# ----------------------------------------------------------------------------- the roles
+
+def test_each_role_chooses_its_llm_or_its_builtin_agent_in_its_own_module():
+    """agents.scientist.propose / agents.coder.write_code / agents.analyst.diagnose_with /
+    agents.judge.consistency_judge take ``model | None``: the LLM is called only where the
+    role uses it, and the builtin agent answers otherwise, in the same Proposal shape."""
+    import random
+
+    from agents.analyst import diagnose_with
+    from agents.builtin.genes import Genome
+    from agents.coder import write_code
+    from agents.judge import consistency_judge
+    from agents.scientist import propose as scientist
+
+    builtin = scientist(None, "accurate and concise", [], parent_signature=None,
+                        reference_signatures=[], rng=random.Random(0))
+    assert isinstance(builtin, Proposal) and builtin.genome is not None
+    assert builtin.kind in ("mutation", "crossover") and builtin.parents
+    assert Proposal.of(builtin.state()) == builtin  # the graph state's JSON round-trips
+    model, rec = scripted(json.dumps(PROPOSAL))
+    llm = scientist(model, "accurate and concise", [], parent_signature=None,
+                    reference_signatures=[], rng=random.Random(0),
+                    parent_code=PARENT_CODE, parent_summary="grpo", taken_names=["grpo"])
+    assert isinstance(llm, Proposal) and llm.genome is None and llm.name == PROPOSAL["name"]
+    assert len(rec.calls) == 1 and "grpo" in last_human(rec.calls[0])
+
+    # coder: a genome is rendered even with a model; the seed is its baseline's source
+    unused, rec = scripted("never read")
+    assert write_code(unused, builtin, PARENT_CODE) == builtin.genome.render(name=builtin.name)
+    seed = Proposal(name="grpo", kind="seed", genome=Genome.grpo())
+    assert write_code(unused, seed, "") == PARENT_CODE and rec.calls == []
+    model, rec = scripted(f"```python\n{GOOD_CODE}```")
+    assert write_code(model, llm, PARENT_CODE) == GOOD_CODE and len(rec.calls) == 1
+    with pytest.raises(ValueError, match="no genome to render and no coder model"):
+        write_code(None, llm, PARENT_CODE)
+
+    # judge: the genome rule for a genome, the LLM for the rest, none for the seed
+    rule = consistency_judge(unused, builtin)
+    assert rule("", builtin.genome.render(name=builtin.name))[0] is True
+    assert rule("", GOOD_CODE) == (False, "the code is not the rendered genome of the "
+                                          "proposal")
+    assert consistency_judge(unused, seed) is None and consistency_judge(None, llm) is None
+    model, rec = scripted(json.dumps({"consistent": True, "reason": "it gates length"}))
+    assert consistency_judge(model, llm)(llm.text(), GOOD_CODE) == (True, "it gates length")
+    assert PROPOSAL["math"] in last_human(rec.calls[0])
+
+    # analyst: the builtin rules without a model; with one, the LLM's reply
+    curve = [{"step": s, "reward": 0.1 * s, "accuracy": 0.1 * s, "entropy": 1.0,
+              "response_length": 50.0, "validity": 1.0, "kl_to_start": 0.01 * s}
+             for s in range(1, 6)]
+    final = {"overall": 40.0, "length": 50.0}
+    rules = diagnose_with(None, builtin, curve, [], final, None)
+    assert rules.text and not isinstance(rules, LLMDiagnosis)
+    model, rec = scripted(json.dumps({"text": "What happened: it learned.", "tags": []}))
+    said = diagnose_with(model, llm, curve, [], final, None)
+    assert isinstance(said, LLMDiagnosis) and said.text == "What happened: it learned."
+    assert diagnose_with(unused, seed, curve, [], final, None).text == \
+        diagnose_with(None, seed, curve, [], final, None).text  # the seed: builtin rules

@@ -1,7 +1,7 @@
 """The builtin coder: a proposal's code is its genome, rendered (agents/builtin/render.py)."""
 from __future__ import annotations
 
-from agents.builtin.scientist import Proposal
+from agents.proposal import Proposal
 from trainers.source import code_hash
 
 

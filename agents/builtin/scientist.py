@@ -25,12 +25,11 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
-
-from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
+from typing import Sequence
 
 from agents.builtin.genes import (CATALOG, SCHEDULE_TARGETS, SLOT_TITLES, SLOTS, Gene,
                                   Genome, gene)
+from agents.proposal import Proposal  # what propose returns: kind, genome and parents set
 
 CROSSOVER_RATE = 0.3
 KIND_TEMPERATURE = 0.7      # kind weight = exp(KIND_TEMPERATURE * score)
@@ -41,30 +40,6 @@ MAX_TRIES = 48
 
 class NoNovelProposal(RuntimeError):
     """Every draw collided with a genome already in the archive references."""
-
-
-class Proposal(BaseModel):
-    """What the scientist hands the coder: a named mechanism and its genome."""
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
-
-    name: str
-    hypothesis: str
-    mechanism: str
-    math: str
-    genome: Genome
-    kind: Literal["mutation", "crossover"]
-    parents: list[str]                  # the parent genomes' signatures
-    changes: list[str] = []             # slots that differ from the first parent
-    rationale: list[str] = []           # the evidence that biased the draw
-
-    @field_validator("genome", mode="before")
-    @classmethod
-    def _parse_genome(cls, value):
-        return Genome.from_signature(value) if isinstance(value, str) else value
-
-    @field_serializer("genome")
-    def _dump_genome(self, genome: Genome) -> str:
-        return genome.signature()
 
 
 # ----------------------------------------------------------------------------- rules
