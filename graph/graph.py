@@ -222,7 +222,7 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
         [[ended - smoke_wall, ended]] if smoke_wall else [])
     if not report.passed:
         feedback = list(report.feedback)
-        rendered = bool(state["proposal"].get("genome"))  # re-rendering gives the same code
+        rendered = prop.genome is not None  # re-rendering would give the same code
         if not rendered and state.get("attempts", 0) <= ctx.max_repairs:
             return Command(goto="coder", update={"feedback": feedback,
                                                  "verify_spans": spans,
@@ -236,9 +236,8 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
         # already in the archive), and their templated texts read alike: for them only
         # identical code counts as a duplicate. LLM proposals also face the embedding
         # check (memory.evidence.DUPLICATE_SIMILARITY).
-        threshold = 1.01 if state["proposal"].get("genome") else DUPLICATE_SIMILARITY
-        nov = archive_for(ctx.home).novelty(Proposal.of(state["proposal"]).text(),
-                                            state["code"], threshold=threshold)
+        threshold = 1.01 if prop.genome is not None else DUPLICATE_SIMILARITY
+        nov = archive_for(ctx.home).novelty(prop.text(), state["code"], threshold=threshold)
         if nov.duplicate:
             return Command(goto="analyst", update={
                 "status": DUPLICATE, "verify_spans": spans, "smoke_spans": smoke_spans,
@@ -285,16 +284,17 @@ def trainer(state: CandidateState, runtime: Runtime[Context]) -> dict:
 @guarded
 def evaluate(state: CandidateState, runtime: Runtime[Context]) -> dict:
     """Fitness per seed from the held-out (val) evaluation under the run's objective."""
+    spec = ObjectiveSpec.model_validate(state["objective"])  # the run state's JSON
     for r in state["results"]:
-        r["fitness"] = seed_fitness(state["objective"], state.get("reference"), r["final"])
+        r["fitness"] = seed_fitness(spec, state.get("reference"), r["final"])
     fits = [r["fitness"] for r in state["results"]]
     return {"fitness": sum(fits) / len(fits), "status": EVALUATED}
 
 
-def seed_fitness(objective: dict, reference: dict | None, final: dict) -> float:
+def seed_fitness(spec: ObjectiveSpec, reference: dict | None, final: dict) -> float:
     """The fitness of one seed's final evaluation under the run's objective."""
     ref = (reference["overall"], reference["length"]) if reference else None
-    return fitness(ObjectiveSpec(**objective), final["overall"], final["length"], ref)
+    return fitness(spec, final["overall"], final["length"], ref)
 
 
 def analyst(state: CandidateState, runtime: Runtime[Context]) -> dict:

@@ -277,7 +277,7 @@ def _run(request: RunRequest, console: Console, tracer, on_start) -> dict:
         if not snapshot.next:
             console.print(f"run {run_id} already finished")
         archive.store("reflections")  # opens and syncs the vectors a kill left behind
-    spec = ObjectiveSpec(**run_config["objective"]) if "objective" in run_config else \
+    spec = ObjectiveSpec.model_validate(run_config["objective"]) if "objective" in run_config else \
         objective_from_directive(directive)
     how = run_config.get("objective_source", "builtin keyword mapping")
     console.rule(f"POISE run {run_id}")

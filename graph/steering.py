@@ -21,7 +21,7 @@ Three layers, each testable alone:
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -323,20 +323,22 @@ def _mentioned_candidate(text: str, resolve: Resolve) -> int | None:
 
 @dataclass
 class Steering:
-    """The part of the run state a person steers."""
+    """The part of the run state a person steers (the objective typed; the run state
+    and its checkpoints hold its JSON)."""
     directive: str
-    objective: dict
+    objective: ObjectiveSpec
     vetoed: list[int] = field(default_factory=list)
     pinned: int | None = None
 
     @classmethod
     def of(cls, state: dict) -> "Steering":
-        return cls(state["directive"], dict(state["objective"]),
+        return cls(state["directive"], ObjectiveSpec.model_validate(state["objective"]),
                    list(state.get("vetoed") or []), state.get("pinned"))
 
     def update(self) -> dict:
         """The RunState update that carries this steering state."""
-        return asdict(self)
+        return {"directive": self.directive, "objective": self.objective.model_dump(),
+                "vetoed": list(self.vetoed), "pinned": self.pinned}
 
 
 def apply_instruction(steer: Steering, instr: Instruction, candidates: Sequence[Any]
@@ -373,12 +375,12 @@ def _directive(steer: Steering, instr: Instruction, notes: list[str]) -> None:
         notes.append("refused: the directive cannot be empty")
         return
     if instr.objective is not None:
-        spec = ObjectiveSpec(**{**instr.objective, "directive": text})
+        spec = ObjectiveSpec.model_validate({**instr.objective, "directive": text})
         how = instr.objective_source or "given"
     else:
         spec, how = objective_from_directive(text), "builtin keyword mapping"
     old = steer.directive
-    steer.directive, steer.objective = text, spec.model_dump()
+    steer.directive, steer.objective = text, spec
     notes.append(f"directive {old!r} -> {text!r}; objective: {spec.describe()} ({how})")
 
 
@@ -432,15 +434,14 @@ def record_instruction(archive, run_id: int, before: Steering, after: Steering,
     if instr.budget:
         config["context"] = context
     if after.directive != before.directive or after.objective != before.objective:
-        config["objective"] = after.objective
+        config["objective"] = after.objective.model_dump()
         config["objective_source"] = instr.objective_source or "builtin keyword mapping"
     archive.update_run(run_id, directive=after.directive, config=config)
     if after.objective != before.objective:
         rescore(archive, run_id, after.objective, reference)
 
 
-def rescore(archive, run_id: int, objective: dict, reference: dict | None) -> int:
-    spec = ObjectiveSpec(**objective)
+def rescore(archive, run_id: int, spec: ObjectiveSpec, reference: dict | None) -> int:
     ref = (reference["overall"], reference["length"]) if reference else None
 
     def score(ev) -> float | None:
@@ -471,8 +472,8 @@ def pause_payload(archive, state: dict, steer: Steering, budget: dict,
              for s in archive.leaderboard(run_id, limit=LEADERBOARD_SIZE)]
     done = len([c for c in state.get("finished", []) if c["round"] > 0])
     return {"run_id": run_id, "round": ended, "directive": steer.directive,
-            "objective": steer.objective,
-            "objective_text": ObjectiveSpec(**steer.objective).describe(),
+            "objective": steer.objective.model_dump(),
+            "objective_text": steer.objective.describe(),
             "new": new, "leaderboard": board,
             "budget": {**{k: budget.get(k) for k in BUDGET_KEYS}, "done": done},
             "budget_spent": done >= budget["candidates"],

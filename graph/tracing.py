@@ -134,8 +134,10 @@ def candidate_name(rnd: int, slot: int) -> str:
 def final_metrics(state: dict, results: list) -> dict:
     """Flat final metrics of a trained candidate: means over seeds of the held-out
     evaluation, and the fitness under the run's objective (as the evaluate node has it)."""
+    from evals.objective import ObjectiveSpec
     from graph.graph import seed_fitness
 
+    spec = ObjectiveSpec.model_validate(state["objective"])  # the run state's JSON
     finals = [r["final"] for r in results if r]
     if not finals:
         return {}
@@ -149,8 +151,7 @@ def final_metrics(state: dict, results: list) -> dict:
             out[f"{key.split('/')[0]}_acc"] = mean([f[key] for f in finals])
     out["length"] = mean([f["length"] for f in finals])
     out["validity"] = mean([f["valid"] for f in finals])
-    out["fitness"] = mean([seed_fitness(state["objective"], state.get("reference"), f)
-                           for f in finals])
+    out["fitness"] = mean([seed_fitness(spec, state.get("reference"), f) for f in finals])
     out["seeds"] = len(finals)
     return out
 

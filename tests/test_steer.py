@@ -160,15 +160,16 @@ def _cands():
 
 
 def _steering():
-    return Steering("accurate", {"directive": "accurate", "length_weight": 0.0,
-                                 "accuracy_tolerance": 1.0})
+    return Steering.of({"directive": "accurate", "objective": {
+        "directive": "accurate", "length_weight": 0.0, "accuracy_tolerance": 1.0}})
 
 
 def test_apply_directive_veto_pin_to_the_steering_state():
     s0 = _steering()
     s1, notes = apply_instruction(s0, Instruction(directive="accurate and concise"), _cands())
-    assert s1.directive == "accurate and concise" and s1.objective["length_weight"] == 0.2
+    assert s1.directive == "accurate and concise" and s1.objective.length_weight == 0.2
     assert s0.directive == "accurate"  # pure: the old state is untouched
+    assert s1.update()["objective"]["length_weight"] == 0.2  # the run state gets JSON
     assert "'accurate' -> 'accurate and concise'" in notes[0]
     s2, notes = apply_instruction(s1, Instruction(pin=2), _cands())
     assert s2.pinned == 2 and "pinned #2" in notes[0]

@@ -106,7 +106,7 @@ def _main(args, console: Console) -> int:
     state.set("directive", args.directive)
     run_id = search(args, home, state, console)
     with Archive(home) as a:
-        spec = ObjectiveSpec(**a.run(run_id).config["objective"])
+        spec = ObjectiveSpec.model_validate(a.run(run_id).config["objective"])
         search_cpu = sum(e.wall_time or 0.0 for c in a.candidates(run_id)
                          for e in a.evaluations(c.id))
     prom = promote(args, home, run_id, spec, cfg, console)

@@ -122,7 +122,7 @@ def _objective(config: dict) -> str:
     try:
         from evals.objective import ObjectiveSpec
 
-        return ObjectiveSpec(**config["objective"]).describe()
+        return ObjectiveSpec.model_validate(config["objective"]).describe()
     except Exception:  # noqa: BLE001 - an older or hand-made run: say so, don't fail
         return "(not recorded)"
 
