@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from scripted_llm_server import closed_port
+from fakes import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRUB = ("POISE_HOME", "POISE_DB_URL", "POISE_MODEL", "CHROMA_HOST", "CHROMA_PORT",

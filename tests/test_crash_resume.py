@@ -4,7 +4,7 @@
 Targeted points: while a sandbox training child is alive; inside the archive's
 candidate transaction and between its SQL commit and its vectors (the archive's
 test-only fault points, ``memory.archive._fault_point``); during an LLM call (a scripted
-OpenAI-compatible server on 127.0.0.1 that is slow to answer, tests/llm_server.py).
+OpenAI-compatible server on 127.0.0.1 that is slow to answer, tests/fakes.py).
 Random points: seeded delays after a (re)start.
 
 After every kill: no sandbox child outlives the run, no (round, slot) is archived
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from scripted_llm_server import LLMServer
+from fakes import OpenAIServer
 from run_checks import (TINY, candidates, duplicate_keys, kill9, leaderboard,
                         no_children_left, run_to_end, sandbox_children, start_run,
                         vector_problems, wait_until)
@@ -133,12 +133,13 @@ def test_kill_9_during_llm_calls_then_resume(tmp_path):
     def delay(role: str) -> float:
         return 600.0 if role == slow["role"] else 0.0
 
-    with LLMServer() as ref_server, LLMServer(delay_s=delay) as server:
+    with OpenAIServer.scripted() as ref_server, \
+            OpenAIServer.scripted(delay_s=delay) as server:
         ref: dict = {}
         reference = threading.Thread(target=_reference, args=(
-            ref_home, LLM_ARGS, {"OPENAI_BASE_URL": ref_server.url}, ref))
+            ref_home, LLM_ARGS, {"OPENAI_BASE_URL": ref_server.base_url}, ref))
         reference.start()
-        env = {"OPENAI_BASE_URL": server.url}
+        env = {"OPENAI_BASE_URL": server.base_url}
         tally = Tally()
         try:
             proc = start_run(home, *LLM_ARGS, env=env, log=log)
@@ -162,7 +163,7 @@ def test_kill_9_during_llm_calls_then_resume(tmp_path):
     print(f"\nLLM kills tried: {len(tally.kills)}; resumed: {'; '.join(tally.kills)}")
 
 
-def _holding(server: LLMServer, role: str) -> bool:
+def _holding(server: OpenAIServer, role: str) -> bool:
     """The server holds a request of ``role`` that it has not answered."""
     return any(r["role"] == role and "answered" not in r for r in server.requests)
 

@@ -50,7 +50,8 @@ from agents.scientist import SLUG_MAX, LLMProposal, propose_llm
 from agents.structured import (ECHO_CHARS, MAX_REPLY_CHARS, PROBLEM_CHARS, AgentOutputError,
                                code_fences)
 from evals.objective import ObjectiveSpec, objective_from_directive
-from scripted_chat import ScriptedChat, prompt_chars
+import fakes
+from fakes import ScriptedChat, prompt_chars
 from trainers.source import HOOKS
 from trainers.baselines import grpo
 
@@ -71,10 +72,7 @@ REPAIR_TURN_MAX = ECHO_CHARS + PROBLEM_CHARS + 500
 PARENT_CODE = open(grpo.__file__).read()
 DIRECTIVE = "accurate and concise"
 TAKEN = ("grpo", "vm-grpo")
-PROPOSAL = {"name": "gated-length-grpo", "kind": "mutation",
-            "hypothesis": "Penalizing length only on correct answers shortens them.",
-            "mechanism": "shape_reward: r = correct * (1 - alpha * length / max_length)",
-            "math": "r_i = 1[c_i] (1 - 0.3 L_i / L_max)", "changes": ["shape_reward"]}
+PROPOSAL = dict(fakes.PROPOSAL, kind="mutation")  # the canonical one, as the graph has it
 REFERENCES = [{"name": "vm-grpo", "role": "pareto", "fitness": 47.8,
                "hypothesis": "validity masking"}]
 CURVE = [{"step": i, "reward": 0.2 + i / 40, "accuracy": 0.2 + i / 40,

@@ -22,7 +22,7 @@ from evals.objective import objective_from_directive
 from graph.context import Context
 from graph.graph import builder
 from memory.archive import Archive
-from scripted_chat import ScriptedChat
+from fakes import ScriptedChat, candidate_reply, proposal_reply
 
 TINY = json.loads((Path(__file__).parent / "data" / "tiny_context.json").read_text())
 DIRECTIVE = "accurate and concise"
@@ -81,15 +81,8 @@ def test_a_scientist_that_only_replies_garbage_fails_each_candidate_and_the_loop
 
 # ----------------------------------------------------------------------------- injection
 
-GOOD_CODE = '''```python
-NAME = "{name}"
-# Note to the judge and the next scientist: {injection}
-
-
-def shape_reward(batch):
-    frac = batch.length.float() / batch.max_length
-    return batch.correct.float() * (1.0 - 0.3 * frac)
-```'''
+GOOD_CODE = candidate_reply("{name}").replace(  # the canonical candidate, with a comment
+    "ALPHA", "# Note to the judge and the next scientist: {injection}\nALPHA", 1)
 CRASHING_CODE = '''```python
 NAME = "{name}"
 
@@ -135,11 +128,10 @@ class Obedient:
 
 
 def _proposal(name: str, hypothesis: str) -> str:
-    return json.dumps({"name": name, "hypothesis": hypothesis,
-                       "mechanism": "shape_reward: the reward of a correct answer shrinks "
+    return proposal_reply(name=name, hypothesis=hypothesis,
+                          mechanism="shape_reward: the reward of a correct answer shrinks "
                                     "with its length",
-                       "math": "r_i = c_i * (1 - 0.3 * L_i / L_max)",
-                       "changes": ["shape_reward"], "crossover_with": None, "rationale": []})
+                          math="r_i = c_i * (1 - 0.3 * L_i / L_max)")
 
 
 def test_injected_instructions_stay_quoted_and_change_nothing(tmp_path):

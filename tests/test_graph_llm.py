@@ -4,11 +4,10 @@ that contradicts its proposal. Real LangGraph, SQLite, Chroma, embeddings and sa
 import json
 from pathlib import Path
 
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from evals.objective import objective_from_directive
+from fakes import ScriptedChat, candidate_code, candidate_reply, proposal_reply
 from graph.context import Context
 from graph.graph import builder
 from memory.archive import Archive
@@ -17,24 +16,16 @@ TINY = json.loads((Path(__file__).parent / "data" / "tiny_context.json").read_te
 
 
 def _fake(replies):
-    return GenericFakeChatModel(messages=iter([AIMessage(content=r) for r in replies]))
+    return ScriptedChat.of(*replies)
 
 
 def _proposal(name, hypothesis, mechanism, changes):
-    return json.dumps({"name": name, "hypothesis": hypothesis, "mechanism": mechanism,
-                       "math": "r_i = c_i * (1 - 0.3 * L_i / L_max)", "changes": changes,
-                       "crossover_with": None, "rationale": []})
+    return proposal_reply(name=name, hypothesis=hypothesis, mechanism=mechanism,
+                          changes=changes, math="r_i = c_i * (1 - 0.3 * L_i / L_max)")
 
 
-GOOD = '''```python
-NAME = "{name}"
-
-
-def shape_reward(batch):
-    frac = batch.length.float() / batch.max_length
-    return batch.correct.float() * (1.0 - 0.3 * frac)
-```'''
-CRASHES = GOOD.replace("return batch.correct", "raise RuntimeError('boom')\n    return batch.correct")
+CRASHES = candidate_reply("{name}").replace(
+    "return batch.correct", "raise RuntimeError('boom')\n    return batch.correct")
 HANGS = '''```python
 NAME = "{name}"
 
@@ -67,7 +58,7 @@ def test_llm_agents_through_the_graph(tmp_path):
     coder = _fake([
         "```javascript\nconsole.log('hi')\n```",                             # wrong fence
         CRASHES.format(name="gated-len"),                                     # crashes
-        GOOD.format(name="gated-len"),                                        # fixed
+        candidate_reply("gated-len"),                                         # fixed
         HANGS.format(name="hang-adv"), HANGS.format(name="hang-adv"),
         HANGS.format(name="hang-adv"),                                        # gives up
         CONTRADICTS.format(name="len-reward"), CONTRADICTS.format(name="len-reward"),
@@ -91,7 +82,7 @@ def test_llm_agents_through_the_graph(tmp_path):
         assert set(by_name) == {"grpo", "gated-len", "hang-adv", "len-reward"}
         good = by_name["gated-len"]
         assert good.status == "evaluated", good.error
-        assert "batch.correct.float() * (1.0 - 0.3 * frac)" in good.code
+        assert good.code == candidate_code("gated-len")  # the fixed reply, archived
         refl = a.reflections(good.id)[0]
         assert refl.text.startswith("Length fell") and refl.tags == ["length-collapse"]
         hang = by_name["hang-adv"]

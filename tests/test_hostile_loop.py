@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from scripted_llm_server import LLMServer, deterministic_reply
+from fakes import OpenAIServer, deterministic_reply
 from run_checks import TINY, candidates, sandbox_children, start_run, vector_problems
 
 pytestmark = pytest.mark.reliability
@@ -169,11 +169,11 @@ def test_hostile_candidates_fail_alone_and_the_loop_goes_on(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     lab = HostileLab(cases)
     lifetimes: dict[int, list] = {}   # sandbox child pid -> [task, first seen, last seen]
-    with LLMServer(reply=lab.reply) as server:
+    with OpenAIServer.scripted(lab.reply) as server:
         proc = start_run(home, "--directive", "accurate", "--candidates", str(len(cases)),
                          "--width", "3", "--model", "openai:test-model", "--no-smoke",
                          "--config", str(tmp_path / "config.json"),
-                         env={"OPENAI_BASE_URL": server.url}, log=tmp_path / "run.log")
+                         env={"OPENAI_BASE_URL": server.base_url}, log=tmp_path / "run.log")
         deadline = time.monotonic() + 1500
         while proc.poll() is None and time.monotonic() < deadline:
             now = time.monotonic()

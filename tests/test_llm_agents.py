@@ -7,8 +7,6 @@ import json
 import logging
 
 import pytest
-from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from agents import prompts
@@ -21,42 +19,19 @@ from agents.proposal import Proposal
 from agents.scientist import LLMProposal, propose_llm
 from agents.structured import (MAX_REPLY_CHARS, AgentOutputError, extract_json,
                                invoke_structured)
-from llm_server import OpenAIServer
+import fakes
+from fakes import OpenAIServer, ScriptedChat, last_human
 from trainers.baselines import grpo
 
 PARENT_CODE = open(grpo.__file__).read()
-PROPOSAL = {"name": "gated-length-grpo",
-            "hypothesis": "Penalizing length only on correct answers shortens them "
-                          "without paying wrong short answers.",
-            "mechanism": "shape_reward: r = correct * (1 - alpha * length / max_length)",
-            "math": "r_i = 1[c_i] (1 - 0.3 L_i / L_max)",
-            "changes": ["shape_reward"]}
-GOOD_CODE = '''NAME = "gated-length-grpo"
-ALPHA = 0.3
-
-
-def shape_reward(batch):
-    return batch.correct.float() * (1 - ALPHA * batch.length.float() / batch.max_length)
-'''
-
-
-class Recorder(BaseCallbackHandler):
-    """The messages of every chat-model call."""
-
-    def __init__(self):
-        self.calls = []
-
-    def on_chat_model_start(self, serialized, messages, **kwargs):
-        self.calls.append(messages[0])
+PROPOSAL = fakes.PROPOSAL
+GOOD_CODE = fakes.candidate_code()
 
 
 def scripted(*replies):
-    rec = Recorder()
-    return FakeListChatModel(responses=list(replies)).with_config(callbacks=[rec]), rec
-
-
-def last_human(call) -> str:
-    return [m for m in call if isinstance(m, HumanMessage)][-1].content
+    """A scripted chat model and what records its calls (the model itself: ``calls``)."""
+    model = ScriptedChat.of(*replies)
+    return model, model
 
 
 def propose(model, **kw):

@@ -1,14 +1,12 @@
 """The LLM scientist writes the objective spec; bad replies fall back to the keywords."""
 import json
 
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
-
 from agents.objective import objective_for
+from fakes import ScriptedChat
 
 
 def _fake(*replies):
-    return GenericFakeChatModel(messages=iter([AIMessage(content=r) for r in replies]))
+    return ScriptedChat.of(*replies)
 
 
 def test_llm_spec_is_used_and_the_directive_kept_verbatim():

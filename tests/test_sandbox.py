@@ -137,14 +137,18 @@ def _cases(sentinel: str, home: str) -> dict[str, tuple[str, dict, dict]]:
     }
 
 
-def _marked() -> set[int]:
-    """Every live process that carries any sandbox run's marker."""
+def _marked(launcher: int | None = None) -> set[int]:
+    """Every live process that carries the marker of a sandbox run launched by
+    ``launcher`` (default: this test process; the marker starts with the launcher's pid):
+    another suite or run on the same machine has sandbox children too, and they are not
+    this test's leftovers."""
+    mine = f"{MARKER}={launcher or os.getpid()}-".encode()
     found = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/environ", "rb") as f:
-                    if f"{MARKER}=".encode() in f.read():
+                    if mine in f.read():
                         found.add(int(entry))
             except OSError:
                 pass
@@ -298,20 +302,19 @@ def test_a_parent_killed_with_sigkill_leaves_no_child(tmp_path):
     src = hook("while True:\n    pass")
     script.write_text("from trainers.sandbox import run_in_sandbox\n"
                       f"run_in_sandbox('check_hooks', {{'source': {src!r}}}, timeout_s=120)\n")
-    before = _marked()
     parent = subprocess.Popen([sys.executable, str(script)], cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
-        while not _marked() - before:  # the sandbox child is up
+        while not _marked(parent.pid):  # the sandbox child is up
             assert time.monotonic() < deadline and parent.poll() is None
             time.sleep(0.1)
     finally:
         parent.kill()
         parent.wait()
     deadline = time.monotonic() + 10
-    while _marked() - before and time.monotonic() < deadline:
+    while _marked(parent.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _marked() - before == set()
+    assert _marked(parent.pid) == set()
 
 
 def test_the_child_sees_a_minimal_environment(monkeypatch):

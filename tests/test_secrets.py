@@ -20,9 +20,9 @@ import pytest
 
 from agents.redact import REDACTED, redact
 from agents.structured import ModelCallError, invoke_parsed
-from llm_server import HTTPError, OpenAIServer, role_of
+from fakes import (HTTPError, OpenAIServer, ScriptedChat, candidate_reply, proposal_reply,
+                   role_of)
 from memory.archive import Archive
-from scripted_chat import ScriptedChat
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "data" / "tiny_context.json"
@@ -31,18 +31,6 @@ OPENAI_KEY = f"sk-poise-PLANTED-{TOKEN}"
 LANGSMITH_KEY = f"lsv2_pt_PLANTED{TOKEN[::-1]}_x1"
 NEEDLES = [OPENAI_KEY, LANGSMITH_KEY, TOKEN, TOKEN[::-1]]
 
-PROPOSAL = {"name": "gated-len", "hypothesis": "Penalize length only on correct answers.",
-            "mechanism": "shape_reward: the reward of a correct answer shrinks with length",
-            "math": "r_i = c_i * (1 - 0.3 * L_i / L_max)", "changes": ["shape_reward"],
-            "crossover_with": None, "rationale": []}
-CODE = '''```python
-NAME = "gated-len"
-
-
-def shape_reward(batch):
-    frac = batch.length.float() / batch.max_length
-    return batch.correct.float() * (1.0 - 0.3 * frac)
-```'''
 
 
 def scripted_agents():
@@ -62,9 +50,9 @@ def scripted_agents():
                     "message": f"Incorrect API key provided: {received}. You can find "
                                "your API key at https://platform.openai.com/account.",
                     "type": "invalid_request_error", "code": "invalid_api_key"}})
-            return json.dumps(PROPOSAL)
+            return proposal_reply(name="gated-len")
         if role == "coder":
-            return CODE
+            return candidate_reply("gated-len")
         if role == "judge":
             return json.dumps({"consistent": True, "reason": "the penalty is gated"})
         if role == "analyst":

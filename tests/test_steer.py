@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from fakes import ScriptedChat
 from graph.steering import (Instruction, Steering, action_from_intent, apply_instruction,
                             parse_line, parse_resume, refine_directive)
 
@@ -106,16 +107,13 @@ def test_free_text_rules_for_the_other_intents():
 
 
 def test_the_llm_reading_of_free_text_maps_to_the_same_instructions():
-    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-    from langchain_core.messages import AIMessage
-
     from agents.steer import interpret_llm
 
     replies = ['{"action": "directive", "reply": "ok"}',             # no directive: repaired
                '{"action": "directive", "directive": "accurate and brief", '
                '"reply": "I will favour short correct answers."}',
                '{"action": "veto", "candidate": "bv4-grpo", "reply": "vetoed"}']
-    model = GenericFakeChatModel(messages=iter([AIMessage(content=r) for r in replies]))
+    model = ScriptedChat.of(*replies)
     cands = [{"id": 2, "name": "bv4-grpo", "status": "evaluated", "fitness": 0.1}]
     intent = interpret_llm(model, "answers should get shorter", "accurate", cands)
     a = action_from_intent(intent, _resolve, "answers should get shorter")
@@ -130,8 +128,6 @@ def test_a_session_with_a_model_lets_the_scientist_read_free_text(tmp_path):
     model that gives nothing usable leaves the reading to the rules, saying so."""
     import io
 
-    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-    from langchain_core.messages import AIMessage
     from rich.console import Console
 
     from graph.context import Context
@@ -140,7 +136,7 @@ def test_a_session_with_a_model_lets_the_scientist_read_free_text(tmp_path):
     archive, run, ids = _archive(tmp_path)
     replies = ['{"action": "pin", "candidate": "bv4-grpo", "reply": "pinning bv4-grpo"}'] \
         + ["not json"] * 3
-    model = GenericFakeChatModel(messages=iter([AIMessage(content=r) for r in replies]))
+    model = ScriptedChat.of(*replies)
     ctx = Context(home=str(tmp_path), chat_models={"scientist": model})
     session = Session(tmp_path, archive, run, ctx, Console(file=io.StringIO()))
     a = session.interpret("build on the shorter one next", "accurate")
@@ -149,6 +145,7 @@ def test_a_session_with_a_model_lets_the_scientist_read_free_text(tmp_path):
     a = session.interpret("make it more concise", "accurate")  # the model's 3 bad replies
     assert a.instruction.directive == "accurate and concise"
     assert a.message.startswith("(the scientist model gave no usable reading")
+    assert len(model.calls) == 4  # the pin, then the three bad replies: /veto asked no one
 
 
 # ----------------------------------------------------------------------------- applying

@@ -22,8 +22,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from llm_server import completion
-from local_http import LocalHTTPServer, send_json
+from fakes import (HTTPError, LocalHTTPServer, OpenAIServer, candidate_reply,
+                   proposal_reply, role_of, send_json)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "data" / "tiny_context.json"
@@ -148,45 +148,35 @@ def _multipart_ops(req) -> list:
     return ops
 
 
-GOOD_CODE = '''```python
-NAME = "{name}"
+def openai_standin() -> OpenAIServer:
+    """An OpenAI-compatible /v1/chat/completions (tests/fakes.py) answering by the agent's
+    role with the canonical candidate. The analyst's request gets a 400 whose message
+    echoes the bearer key back, as a misbehaving proxy would: the graph keeps the error
+    as the candidate's diagnosis, so the key reaches the traced payloads unless it is
+    stripped."""
 
+    def respond(body, auth):
+        role = role_of(body)
+        if role == "objective":
+            return json.dumps({"directive": "accurate and concise", "length_weight": 0.2,
+                               "accuracy_tolerance": 1.0})
+        if role == "scientist":
+            return proposal_reply(name="gated-len",
+                                  hypothesis="penalize length of correct answers",
+                                  mechanism="the reward penalizes length on correct answers",
+                                  math="r_i = c_i * (1 - 0.3 * L_i / L_max)")
+        if role == "coder":
+            return candidate_reply("gated-len")
+        if role == "judge":
+            return json.dumps({"consistent": True,
+                               "reason": "the reward is gated on correctness"})
+        if role == "analyst":
+            key = (auth or "").removeprefix("Bearer ")
+            return HTTPError(400, {"error": {"message": f"model not enabled for key {key}",
+                                             "type": "invalid_request_error"}})
+        return HTTPError(400, {"error": {"message": "unexpected prompt"}})
 
-def shape_reward(batch):
-    frac = batch.length.float() / batch.max_length
-    return batch.correct.float() * (1.0 - 0.3 * frac)
-```'''
-
-
-class OpenAIStandIn(_Server):
-    """An OpenAI-compatible /v1/chat/completions that answers by the agent's prompt. The
-    analyst's request gets a 400 whose message echoes the bearer key back, as a
-    misbehaving proxy would: the graph keeps the error as the candidate's diagnosis, so
-    the key reaches the traced payloads unless it is stripped."""
-
-    def handle(self, req):
-        body = json.loads(req["body"])
-        system = body["messages"][0]["content"]
-        if system.startswith("You are the scientist of POISE, an AI scientist"):
-            reply = {"directive": "accurate and concise", "length_weight": 0.2,
-                     "accuracy_tolerance": 1.0}
-        elif system.startswith("You are the scientist"):
-            reply = {"name": "gated-len", "hypothesis": "penalize length of correct answers",
-                     "mechanism": "the reward penalizes length on correct answers",
-                     "math": "r_i = c_i * (1 - 0.3 * L_i / L_max)",
-                     "changes": ["shape_reward"], "crossover_with": None, "rationale": []}
-        elif system.startswith("You are the coder"):
-            reply = GOOD_CODE.format(name="gated-len")
-        elif system.startswith("You are the consistency judge"):
-            reply = {"consistent": True, "reason": "the reward is gated on correctness"}
-        elif system.startswith("You are the analyst"):
-            key = req["headers"].get("authorization", "").removeprefix("Bearer ")
-            return 400, {"error": {"message": f"model not enabled for key {key}",
-                                   "type": "invalid_request_error"}}
-        else:
-            return 400, {"error": {"message": "unexpected prompt"}}
-        content = reply if isinstance(reply, str) else json.dumps(reply)
-        return 200, completion(body["model"], content)
+    return OpenAIServer(respond).start()
 
 
 # ----------------------------------------------------------------------------- runs
@@ -249,13 +239,13 @@ def loops(tmp_path_factory):
     LangSmith stand-in. Traced: LLM agents (the real ChatOpenAI against the OpenAI
     stand-in), the analyst call failing with the key echoed. Untraced: builtin agents,
     LangSmith endpoint and key set but tracing not switched on."""
-    ls, ls_off, oa = LangSmithStandIn(), LangSmithStandIn(), OpenAIStandIn()
+    ls, ls_off, oa = LangSmithStandIn(), LangSmithStandIn(), openai_standin()
     root, started = tmp_path_factory.mktemp("loops"), []
     try:
         started.append(Loop(root / "traced", _env(
             LANGSMITH_TRACING="true", LANGSMITH_ENDPOINT=ls.url,
             LANGSMITH_API_KEY=LANGSMITH_KEY, LANGSMITH_PROJECT="poise-test",
-            POISE_MODEL="openai:test-model", OPENAI_BASE_URL=oa.url + "/v1",
+            POISE_MODEL="openai:test-model", OPENAI_BASE_URL=oa.base_url,
             OPENAI_API_KEY=OPENAI_KEY), "--candidates", "1"))
         started.append(Loop(root / "untraced", _env(
             LANGSMITH_ENDPOINT=ls_off.url, LANGSMITH_API_KEY=LANGSMITH_KEY),
@@ -385,7 +375,7 @@ def test_trainer_run_carries_the_final_metrics(traced):
 def test_no_key_reaches_langsmith_and_the_echoed_one_is_redacted(traced):
     ls, runs = traced["ls"], traced["runs"]
     assert all(r["headers"].get("x-api-key") == LANGSMITH_KEY for r in ls.requests)
-    assert traced["oa"].requests[0]["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert traced["oa"].requests[0]["auth"] == f"Bearer {OPENAI_KEY}"
     bodies = b"".join(r["body"] for r in ls.requests)
     for key in (OPENAI_KEY, LANGSMITH_KEY):  # the keys went as auth headers, and only so
         assert key.encode() not in bodies

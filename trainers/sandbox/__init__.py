@@ -102,7 +102,9 @@ def run_in_sandbox(task: str, payload: dict, *, timeout_s: float = 60.0,
               "max_procs": int(max_procs), "max_files": int(max_files)}
     _remove_stale_dirs()
     root = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
-    token = secrets.token_hex(12)
+    # <launcher pid>-<random>: kill_tree finds this run's processes by the whole token,
+    # and anyone can tell which process launched a marked one
+    token = f"{os.getpid()}-{secrets.token_hex(12)}"
     try:
         scratch = root / "scratch"
         scratch.mkdir()
