@@ -9,6 +9,10 @@ command line is graph/steer.py.
 from __future__ import annotations
 
 import argparse
+import select
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import timezone
@@ -86,7 +90,8 @@ class Session:
         """Read lines until one lets the run go on; the next pause's payload (or None)."""
         while True:
             try:  # everything but sending an instruction happens at the pause
-                action = self.interpret(self.console.input("steer> "), payload["directive"])
+                action = self.interpret(read_line(self.console, "steer> "),
+                                        payload["directive"])
                 if action.message:
                     self.console.print(escape(action.message))
                 if action.kind == "quit":
@@ -246,6 +251,43 @@ def _resume(instr: Instruction) -> Command:
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.2f}"
+
+
+# ----------------------------------------------------------------------------- the prompt
+
+def read_line(console: Console, prompt: str, poll_s: float = 0.2) -> str:
+    """A line from the person at ``prompt``, where Ctrl-C always leaves.
+
+    ``input()`` can miss a Ctrl-C: its read() only returns early when the SIGINT lands on
+    the main thread, so one handled on another of the CLI's threads (torch, Chroma and
+    SQLite keep several) leaves it blocked until the next key; and a KeyboardInterrupt
+    raised while a finalizer runs is printed and swallowed. On a terminal this waits in
+    ``select`` with a short timeout instead, under a handler that also records the
+    interrupt, so either way the next poll raises KeyboardInterrupt. Elsewhere (a pipe,
+    or SIGINT ignored by whoever started us) it is ``console.input``."""
+    if not sys.stdin.isatty() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN \
+            or threading.current_thread() is not threading.main_thread():
+        return console.input(prompt)
+    interrupted = threading.Event()
+
+    def on_sigint(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        console.print(prompt, end="")
+        while True:
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            ready, _, _ = select.select([sys.stdin], [], [], poll_s)
+            if ready:
+                line = sys.stdin.readline()
+                if not line:
+                    raise EOFError
+                return line.rstrip("\n")
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ----------------------------------------------------------------------------- why

@@ -6,6 +6,7 @@ embedding model; builtin agents; a fake chat model only for the LLM reading of f
 import json
 import os
 import sqlite3
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -470,6 +471,36 @@ def test_a_person_steers_quits_and_resumes_by_thread_in_a_new_process(tmp_path):
     assert _rows(home, "select status from run")[0][0] == "done"
     summary = json.loads((home / "runs" / "1" / "summary.json").read_text())
     assert summary["directive"] == "accurate and concise" and len(summary["candidates"]) == 3
+
+
+def test_ctrl_c_handled_on_another_thread_still_leaves_the_prompt(tmp_path):
+    """The kernel may hand a Ctrl-C to any thread that does not block it, and the CLI has
+    many (torch, Chroma, SQLite). A SIGINT sent to one that is not the main thread (with
+    tgkill) left input() blocked in read() until the next key; the prompt must leave at
+    once, as on a Ctrl-C the main thread takes."""
+    import ctypes
+
+    import pexpect
+
+    home = tmp_path / "home"
+    s = _spawn(home, "--directive", "accurate", "--candidates", "1", "--width", "1",
+               "--config", str(TINY), "--no-smoke")
+    s.expect("round 0 done")
+    s.expect("steer> ")
+    others = [int(t.name) for t in Path(f"/proc/{s.pid}/task").iterdir()
+              if int(t.name) != s.pid]
+    assert others, "the CLI has no thread besides the main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.tgkill(s.pid, others[0], signal.SIGINT) == 0, ctypes.get_errno()
+    try:
+        s.expect("Resume with: python -m graph.steer --home .* --thread run-1", timeout=60)
+    except pexpect.TIMEOUT:
+        raise AssertionError(f"the prompt stayed after a SIGINT on thread {others[0]}; "
+                             f"threads:\n{_threads(s.pid)}\nscreen:\n{_screen(home)}"
+                             ) from None
+    s.expect(pexpect.EOF)
+    s.close()
+    assert s.exitstatus == 130
 
 
 @pytest.mark.parametrize("args,message", [
