@@ -35,7 +35,7 @@ def prepare(request: RunRequest):
     the run to resume, the objective. Only then are the home, the archive and the run
     row created (and removed again if that fails half-way)."""
     from memory.archive import ARCHIVE_FILE, Archive
-    from memory.schema import ArchiveError
+    from memory.schema import ArchiveError, NoArchiveError
     from memory.vectors import check_chroma_server
 
     home = resolve_home(request.home)
@@ -45,6 +45,10 @@ def prepare(request: RunRequest):
         check_chroma_server()
         archive = Archive(home, create=False) if os.environ.get("POISE_DB_URL") or (
             home / ARCHIVE_FILE).is_file() else None
+    except NoArchiveError:
+        # A second run started at the same moment in a new home is creating it (the file
+        # is there, its tables not yet): _create_run opens it, waiting its turn.
+        archive = None
     except ArchiveError as e:
         raise UsageError(str(e)) from None
     if request.resume is not None:

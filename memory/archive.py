@@ -41,9 +41,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from memory.schema import (EVALUATED, LINEAGE_KINDS, ArchiveError, Candidate, Evaluation,
-                           Lineage, Reflection, Run, Standing, SyncReport, check_status,
-                           clean_tags, evaluation_row, get_row, jsonable, make_engine,
-                           open_schema, source_hash, sqlite_url, utcnow)
+                           Lineage, NoArchiveError, Reflection, Run, Standing, SyncReport,
+                           check_status, clean_tags, evaluation_row, get_row, jsonable,
+                           make_engine, open_schema, source_hash, sqlite_url, utcnow)
 from trainers.home import resolve_home
 
 if TYPE_CHECKING:
@@ -75,14 +75,16 @@ class Archive:
             self.where = str(path)
             if not path.is_file():
                 if not create:
-                    raise ArchiveError(f"no archive at {path}: run python -m graph.run first")
+                    raise NoArchiveError(f"no archive at {path}: run python -m graph.run "
+                                         "first")
                 self.home.mkdir(parents=True, exist_ok=True)
             url = sqlite_url(path)
             # Two processes creating one archive at once (two runs started together in
-            # a new home) would race through CREATE TABLE: creators take turns.
-            lock = self.home / "archive.lock" if create else None
+            # a new home) would race through CREATE TABLE: creators take turns. A reader
+            # waits for a creator at work (it would see the file without its tables).
+            lock = self.home / "archive.lock"
         self.engine = make_engine(url)
-        with _exclusive(lock):
+        with _locked(lock, exclusive=create):
             self.uid = open_schema(self.engine, create=create, where=self.where)
         self._embedder = embedder
         self._index_on_write = index
@@ -534,17 +536,25 @@ class Archive:
 # ----------------------------------------------------------------------------- helpers
 
 @contextmanager
-def _exclusive(lock: Path | None) -> Iterator[None]:
-    """Hold an exclusive flock on ``lock`` (nothing when None)."""
-    if lock is None:
-        yield
-        return
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+def _locked(lock: Path | None, *, exclusive: bool) -> Iterator[None]:
+    """Hold a flock on ``lock``: exclusive (created if missing) for a creator; shared
+    for a reader, and only when the file exists and can be opened (a read-only home is
+    still readable). Nothing when ``lock`` is None (a database URL)."""
+    fd = None
+    if lock is not None and exclusive:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    elif lock is not None:
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            fd = None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 class _NameTaken(Exception):

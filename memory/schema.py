@@ -49,6 +49,11 @@ class ArchiveError(Exception):
     """The archive is missing, corrupt, of another schema version, or was misused."""
 
 
+class NoArchiveError(ArchiveError):
+    """There is no archive (yet): no file, or a file another process has only begun to
+    create (its tables are not committed)."""
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -224,7 +229,8 @@ def open_schema(engine: Engine, *, create: bool, where: str) -> str:
                                        f"{Meta.__tablename__} table: not an archive this "
                                        "version can read")
                 if not create:
-                    raise ArchiveError(f"no archive at {where}: run python -m graph.run first")
+                    raise NoArchiveError(f"no archive at {where}: run python -m graph.run "
+                                         "first")
                 return _create(conn)
             return _check_version(conn, where)
     except DatabaseError as e:
