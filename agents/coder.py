@@ -28,8 +28,15 @@ RETRY_HINT = ("Reply again with the complete module in one ```python fenced bloc
               "nothing else.")
 
 
+# Trim levels, most to least: (parent code, mate code, own failed code, feedback items)
+LEVELS = ((MAX_CODE_CHARS, 8000, MAX_CODE_CHARS, MAX_FEEDBACK), (6000, 4000, 8000, 4),
+          (3000, 2000, 6000, 2), (1200, 800, 4000, 1))
+
+
 def write_code(model: Any | None, proposal: Proposal, parent_code: str,
-               feedback: Sequence[str] | None = None) -> str:
+               feedback: Sequence[str] | None = None, *, previous_code: str | None = None,
+               mate: tuple[str, str] | None = None, budget: Any = None,
+               backend: str = "") -> str:
     """The candidate module for ``proposal`` (see the module docstring for who writes
     it). A proposal without a genome and no coder model is a ``ValueError``."""
     if proposal.kind == "seed":
@@ -43,34 +50,62 @@ def write_code(model: Any | None, proposal: Proposal, parent_code: str,
     if model is None:
         raise ValueError(f"{proposal.name} has no genome to render and no coder model is "
                          "configured to write it")
-    return write_code_llm(model, proposal, parent_code, feedback)
+    return write_code_llm(model, proposal, parent_code, feedback,
+                          previous_code=previous_code, mate=mate, budget=budget,
+                          backend=backend)
 
 
 def write_code_llm(model: Any, proposal: Any, parent_code: str,
-                   feedback: Sequence[str] | None = None, *, max_repairs: int = 2) -> str:
+                   feedback: Sequence[str] | None = None, *, max_repairs: int = 2,
+                   previous_code: str | None = None, mate: tuple[str, str] | None = None,
+                   budget: Any = None, backend: str = "") -> str:
     """The candidate module implementing ``proposal`` (a ``Proposal`` or its state
     dict), starting from ``parent_code``.
-    ``feedback``: the verifier's findings on the previous attempt, if any."""
+    ``feedback``: the verifier's findings on the previous attempt, ``previous_code``
+    that attempt's module (a repair fixes it); ``mate``: (name, code) of the reference a
+    crossover combines with the parent."""
+    from agents.backend import describe
+    from agents.budget import ask
+
     view = proposal_view(proposal)
     name = str(view.get("name") or "")
     if not name:
         raise ValueError("write_code_llm: the proposal has no name")
-    prompt = messages(
-        "coder", proposal=quote_data("proposal", [view]),
-        parent_code=quote_text("parent_code", cut(parent_code, MAX_CODE_CHARS),
-                               lang="python"),
-        feedback=_feedback_section(feedback))
-    return invoke_parsed(model, prompt, lambda text: _parse_module(text, name),
-                         what=f"coder({name})", retry_hint=RETRY_HINT,
-                         max_repairs=max_repairs)
+
+    def build(level: int) -> list:
+        parent_chars, mate_chars, own_chars, n_feedback = LEVELS[level]
+        return messages(
+            "coder", proposal=quote_data("proposal", [view]),
+            backend=backend or describe(None),
+            parent_code=quote_text("parent_code", cut(parent_code, parent_chars),
+                                   lang="python"),
+            mate_code=_mate_section(mate, mate_chars),
+            feedback=_feedback_section(feedback, previous_code, own_chars, n_feedback))
+
+    return ask(build, len(LEVELS), budget, f"coder({name})", lambda prompt, b: invoke_parsed(
+        model, prompt, lambda text: _parse_module(text, name), what=f"coder({name})",
+        retry_hint=RETRY_HINT, max_repairs=max_repairs, budget=b))
 
 
-def _feedback_section(feedback: Sequence[str] | None) -> str:
+def _mate_section(mate: tuple[str, str] | None, limit: int) -> str:
+    if not mate:
+        return ""
+    mate_name, code = mate
+    return (f"The proposal is a crossover: it combines the parent with {mate_name}. "
+            f"{mate_name}'s module (quoted data):\n"
+            + quote_text("mate_code", cut(code, limit), lang="python"))
+
+
+def _feedback_section(feedback: Sequence[str] | None, previous_code: str | None = None,
+                      code_chars: int = MAX_CODE_CHARS, n: int = MAX_FEEDBACK) -> str:
     if not feedback:
         return ""
-    items = [cut(str(f), MAX_FEEDBACK_CHARS) for f in list(feedback)[:MAX_FEEDBACK]]
-    return ("Your previous module failed verification. The verifier's findings (quoted "
-            "data) follow; fix every one and return the whole corrected module:\n"
+    items = [cut(str(f), MAX_FEEDBACK_CHARS) for f in list(feedback)[:n]]
+    own = ("Your previous module, the one that failed (quoted data):\n"
+           + quote_text("previous_code", cut(previous_code, code_chars), lang="python")
+           + "\n\n") if previous_code else ""
+    return (own + "It failed verification. The verifier's findings (quoted data) follow; "
+            "fix every one and return the whole corrected module:\n"
             + quote_data("verifier_feedback", items))
 
 

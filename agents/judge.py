@@ -28,7 +28,8 @@ class JudgeVerdict(BaseModel):
 Judge = Callable[[str, str], "tuple[bool, str]"]   # (proposal text, code) -> verdict
 
 
-def consistency_judge(model: Any | None, proposal: Proposal) -> Judge | None:
+def consistency_judge(model: Any | None, proposal: Proposal,
+                      budget: Any = None) -> Judge | None:
     """The judge for ``proposal``'s code (see the module docstring)."""
     if proposal.genome is not None:
         if proposal.kind == "seed":
@@ -43,16 +44,25 @@ def consistency_judge(model: Any | None, proposal: Proposal) -> Judge | None:
         return judge
     if model is None:
         return None
-    return functools.partial(judge_consistency_llm, model)
+    judge = functools.partial(judge_consistency_llm, model, budget=budget)
+    judge.__name__ = "LLM judge"  # type: ignore[attr-defined]  # the report names it
+    return judge
 
 
 def judge_consistency_llm(model: Any, proposal_text: Any, code: str, *,
-                          max_repairs: int = 2) -> tuple[bool, str]:
+                          max_repairs: int = 2, budget: Any = None) -> tuple[bool, str]:
     """(consistent, reason). ``proposal_text``: the proposal as text, or a proposal
     object / dict. Raises ``AgentOutputError`` when no valid verdict comes back."""
-    prompt = messages("judge", proposal=quote_data("proposal", [proposal_view(proposal_text)]),
-                      code=quote_text("code", cut(code, MAX_CODE_CHARS), lang="python"))
-    verdict = invoke_structured(model, prompt, JudgeVerdict, max_repairs=max_repairs)
+    from agents.budget import ask
+
+    def build(level: int) -> list:
+        limit = (MAX_CODE_CHARS, 6000, 3000)[level]
+        return messages("judge",
+                        proposal=quote_data("proposal", [proposal_view(proposal_text)]),
+                        code=quote_text("code", cut(code, limit), lang="python"))
+
+    verdict = ask(build, 3, budget, "judge", lambda prompt, b: invoke_structured(
+        model, prompt, JudgeVerdict, max_repairs=max_repairs, budget=b))
     reason = verdict.reason.strip()
     if verdict.mismatches:
         reason += " Mismatches: " + "; ".join(m.strip() for m in verdict.mismatches) + "."

@@ -1,10 +1,14 @@
 """One place that turns a model string into a LangChain chat model: ``get_model``.
 
-The model string for a role (scientist, coder, analyst, verifier) is resolved in order:
+The model string for a role (scientist, coder, analyst, verifier (the consistency
+judge), objective (writes the run's objective from the directive), steer (reads a
+person's messages in a steering session)) is resolved in order:
 
 1. an explicit value in the run context: ``context.models[role]``, then ``context.model``
    (a ``Context`` object or a plain dict with those keys);
-2. the environment: ``POISE_MODEL_<ROLE>`` (e.g. ``POISE_MODEL_CODER``), then ``POISE_MODEL``.
+2. the environment: ``POISE_MODEL_<ROLE>`` (e.g. ``POISE_MODEL_CODER``), then, for
+   objective and steer, the scientist's setting (they are the scientist's jobs unless
+   configured apart), then ``POISE_MODEL``.
 
 Unset, empty or ``"builtin"`` means no model: ``get_model`` returns None and the caller
 uses the builtin offline agents (agents/builtin/).
@@ -28,7 +32,8 @@ from typing import Any, Mapping
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable
 
-ROLES = ("scientist", "coder", "analyst", "verifier")
+ROLES = ("scientist", "coder", "analyst", "verifier", "objective", "steer")
+FALLBACK = {"objective": "scientist", "steer": "scientist"}
 BUILTIN = "builtin"
 TIMEOUT_S = 120.0           # per request; a stuck server must not stall a round forever
 MAX_RETRIES = 2             # the client's own retries on transport errors / 429 / 5xx
@@ -50,10 +55,34 @@ def model_spec(role: str, context: Any = None) -> tuple[str | None, str]:
         return _clean(models[role]), f"context.models[{role!r}]"
     if _clean(_field(context, "model")):
         return _clean(_field(context, "model")), "context.model"
-    for var in (f"POISE_MODEL_{role.upper()}", "POISE_MODEL"):
+    chain = [role] + ([FALLBACK[role]] if role in FALLBACK else [])
+    for var in [f"POISE_MODEL_{r.upper()}" for r in chain] + ["POISE_MODEL"]:
         if _clean(os.environ.get(var)):
             return _clean(os.environ[var]), var
     return None, "default"
+
+
+def resolved_models(context: Any = None) -> dict[str, str]:
+    """Every role's model string as a run saves it (``builtin`` for none)."""
+    out = {}
+    for role in ROLES:
+        spec, _ = model_spec(role, context)
+        out[role] = BUILTIN if spec is None or spec.lower() == BUILTIN else spec
+    return out
+
+
+def check_mix(context: Any = None) -> None:
+    """Raise ``ConfigError`` for a role mix that cannot work: an LLM scientist writes
+    free-form proposals that only an LLM coder can implement (the builtin coder renders
+    builtin genomes)."""
+    scientist, where = model_spec("scientist", context)
+    coder, _ = model_spec("coder", context)
+    if scientist and scientist.lower() != BUILTIN and (coder is None
+                                                       or coder.lower() == BUILTIN):
+        raise ConfigError(f"{where}={scientist} gives the scientist a model but the coder "
+                          "is builtin, and the builtin coder can only render builtin "
+                          "proposals: set POISE_MODEL_CODER too (or POISE_MODEL / --model "
+                          "for every role), or leave the scientist builtin")
 
 
 def get_model(role: str, context: Any = None) -> ChatModel | None:
@@ -114,7 +143,8 @@ def _clean(value: Any) -> str | None:
     return value.strip() or None
 
 
-__all__ = ["get_model", "model_spec", "ConfigError", "ROLES", "BUILTIN", "ChatModel"]
+__all__ = ["get_model", "model_spec", "resolved_models", "check_mix", "ConfigError", "ROLES",
+           "BUILTIN", "ChatModel"]
 
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"

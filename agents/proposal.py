@@ -39,6 +39,8 @@ class Proposal(BaseModel):
     genome: Genome | None = None         # builtin and seed: the genome it renders
     parents: list[str] | None = None     # builtin: the parent genomes' signatures
     crossover_with: str | None = None    # LLM: the reference combined with the parent
+    evidence_shown: list[int] | None = None    # the reflection ids the scientist saw
+    references_shown: list[int] | None = None  # the candidate ids it was shown
 
     @field_validator("genome", mode="before")
     @classmethod

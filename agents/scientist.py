@@ -28,9 +28,16 @@ MAX_REFLECTIONS = 8
 MAX_REFERENCES = 6
 MAX_CODE_CHARS = 12_000      # the parent's module
 SLUG_MAX = 48
-REFLECTION_KEYS = ("candidate", "name", "status", "fitness", "tags", "text", "error")
-REFERENCE_KEYS = ("name", "role", "kind", "status", "fitness", "metrics", "hypothesis",
-                  "mechanism", "math", "summary", "proposal", "tags")
+# What the prompt shows of each retrieved reflection (memory.evidence hits, named by the
+# retrieve_evidence node) and of each archive reference.
+REFLECTION_KEYS = ("candidate", "candidate_id", "mechanism", "parent", "about_parent",
+                   "status", "fitness", "metrics", "tags", "text", "error")
+REFERENCE_KEYS = ("name", "id", "role", "kind", "status", "fitness", "metrics",
+                  "hypothesis", "mechanism", "math", "summary", "proposal", "tags")
+# Trim levels of the prompt, most to least: (reflections, references, code chars,
+# characters per field); agents.budget.fit takes the first that fits the window.
+LEVELS = ((MAX_REFLECTIONS, MAX_REFERENCES, MAX_CODE_CHARS, MAX_FIELD_CHARS),
+          (5, 4, 6000, 800), (3, 2, 3000, 400), (1, 1, 1500, 200), (0, 0, 600, 120))
 
 
 class LLMProposal(BaseModel):
@@ -80,40 +87,60 @@ class LLMProposal(BaseModel):
 def propose(model: Any | None, directive: str, evidence: Sequence[dict], *,
             parent_signature: str | None, reference_signatures: Sequence[str],
             rng: Any, parent_code: str = "", parent_summary: str = "",
-            references: Sequence[Any] = (), taken_names: Iterable[str] = ()) -> Proposal:
+            references: Sequence[Any] = (), taken_names: Iterable[str] = (),
+            budget: Any = None, backend: str = "") -> Proposal:
     """The scientist's proposal for a child of the parent: the LLM's (``model``) from
     the parent's code and summary, the evidence and the archive ``references``; without
     a model, the builtin draw from the parent's genome (GRPO's when it has none), the
-    evidence and the reference genomes, under ``rng``."""
+    evidence and the reference genomes, under ``rng``. The proposal's ``evidence_shown``
+    and ``references_shown`` say which reflections and candidates the scientist saw."""
     if model is not None:
         return propose_llm(model, parent_code, parent_summary, directive, evidence,
-                           references, taken_names=taken_names)
+                           references, taken_names=taken_names, budget=budget,
+                           backend=backend)
     from agents.builtin import scientist as builtin
     from agents.builtin.genes import Genome
 
     parent = Genome.from_signature(parent_signature) if parent_signature else Genome.grpo()
     refs = [Genome.from_signature(sig) for sig in reference_signatures]
-    return builtin.propose(parent, directive, evidence, refs, rng)
+    proposal = builtin.propose(parent, directive, evidence, refs, rng)
+    return proposal.model_copy(update={"evidence_shown": _ids(evidence, "reflection_id")})
 
 
 def propose_llm(model: Any, parent_code: str, parent_summary: str, directive: str,
                 reflections: Sequence[Any], references: Sequence[Any], *,
-                taken_names: Iterable[str] = (), max_repairs: int = 2) -> Proposal:
+                taken_names: Iterable[str] = (), max_repairs: int = 2,
+                budget: Any = None, backend: str = "") -> Proposal:
     """One novel proposal derived from the parent. ``reflections`` and ``references`` are
     dicts (or pydantic/dataclass records) from the archive; only a few known keys of each
-    are shown. Raises ``AgentOutputError`` when no valid proposal comes back."""
-    refs = [compact(r, REFERENCE_KEYS) for r in list(references)[:MAX_REFERENCES]]
-    ref_names = {str(r["name"]) for r in refs if r.get("name")}
+    are shown, as many as fit ``budget`` (an ``agents.budget.Budget``; None: the caps).
+    Raises ``AgentOutputError`` when no valid proposal comes back, ``ContextBudgetError``
+    when even the smallest prompt does not fit."""
+    from agents.backend import describe
+    from agents.budget import ask
+
+    all_refs = [as_dict(r) for r in list(references)[:MAX_REFERENCES]]
+    ref_names = {str(r["name"]) for r in all_refs if r.get("name")}
     taken = set(taken_names) | ref_names
-    prompt = messages(
-        "scientist", directive=directive.strip() or "(none: the default objective)",
-        parent_summary=quote_text("parent_summary", cut(parent_summary, MAX_FIELD_CHARS)),
-        parent_code=quote_text("parent_code", cut(parent_code, MAX_CODE_CHARS),
-                               lang="python"),
-        reflections=quote_data("reflections", [compact(r, REFLECTION_KEYS)
-                                               for r in list(reflections)[:MAX_REFLECTIONS]]),
-        references=quote_data("references", refs),
-        taken_names=quote_data("taken_names", sorted(taken)))
+    reflections = [as_dict(r) for r in reflections]
+    shown: dict = {}
+
+    def build(level: int) -> list:
+        n_refl, n_refs, code_chars, field_chars = LEVELS[min(level, len(LEVELS) - 1)]
+        refl, refs = reflections[:n_refl], all_refs[:n_refs]
+        shown.update(evidence=_ids(refl, "reflection_id"), references=_ids(refs, "id"),
+                     level=level)
+        return messages(
+            "scientist", directive=directive.strip() or "(none: the default objective)",
+            backend=backend or describe(None),
+            parent_summary=quote_text("parent_summary", cut(parent_summary, field_chars)),
+            parent_code=quote_text("parent_code", cut(parent_code, code_chars),
+                                   lang="python"),
+            reflections=quote_data("reflections", [compact(r, REFLECTION_KEYS, field_chars)
+                                                   for r in refl]),
+            references=quote_data("references", [compact(r, REFERENCE_KEYS, field_chars)
+                                                 for r in refs]),
+            taken_names=quote_data("taken_names", sorted(taken)))
 
     def check(p: LLMProposal) -> None:
         if p.name in taken:
@@ -124,8 +151,20 @@ def propose_llm(model: Any, parent_code: str, parent_summary: str, directive: st
                              f"one of the references ({known}); use a reference's name "
                              "or null")
 
-    return invoke_structured(model, prompt, LLMProposal, max_repairs=max_repairs,
-                             check=check).proposal()
+    reply = ask(build, len(LEVELS), budget, "scientist", lambda prompt, b: invoke_structured(
+        model, prompt, LLMProposal, max_repairs=max_repairs, check=check, budget=b))
+    return reply.proposal().model_copy(update={
+        "evidence_shown": shown.get("evidence", []),
+        "references_shown": shown.get("references", [])})
+
+
+def _ids(items: Sequence[Any], key: str) -> list[int]:
+    out = []
+    for item in items:
+        value = as_dict(item).get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out.append(value)
+    return out
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -143,10 +182,10 @@ def as_dict(item: Any) -> dict:
     return {"text": str(item)}
 
 
-def compact(item: Any, keys: Sequence[str]) -> dict:
-    """The known ``keys`` of a record, long strings cut, floats rounded."""
+def compact(item: Any, keys: Sequence[str], limit: int = MAX_FIELD_CHARS) -> dict:
+    """The known ``keys`` of a record, strings cut at ``limit``, floats rounded."""
     d = as_dict(item)
-    return {k: _small(d[k]) for k in keys if d.get(k) not in (None, "", [], {})}
+    return {k: _small(d[k], limit) for k in keys if d.get(k) not in (None, "", [], {})}
 
 
 def proposal_view(proposal: Any) -> dict:

@@ -28,6 +28,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import AfterValidator, BaseModel, ValidationError
 
 from agents.redact import redact
+from agents.text import reply_text, storable
 from trainers.source import compile_source
 
 MAX_REPLY_CHARS = 200_000   # a longer reply is runaway generation, not an answer
@@ -43,7 +44,6 @@ M = TypeVar("M", bound=BaseModel)
 _THINK = re.compile(r"\A\s*<think>.*?(</think>|\Z)", re.DOTALL | re.IGNORECASE)
 _FENCE_OPEN = re.compile(r"[ \t]*```[ \t]*([A-Za-z0-9_+.-]*)")
 _FENCE_CLOSE = re.compile(r"[ \t]*```[ \t]*")
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, UTF-16 surrogates
 _PYTHON_TAGS = {"python", "py", "python3"}
 
 
@@ -82,19 +82,6 @@ class ReplyError(ValueError):
 
 # ----------------------------------------------------------------------------- replies
 
-def reply_text(message: Any) -> str:
-    """The text of a chat reply (a message, a string, or content blocks)."""
-    if isinstance(message, str):
-        return message
-    content = getattr(message, "content", message)
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(b if isinstance(b, str) else str(b.get("text", ""))
-                       for b in content if isinstance(b, (str, dict)))
-    return str(content)
-
-
 def _clean_reply(text: str) -> str:
     if len(text) > MAX_REPLY_CHARS:
         raise ReplyError(f"the reply is {len(text):,} characters long, over the "
@@ -104,15 +91,6 @@ def _clean_reply(text: str) -> str:
     if not text:
         raise ReplyError("the reply was empty")
     return text
-
-
-def storable(text: str) -> str:
-    """``text`` with surrogate pairs joined and lone surrogates and NULs as U+FFFD: what
-    UTF-8 files, SQLite/PostgreSQL text and JSON requests can carry."""
-    if not _UNSTORABLE.search(text):
-        return text
-    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text.replace("\x00", "\ufffd")
 
 
 def _storable_value(value: Any) -> Any:
@@ -320,10 +298,18 @@ Messages = Sequence[BaseMessage | tuple[str, str]]
 
 
 def invoke_parsed(model: Any, messages: Messages, parse: Callable[[str], T], *,
-                  what: str, retry_hint: str, max_repairs: int = 2) -> T:
+                  what: str, retry_hint: str, max_repairs: int = 2,
+                  budget: Any = None) -> T:
     """Call ``model``, ``parse`` its reply; on ``ReplyError`` tell the model what was wrong
-    and ask again, at most ``max_repairs`` times, then raise ``AgentOutputError``."""
-    history = [_as_message(m) for m in messages]
+    and ask again, at most ``max_repairs`` times, then raise ``AgentOutputError``.
+
+    A repair *replaces* the previous failed turn: the request is always the prompt plus
+    at most one failed reply and what was wrong with it, so it never grows past the
+    prompt's size plus ``ECHO_CHARS + PROBLEM_CHARS`` (less, to fit ``budget``, an
+    ``agents.budget.Budget``). A server refusing the prompt as over its context raises
+    ``agents.budget.ContextOverflow`` (the caller refits the prompt)."""
+    base = [_as_message(m) for m in messages]
+    history = list(base)
     problems: list[str] = []
     for attempt in range(max_repairs + 1):
         text = reply_text(_call(model, history, what))
@@ -331,27 +317,48 @@ def invoke_parsed(model: Any, messages: Messages, parse: Callable[[str], T], *,
             return parse(text)
         except ReplyError as e:
             problems.append(_cap(str(e), PROBLEM_CHARS))
-        echo = _cap(storable(text), ECHO_CHARS)
-        history += [AIMessage(content=echo or "(empty reply)"),
-                    HumanMessage(content=f"Your previous reply could not be used: "
-                                         f"{problems[-1]}\n\n{retry_hint}")]
+        repair = (f"Your previous reply could not be used: {problems[-1]}\n\n{retry_hint}")
+        room = ECHO_CHARS if budget is None else \
+            min(ECHO_CHARS, budget.chars_left(base) - len(repair))
+        echo = _cap(storable(text), max(200, room))
+        history = base + [AIMessage(content=echo or "(empty reply)"),
+                          HumanMessage(content=repair)]
     raise AgentOutputError(what, problems)
 
 
 def _call(model: Any, history: list[BaseMessage], what: str) -> Any:
+    from agents.budget import overflow_from
+    from agents.calls import ReplayError, call
+
     try:
-        return model.invoke(history)
+        return call(model, history)
+    except ReplayError:
+        raise
     except Exception as e:  # noqa: BLE001 - re-raised, typed, with secrets redacted
+        overflow = overflow_from(e)
         message = redact(f"{type(e).__name__}: {e}")
+    if overflow is not None:
+        overflow.sent = history
+        raise overflow
     raise ModelCallError(f"{what}: the model call failed: {_cap(message, PROBLEM_CHARS)}")
 
 
 def invoke_structured(model: Any, messages: Messages, schema: type[M], *,
-                      max_repairs: int = 2, check: Callable[[M], None] | None = None) -> M:
+                      max_repairs: int = 2, check: Callable[[M], None] | None = None,
+                      budget: Any = None) -> M:
     """Ask ``model`` for one JSON object matching ``schema`` and return it validated.
 
     The schema is appended to the last user message (some chat templates reject two user
     turns in a row). Raises ``AgentOutputError`` after ``max_repairs`` failed repairs."""
+    return invoke_parsed(
+        model, with_schema(messages, schema), lambda text: parse_model(text, schema, check),
+        what=schema.__name__, max_repairs=max_repairs, budget=budget,
+        retry_hint="Reply again with only one JSON object that validates against the "
+                   "schema given above.")
+
+
+def with_schema(messages: Messages, schema: type[BaseModel]) -> list[BaseMessage]:
+    """``messages`` with the schema's instructions appended to the last user message."""
     history = [_as_message(m) for m in messages]
     instructions = schema_instructions(schema)
     if history and isinstance(history[-1], HumanMessage) \
@@ -359,11 +366,7 @@ def invoke_structured(model: Any, messages: Messages, schema: type[M], *,
         history[-1] = HumanMessage(content=history[-1].content + "\n\n" + instructions)
     else:
         history.append(HumanMessage(content=instructions))
-    return invoke_parsed(
-        model, history, lambda text: parse_model(text, schema, check),
-        what=schema.__name__, max_repairs=max_repairs,
-        retry_hint="Reply again with only one JSON object that validates against the "
-                   "schema given above.")
+    return history
 
 
 def _cap(text: str, limit: int) -> str:
@@ -384,7 +387,7 @@ def _as_message(m: BaseMessage | tuple[str, str]) -> BaseMessage:
     raise ValueError(f"unknown message role {role!r}")
 
 
-__all__ = ["invoke_structured", "invoke_parsed", "parse_model", "extract_json",
+__all__ = ["invoke_structured", "invoke_parsed", "with_schema", "parse_model", "extract_json",
            "extract_python_code", "reply_text", "schema_instructions",
            "validation_problems", "code_fences", "storable", "NonBlank", "AgentOutputError",
            "ModelCallError", "ReplyError", "MAX_REPLY_CHARS", "ECHO_CHARS", "PROBLEM_CHARS"]

@@ -96,11 +96,13 @@ def verify(source: str, proposal_text: str | None = None, *, smoke: bool = True,
 
     if proposal_text and proposal_text.strip():
         t0 = time.monotonic()
-        problems, notes = _judge_consistency(proposal_text, source, consistency_judge)
+        problems, notes, judge_error = _judge_consistency(proposal_text, source,
+                                                          consistency_judge)
         warnings += notes
         metrics["consistency"] = {"wall_s": time.monotonic() - t0,
                                   "judge": "builtin rule" if consistency_judge is None
-                                  else getattr(consistency_judge, "__name__", "custom")}
+                                  else getattr(consistency_judge, "__name__", "custom"),
+                                  **({"judge_error": judge_error} if judge_error else {})}
         if problems:
             return VerifierReport(False, "consistency", problems, warnings, metrics)
     else:
@@ -294,19 +296,20 @@ def builtin_consistency_judge(proposal: str, source: str) -> tuple[bool, str]:
 
 
 def _judge_consistency(proposal: str, source: str, judge: ConsistencyJudge | None
-                       ) -> tuple[list[str], list[str]]:
+                       ) -> tuple[list[str], list[str], str | None]:
+    """(problems, warnings, the judge's error if it failed)."""
     if judge is None:
-        return check_consistency(proposal, source)
+        return (*check_consistency(proposal, source), None)
     try:
         consistent, reason = judge(proposal, source)
     except Exception as e:  # the judge's failure is not the candidate's
         problems, warnings = check_consistency(proposal, source)
-        note = (f"the consistency judge failed ({type(e).__name__}: {e}); the builtin "
-                "rule was used instead")
-        return problems, [note] + warnings
+        error = f"{type(e).__name__}: {str(e)[:300]}"
+        note = f"the consistency judge failed ({error}); the builtin rule was used instead"
+        return problems, [note] + warnings, error
     if consistent:
-        return [], []
-    return [f"the code does not do what the proposal says: {reason}"], []
+        return [], [], None
+    return [f"the code does not do what the proposal says: {reason}"], [], None
 
 
 def _defined_hooks(source: str) -> set[str]:

@@ -27,6 +27,23 @@ class Context:
         "description": "seed of the builtin agents and parent selection"})
     model: str | None = field(default=None, metadata={
         "description": "LLM for all roles (e.g. openai:gpt-4.1-mini); None: builtin agents"})
+    models: dict = field(default_factory=dict, metadata={
+        "description": "role -> model string, beating `model` and the environment; a new "
+                       "run saves every role's resolved choice here (builtin or a model)"})
+    context_tokens: int | dict | None = field(default=None, metadata={
+        "description": "the models' context window in tokens (or role -> tokens); None: "
+                       "$POISE_CONTEXT_TOKENS, the server's, else agents.budget's default"})
+    max_cost_usd: float | None = field(default=None, metadata={
+        "description": "stop at a round boundary before the LLM spend would pass this "
+                       "(--max-cost); --resume with a higher cap continues"})
+    max_llm_tokens: int | None = field(default=None, metadata={
+        "description": "the same cap in LLM tokens, input + output (--max-llm-tokens)"})
+    llm_cache: bool = field(default=True, metadata={
+        "description": "answer a call already recorded in the ledger from it (a resumed "
+                       "run never pays twice for the same call)"})
+    replay: dict | None = field(default=None, metadata={
+        "description": "{home, run_id}: answer every LLM role from that run's recorded "
+                       "replies, with no model server (--replay)"})
     train_timeout_s: float = field(default=1200.0, metadata={
         "description": "hard wall-clock limit of one training job (sandboxed)"})
     verify_timeout_s: float = field(default=60.0, metadata={

@@ -33,7 +33,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Send, interrupt
 
-from agents.analyst import diagnose_with
+from agents import calls
+from agents.analyst import diagnose_failure, diagnose_with, mean_final
+from agents.backend import describe as describe_backend
+from agents.budget import budget_for
 from agents.coder import write_code
 from agents.judge import consistency_judge
 from agents.proposal import Proposal
@@ -44,9 +47,11 @@ from graph import steering
 from graph.context import Context
 from graph.state import CandidateOutput, CandidateState, RunState
 from memory.archive import Archive
-from memory.schema import (DUPLICATE, EVALUATED, FAILED_EVALUATION, FAILED_TRAINING,
-                           FAILED_VERIFICATION, CandidateDetails)
+from memory.schema import (DUPLICATE, EVALUATED, FAILED_CODING, FAILED_EVALUATION,
+                           FAILED_PROPOSAL, FAILED_TRAINING, FAILED_VERIFICATION,
+                           CandidateDetails)
 from memory.evidence import DUPLICATE_SIMILARITY
+from memory.cards import candidate_card
 from memory.selection import select_parent_ids
 from trainers.executors import Executor, get_executor
 
@@ -97,15 +102,43 @@ def guarded(node: Callable) -> Callable:
 
 
 def _failure_status(node: str) -> str:
-    return {"trainer": FAILED_TRAINING, "evaluate": FAILED_EVALUATION}.get(
+    """Which stage a node's failure is archived as: no proposal (choosing the parent,
+    retrieving evidence, the scientist), no code (the coder), or training/evaluation."""
+    return {"select_parent": FAILED_PROPOSAL, "retrieve_evidence": FAILED_PROPOSAL,
+            "scientist": FAILED_PROPOSAL, "coder": FAILED_CODING,
+            "trainer": FAILED_TRAINING, "evaluate": FAILED_EVALUATION}.get(
         node, FAILED_VERIFICATION)
 
 
-def model_for(role: str, ctx: Context):
-    """The chat model of ``role``, or None for the builtin offline agent."""
-    from agents.llm import get_model
+_replays: dict[tuple, calls.ReplayChat] = {}
+_replays_lock = threading.Lock()
 
-    return ctx.chat_models.get(role) or get_model(role, ctx)
+
+def model_for(role: str, ctx: Context):
+    """The chat model of ``role``, or None for the builtin offline agent. A replay
+    (``Context.replay``) answers the roles the replayed run gave a model from its
+    recorded replies (agents.calls.ReplayChat)."""
+    from agents.llm import BUILTIN, FALLBACK, get_model
+
+    if ctx.replay:
+        spec = (ctx.models or {}).get(role)
+        if not spec or spec == BUILTIN:
+            return None
+        key = (ctx.replay["home"], ctx.replay["run_id"], role)
+        with _replays_lock:
+            if key not in _replays:
+                _replays[key] = calls.ReplayChat.of_run(
+                    calls.ledger_for(ctx.replay["home"]), ctx.replay["run_id"])
+            return _replays[key]
+    given = ctx.chat_models.get(role) or (ctx.chat_models.get(FALLBACK[role])
+                                          if role in FALLBACK else None)
+    return given or get_model(role, ctx)
+
+
+def llm_scope(state: CandidateState, ctx: Context, role: str):
+    """Where ``role``'s calls for this candidate are recorded (agents.calls)."""
+    return calls.scope(calls.ledger_for(ctx.home), state["run_id"], _key(state), role,
+                       cache=ctx.llm_cache)
 
 
 def _rng(state: CandidateState, ctx: Context) -> random.Random:
@@ -152,10 +185,12 @@ def retrieve_evidence(state: CandidateState, runtime: Runtime[Context]) -> dict:
     hits = [h for h in archive.similar_reflections(query, k=5 + ctx.width)
             if not (h.run_id == state["run_id"] and h.generation >= state["round"])][:5]
     evidence = [h.to_dict() for h in hits]
-    for ev in evidence:  # the builtin scientist weighs genes by fitness evidence
-        ev["text"] = ev["reflection"]
-        ev["signature"] = archive.candidate(ev["candidate_id"]).info.signature
-        ev["about_parent"] = ev["candidate_id"] == pid
+    for ev in evidence:  # named for the LLM; genomes for the builtin scientist
+        cand = archive.candidate(ev["candidate_id"])
+        card = candidate_card(archive, cand)
+        ev.update(candidate=cand.name, text=ev["reflection"], signature=cand.info.signature,
+                  about_parent=ev["candidate_id"] == pid, mechanism=card["mechanism"],
+                  parent=card["parent"], metrics=card["metrics"])
     return {"evidence": evidence}
 
 
@@ -172,28 +207,43 @@ def scientist(state: CandidateState, runtime: Runtime[Context]) -> dict:
     llm = {}
     if model is not None:  # what the LLM scientist reads of the archive
         archive = archive_for(ctx.home)
-        cands = archive.candidates(state["run_id"])
+        cands = [c for c in archive.candidates(state["run_id"])
+                 if c.generation < state["round"]]   # as the round began (select_parent)
         parent = archive.candidate(state["parent_ids"][0])
+        card = candidate_card(archive, parent)
         llm = {"parent_code": parent.code or "",
-               "parent_summary": f"{parent.name}: status {parent.status}, fitness "
-                                 f"{parent.fitness}\n{parent.proposal[:1200]}",
-               "references": [{"name": c.name, "status": c.status, "fitness": c.fitness,
-                               "proposal": c.proposal[:600]}
+               "parent_summary": f"{parent.name} (id {parent.id}): status {parent.status}, "
+                                 f"fitness {parent.fitness}, metrics {card['metrics']}, "
+                                 f"parent {card['parent'] or '-'}\n{parent.proposal}",
+               "references": [{**candidate_card(archive, c), "proposal": c.proposal[:600]}
                               for c in cands if c.id != parent.id][-8:],
-               "taken_names": [c.name for c in cands]}
-    proposal = propose(model, state["directive"], state["evidence"],
-                       parent_signature=state.get("parent_signature"),
-                       reference_signatures=state.get("references", []),
-                       rng=_rng(state, ctx), **llm)
+               "taken_names": [c.name for c in archive.candidates(state["run_id"])],
+               "budget": budget_for("scientist", ctx, model),
+               "backend": describe_backend(ctx.executor)}
+    with llm_scope(state, ctx, "scientist"):
+        proposal = propose(model, state["directive"], state["evidence"],
+                           parent_signature=state.get("parent_signature"),
+                           reference_signatures=state.get("references", []),
+                           rng=_rng(state, ctx), **llm)
     return {"proposal": proposal.state()}
 
 
 @guarded
 def coder(state: CandidateState, runtime: Runtime[Context]) -> dict:
+    ctx = runtime.context
     prop = Proposal.of(state["proposal"])
-    model = None if prop.genome is not None else model_for("coder", runtime.context)
-    code = write_code(model, prop, state.get("parent_code") or "",
-                      state.get("feedback") or None)
+    model = None if prop.genome is not None else model_for("coder", ctx)
+    feedback = state.get("feedback") or None
+    mate = None
+    if model is not None and prop.crossover_with:  # the other parent's code
+        other = [c for c in archive_for(ctx.home).candidates(state["run_id"])
+                 if c.name == prop.crossover_with and c.code]
+        mate = (other[0].name, other[0].code) if other else None
+    with llm_scope(state, ctx, "coder"):
+        code = write_code(model, prop, state.get("parent_code") or "", feedback,
+                          previous_code=state.get("code") if feedback else None, mate=mate,
+                          budget=None if model is None else budget_for("coder", ctx, model),
+                          backend=describe_backend(ctx.executor))
     return {"code": code, "attempts": state.get("attempts", 0) + 1}
 
 
@@ -208,14 +258,18 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
     began = time.time()
     try:
         prop = Proposal.of(state["proposal"])
-        report = verify(state["code"], prop.text(), smoke=ctx.smoke,
-                        home=ctx.home, warm_config=ctx.warm_config,
-                        dynamic_timeout_s=ctx.verify_timeout_s,
-                        consistency_judge=_judge(prop, ctx))
+        with llm_scope(state, ctx, "verifier"):
+            report = verify(state["code"], prop.text(), smoke=ctx.smoke,
+                            home=ctx.home, warm_config=ctx.warm_config,
+                            dynamic_timeout_s=ctx.verify_timeout_s,
+                            consistency_judge=_judge(prop, ctx))
     except Exception as e:  # noqa: BLE001
         return Command(goto="analyst", update={"status": FAILED_VERIFICATION,
                                                "error": f"verifier crashed: {e}"})
     ended = time.time()
+    judge = report.metrics.get("consistency", {})
+    judged = state.get("judge", []) + ([{k: judge[k] for k in ("judge", "judge_error")
+                                          if k in judge}] if "judge" in judge else [])
     spans = state.get("verify_spans", []) + [[began, ended]]
     smoke_wall = report.metrics.get("smoke", {}).get("wall_s")
     smoke_spans = state.get("smoke_spans", []) + (
@@ -225,10 +279,11 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
         rendered = prop.genome is not None  # re-rendering would give the same code
         if not rendered and state.get("attempts", 0) <= ctx.max_repairs:
             return Command(goto="coder", update={"feedback": feedback,
-                                                 "verify_spans": spans,
+                                                 "verify_spans": spans, "judge": judged,
                                                  "smoke_spans": smoke_spans})
         return Command(goto="analyst", update={
             "status": FAILED_VERIFICATION, "feedback": feedback, "verify_spans": spans,
+            "judge": judged,
             "smoke_spans": smoke_spans,
             "error": f"verification failed at {report.stage}: " + "; ".join(feedback[:3])})
     if state["round"] > 0:
@@ -240,10 +295,11 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
         nov = archive_for(ctx.home).novelty(prop.text(), state["code"], threshold=threshold)
         if nov.duplicate:
             return Command(goto="analyst", update={
-                "status": DUPLICATE, "verify_spans": spans, "smoke_spans": smoke_spans,
+                "status": DUPLICATE, "verify_spans": spans, "judge": judged,
+                "smoke_spans": smoke_spans,
                 "error": "near-duplicate of an archived candidate: "
                 + "; ".join(m.reason for m in nov.matches[:2])})
-    return Command(goto="trainer", update={"feedback": [], "verify_spans": spans,
+    return Command(goto="trainer", update={"feedback": [], "verify_spans": spans, "judge": judged,
                                            "smoke_spans": smoke_spans})
 
 
@@ -298,21 +354,35 @@ def seed_fitness(spec: ObjectiveSpec, reference: dict | None, final: dict) -> fl
 
 
 def analyst(state: CandidateState, runtime: Runtime[Context]) -> dict:
-    """A mechanism-level diagnosis of the curves, or of why the candidate failed."""
+    """A mechanism-level diagnosis of every seed's curves against the parent and GRPO,
+    or of why the candidate failed (what failed, the likely cause, what to try)."""
+    ctx = runtime.context
+    raw = state.get("proposal")
+    # no proposal when select_parent, retrieve_evidence or the scientist failed
+    prop = Proposal.of(raw) if raw else None
+    model = None if prop is None or prop.kind == "seed" else model_for("analyst", ctx)
+    budget = None if model is None else budget_for("analyst", ctx, model)
     if state.get("error"):
         status = state.get("status") or FAILED_VERIFICATION
-        # no proposal when select_parent, retrieve_evidence or the scientist failed
-        name = (state.get("proposal") or {}).get("name", "candidate")
-        return {"status": status, "diagnosis": {
-            "text": f"{name} did not train: {state['error']}",
-            "tags": [status.replace("_", "-")]}}
-    first = state["results"][0]
+        with llm_scope(state, ctx, "analyst"):
+            diag = diagnose_failure(model, prop, status, state["error"],
+                                    state.get("feedback") or [], state.get("code"),
+                                    budget=budget)
+        return {"status": status, "diagnosis": {"text": diag.text, "tags": list(diag.tags)}}
     ref = state.get("reference")
-    prop = Proposal.of(state["proposal"])
-    model = None if prop.kind == "seed" else model_for("analyst", runtime.context)
+    parent = None
+    if state.get("parent_ids"):
+        arch = archive_for(ctx.home)
+        finals = [e.metrics.get("val") for e in arch.evaluations(state["parent_ids"][0])
+                  if isinstance(e.metrics.get("val"), dict)]
+        parent = {"name": arch.candidate(state["parent_ids"][0]).name,
+                  **mean_final(finals)} if finals else None
+    grpo = {"overall": ref["overall"], "length": ref["length"]} if ref else None
     try:
-        diag = diagnose_with(model, prop, first["curve"], first["evals"], first["final"],
-                             ref.get("final") if ref else None)
+        with llm_scope(state, ctx, "analyst"):
+            diag = diagnose_with(model, prop, state["results"],
+                                 ref.get("final") if ref else None, parent=parent,
+                                 baseline=grpo, budget=budget)
         return {"diagnosis": {"text": diag.text, "tags": list(diag.tags)}}
     except Exception as e:  # noqa: BLE001 - the candidate trained; keep it
         return {"diagnosis": {"text": f"analyst failed: {e}", "tags": ["analyst-error"]}}
@@ -338,6 +408,8 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
             genes=genome.split(";") if genome else None, kind=prop.kind,
             feedback=state.get("feedback") or [], changes=prop.changes,
             rationale=prop.rationale, verify_spans=state.get("verify_spans", []),
+            evidence=prop.evidence_shown or [], references=prop.references_shown or [],
+            crossover_with=prop.crossover_with, judge=state.get("judge") or [],
             smoke_spans=state.get("smoke_spans", []),
             train_spans=[r["span"] for r in state.get("results") or [] if r]).model_dump()
         diag = state.get("diagnosis") or {}
@@ -373,7 +445,8 @@ def _judge(prop: Proposal, ctx: Context):
     """The verifier's consistency judge for ``prop`` (agents.judge.consistency_judge):
     a verifier model is only looked up for proposals without a genome."""
     model = None if prop.genome is not None else model_for("verifier", ctx)
-    return consistency_judge(model, prop)
+    return consistency_judge(model, prop, None if model is None
+                             else budget_for("verifier", ctx, model))
 
 
 # ----------------------------------------------------------------------------- run nodes
@@ -383,6 +456,10 @@ def plan_round(state: RunState, runtime: Runtime[Context]) -> Command:
     rnd = state.get("round", 0)
     done = len([c for c in state.get("finished", []) if c["round"] > 0])
     width = 1 if rnd == 0 else min(ctx.width, ctx.candidates - done)
+    if rnd > 0 and (ctx.max_cost_usd is not None or ctx.max_llm_tokens is not None):
+        width = calls.capped_width(calls.ledger_for(ctx.home), state["run_id"], width,
+                                   max_cost_usd=ctx.max_cost_usd,
+                                   max_tokens=ctx.max_llm_tokens)
     base = {k: state[k] for k in ("run_id", "directive", "objective")}
     steered = {"vetoed": state.get("vetoed") or [], "pinned": state.get("pinned")}
     return Command(goto=[Send("candidate", {**base, **steered, "round": rnd, "slot": slot,
@@ -487,4 +564,5 @@ builder.add_edge("candidate", "round_end")
 
 graph = builder.compile()
 
-__all__ = ["builder", "graph", "candidate_builder", "archive_for", "executor_for", "Context"]
+__all__ = ["builder", "graph", "candidate_builder", "archive_for", "executor_for", "Context",
+           "model_for"]

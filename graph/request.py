@@ -28,3 +28,7 @@ class RunRequest:
     executor: str | None = None       # process | ray (None: the saved or default one)
     ray_address: str | None = None    # a Ray cluster (implies executor "ray")
     steer: bool = False               # pause after every round for a person
+    max_cost: float | None = None     # USD: stop before the LLM spend passes it
+    max_llm_tokens: int | None = None  # the same cap in tokens
+    replay: int | None = None         # re-execute this recorded run offline
+    replay_to: str | None = None      # the replay's home (default <home>/replays/run-N)

@@ -55,7 +55,27 @@ def parse_args(argv=None) -> RunRequest:
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="with --executor ray: the cluster to join (auto, HOST:PORT, "
                         "ray://HOST:PORT); default: start a local Ray for the run")
+    p.add_argument("--max-cost", type=float, default=None, metavar="USD",
+                   help="stop at a round boundary before the run's LLM spend would pass "
+                        "USD (list prices, agents/prices.py); --resume with a higher cap "
+                        "continues")
+    p.add_argument("--max-llm-tokens", type=int, default=None, metavar="N",
+                   help="the same cap in LLM tokens (input + output)")
+    p.add_argument("--replay", type=int, default=None, metavar="RUN_ID",
+                   help="re-execute a recorded run of --home offline: every LLM reply "
+                        "from its recording, no model server; into --replay-to DIR "
+                        "(default <home>/replays/run-RUN_ID)")
+    p.add_argument("--replay-to", default=None, metavar="DIR",
+                   help="the replay's home (with --replay)")
     args = p.parse_args(argv)
+    if args.max_cost is not None and not args.max_cost > 0:
+        p.error("--max-cost must be a positive number of USD")
+    if args.max_llm_tokens is not None and args.max_llm_tokens < 1:
+        p.error("--max-llm-tokens must be at least 1")
+    if args.replay is not None and (args.resume is not None or args.directive):
+        p.error("--replay re-executes a recorded run: it takes no --directive or --resume")
+    if args.replay_to and args.replay is None:
+        p.error("--replay-to needs --replay RUN_ID")
     if args.dry_run and args.trainer != "verl":
         p.error("--dry-run needs --trainer verl")
     for name in ("candidates", "seeds", "width"):
@@ -63,7 +83,8 @@ def parse_args(argv=None) -> RunRequest:
             p.error(f"--{name} must be at least 1")
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
-    if args.resume is None and args.directive is None and not args.dry_run:
+    if args.resume is None and args.directive is None and not args.dry_run \
+            and args.replay is None:
         p.error("--directive is required (or --resume RUN_ID)")
     if args.ray_address and args.executor == "process":
         p.error("--ray-address needs --executor ray")

@@ -51,12 +51,20 @@ def prepare(request: RunRequest):
         archive = None
     except ArchiveError as e:
         raise UsageError(str(e)) from None
+    if request.replay is not None:
+        return _prepare_replay(request, home, archive)
     if request.resume is not None:
         return _prepare_resume(request, home, archive)
-    model_ctx = Context(home=str(home), model=request.model)
+    from agents import calls
+    from agents.llm import resolved_models
+
+    model_ctx = Context(home=str(home), model=request.model,
+                        models=overrides.get("models") or {})
     model = _check_models(model_ctx)
+    objective_scope = calls.scope(None, None, "objective", "objective")
     try:
-        spec, how = objective_for(request.directive, model)
+        with objective_scope as recorded:   # the run does not exist yet: rows wait
+            spec, how = objective_for(request.directive, model)
     except ValueError as e:
         raise UsageError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - the server failed mid-call; nothing written yet
@@ -66,11 +74,14 @@ def prepare(request: RunRequest):
                   seeds=request.seeds, steps=request.steps, seed=request.seed,
                   model=None if request.model in (None, "builtin") else request.model,
                   smoke=request.smoke, steer=request.steer,
-                  **overrides, **_executor_choice(request))
+                  **{**overrides, **_caps(request)}, **_executor_choice(request))
+    ctx.models = resolved_models(ctx)   # saved: a resume or a replay uses the same roles
     _connect(ctx)  # before the run is recorded: an unreachable cluster leaves no trace
     saved = {k: v for k, v in asdict(ctx).items() if k not in ("home", "chat_models")}
     config = {"context": saved, "objective": spec.model_dump(), "objective_source": how}
     archive, run_id = _create_run(home, archive, spec.directive, config)
+    if recorded.pending:
+        calls.ledger_for(home).add([{**row, "run_id": run_id} for row in recorded.pending])
     state = {"run_id": run_id, "directive": spec.directive,
              "objective": spec.model_dump(), "round": 0, "reference": None}
     return home, archive, run_id, spec.directive, ctx, state, archive.run(run_id).config
@@ -96,11 +107,66 @@ def _prepare_resume(request: RunRequest, home: Path, archive):
                      if k in {f.name for f in fields(Context)}})
     ctx.home = str(home)
     ctx.steer = request.steer  # graph.run finishes a steered run unattended
-    for key, value in _executor_choice(request).items():  # explicit beats saved
-        setattr(ctx, key, value)
-    _check_models(ctx)
+    for key, value in {**_executor_choice(request), **_caps(request)}.items():
+        setattr(ctx, key, value)  # explicit beats saved
+    if not ctx.replay:  # a replay's models are its recording
+        _check_models(ctx)
     _connect(ctx)
     return home, archive, run.id, run.directive, ctx, None, run.config
+
+
+def _caps(request: RunRequest) -> dict:
+    """Context fields for --max-cost / --max-llm-tokens (only those given)."""
+    out = {}
+    if request.max_cost is not None:
+        out["max_cost_usd"] = request.max_cost
+    if request.max_llm_tokens is not None:
+        out["max_llm_tokens"] = request.max_llm_tokens
+    return out
+
+
+def _prepare_replay(request: RunRequest, home: Path, archive):
+    """A new home that re-executes run ``request.replay`` of ``home``: its saved
+    configuration and objective, every LLM role answered from the recorded replies
+    (agents.calls.ReplayChat); nothing is sent to a model server."""
+    from agents import calls
+    from memory.schema import ArchiveError
+
+    source = request.replay
+    if archive is None:
+        raise UsageError(f"no run {source} to replay in {home}: it has no archive")
+    try:
+        run = archive.run(source)
+    except ArchiveError:
+        raise UsageError(f"no run {source} to replay in {home}") from None
+    saved = run.config.get("context", {})
+    if not saved.get("models"):
+        raise UsageError(f"run {source} saved no model choices (it predates replays); "
+                         "it cannot be replayed")
+    if not calls.ledger_for(home).rows(source, paid_only=True) and any(
+            v != "builtin" for v in saved["models"].values()):
+        raise UsageError(f"run {source} has LLM roles but no recorded calls in "
+                         f"{home / calls.LEDGER_FILE}")
+    target = Path(request.replay_to) if request.replay_to else \
+        home / "replays" / f"run-{source}"
+    if target.exists() and any(target.iterdir()):
+        raise UsageError(f"the replay's home {target} exists: remove it or pass "
+                         "--replay-to DIR")
+    _check_home(target)
+    ctx = Context(**{k: v for k, v in saved.items() if k in {f.name for f in fields(Context)}})
+    ctx.home, ctx.steer = str(target), False
+    ctx.replay = {"home": str(home), "run_id": source}
+    ctx.max_cost_usd = ctx.max_llm_tokens = None  # a replay costs nothing
+    _connect(ctx)
+    config = {**run.config, "context": {k: v for k, v in asdict(ctx).items()
+                                        if k not in ("home", "chat_models")},
+              "replay_of": {"home": str(home), "run_id": source}}
+    new_archive, run_id = _create_run(target, None, run.directive, config)
+    spec = ObjectiveSpec.model_validate(run.config["objective"])
+    state = {"run_id": run_id, "directive": spec.directive,
+             "objective": spec.model_dump(), "round": 0, "reference": None}
+    return target, new_archive, run_id, spec.directive, ctx, state, \
+        new_archive.run(run_id).config
 
 
 def _check_home(home: Path) -> None:
@@ -131,8 +197,11 @@ def _check_models(ctx: Context):
     check, once per server, that it accepts a connection. Returns the scientist's."""
     from agents.llm import ROLES, check_reachable, get_model
 
+    from agents.llm import check_mix
+
     checked: set = set()
     try:
+        check_mix(ctx)
         models = {role: get_model(role, ctx) for role in ROLES}
         for role in ROLES:
             key = _server_key(role, ctx)
@@ -141,7 +210,7 @@ def _check_models(ctx: Context):
                 check_reachable(role, ctx)
     except Exception as e:  # noqa: BLE001 - a configuration problem, said in one line
         raise UsageError(_one_line(e)) from None
-    return models["scientist"]
+    return models["objective"]
 
 
 def _server_key(role: str, ctx: Context) -> tuple:
@@ -271,6 +340,9 @@ def _run(request: RunRequest, console: Console, tracer, on_start) -> dict:
     app = compile_graph(home)
     config = {"configurable": {"thread_id": f"run-{run_id}"}, "recursion_limit": 10_000,
               **tracing.run_config(tracer, run_id, directive, resumed=state is None)}
+    config["metadata"].update(llm_models=ctx.models, max_cost_usd=ctx.max_cost_usd,
+                              max_llm_tokens=ctx.max_llm_tokens,
+                              llm_cost_usd_at_start=llm_usage(home, run_id)["cost_usd"])
     if state is None:  # resuming
         snapshot = app.get_state(config)
         if not snapshot.values:
@@ -284,17 +356,32 @@ def _run(request: RunRequest, console: Console, tracer, on_start) -> dict:
     spec = ObjectiveSpec.model_validate(run_config["objective"]) if "objective" in run_config else \
         objective_from_directive(directive)
     how = run_config.get("objective_source", "builtin keyword mapping")
+    from agents.calls import BudgetStop
+
     console.rule(f"POISE run {run_id}")
     console.print(f"directive: [bold]{directive}[/bold]\nobjective: {spec.describe()} "
                   f"({how})\n"
-                  f"agents: {ctx.model or 'builtin (offline)'}; trainer: {jobs}; "
-                  f"budget: {ctx.candidates} candidates x {ctx.seeds} seed(s); home: {home}")
+                  f"agents: {_agents_line(ctx)}; trainer: {jobs}; "
+                  f"budget: {ctx.candidates} candidates x {ctx.seeds} seed(s)"
+                  f"{_caps_line(ctx)}; home: {home}")
+    if ctx.replay:
+        console.print(f"replay of run {ctx.replay['run_id']} in {ctx.replay['home']}: "
+                      "every LLM reply comes from its recording")
     started = time.time()
-    _stream(app, state, config, ctx, console, quiet=request.quiet)
+    stopped = None
+    try:
+        _stream(app, state, config, ctx, console, quiet=request.quiet)
+    except BudgetStop as e:
+        stopped = str(e)
     wall = time.time() - started
-    summary = write_summary(archive, app, config, run_id, directive, home, wall)
-    archive.finish_run(run_id)
+    summary = write_summary(archive, app, config, run_id, directive, home, wall,
+                            stopped=stopped)
+    if stopped is None:
+        archive.finish_run(run_id)
     print_leaderboard(archive, run_id, console)
+    print_llm_usage(summary["llm"], console)
+    if stopped is not None:
+        console.print(f"[yellow]stopped: {stopped}[/yellow]", soft_wrap=True)
     shares = summary["time_shares"]
     console.print(f"wall time {wall:.0f} s: training+evaluation "
                   f"{100 * shares['training_and_evaluation']:.1f}%, verifier smoke training "
@@ -310,12 +397,39 @@ def _run(request: RunRequest, console: Console, tracer, on_start) -> dict:
     return summary
 
 
+def _agents_line(ctx: Context) -> str:
+    models = ctx.models or {}
+    llm = {r: m for r, m in models.items() if m != "builtin"}
+    if not llm:
+        return ctx.model or "builtin (offline)"
+    if len(set(llm.values())) == 1 and len(llm) == len(models):
+        return next(iter(llm.values()))
+    return ", ".join(f"{r} {m}" for r, m in models.items())
+
+
+def _caps_line(ctx: Context) -> str:
+    caps = ([f"max ${ctx.max_cost_usd:g} LLM"] if ctx.max_cost_usd is not None else []) + \
+        ([f"max {ctx.max_llm_tokens:,} LLM tokens"] if ctx.max_llm_tokens is not None else [])
+    return "".join(f", {c}" for c in caps)
+
+
+def _spend(ctx: Context, run_id: int) -> str:
+    from agents import calls
+
+    t = calls.ledger_for(ctx.home).totals(run_id)
+    if not t["calls"]:
+        return ""
+    return f"; LLM ${t['cost_usd']:.4f}, {t['tokens']:,} tok"
+
+
 def _stream(app, state, config, ctx: Context, console: Console, quiet: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     total = ctx.candidates + 1
     done = len(app.get_state(config).values.get("finished", [])) if state is None else 0
     best: float | None = None
+    run_id = config["metadata"]["run_id"]
+    spend = _spend(ctx, run_id)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, disable=quiet) as bar:
         task = bar.add_task("starting", total=total, completed=done)
@@ -330,8 +444,9 @@ def _stream(app, state, config, ctx: Context, console: Console, quiet: bool) -> 
                 continue
             for node, value in (update or {}).items():
                 where = "round ?" if not ns else ns[0].split(":")[0]
-                bar.update(task, description=f"{node} ({where}); best {_fmt(best)}")
+                bar.update(task, description=f"{node} ({where}); best {_fmt(best)}{spend}")
                 if node == "archive" and value:
+                    spend = _spend(ctx, run_id)
                     for c in value.get("finished", []):
                         bar.advance(task)
                         if c["fitness"] is not None:
@@ -357,7 +472,7 @@ def _fmt(x) -> str:
 
 
 def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
-                  wall: float) -> dict:
+                  wall: float, stopped: str | None = None) -> dict:
     cands = archive.candidates(run_id)
     rows = [{"id": c.id, "name": c.name, "parents": archive.parents(c.id),
              "status": c.status, "fitness": c.fitness,
@@ -382,13 +497,45 @@ def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
                "time_shares": {"training_and_evaluation": train / wall,
                                "smoke_training": smoke / wall,
                                "verification_checks": checks / wall,
-                               "orchestration": max(0.0, 1 - (train + smoke + checks) / wall)}}
+                               "orchestration": max(0.0, 1 - (train + smoke + checks) / wall)},
+               "llm": llm_usage(home, run_id), "stopped": stopped}
     out = home / "runs" / str(run_id)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / "summary.json")
     return summary
+
+
+def llm_usage(home: Path, run_id: int) -> dict:
+    """The run's LLM calls summed (agents.calls.Ledger.totals), with the price table's
+    date."""
+    from agents import calls
+    from agents.prices import PRICES_AS_OF
+
+    return {**calls.ledger_for(home).totals(run_id), "prices_as_of": PRICES_AS_OF}
+
+
+def print_llm_usage(usage: dict, console: Console) -> None:
+    if not usage.get("calls"):
+        return
+    t = Table(title=f"LLM calls (cost at list prices of {usage['prices_as_of']})")
+    for col in ("role", "calls", "cached", "input tok", "output tok", "USD"):
+        t.add_column(col, justify="left" if col == "role" else "right")
+    rows = list(usage["by_role"].items()) + [("total", usage)]
+    for role, u in rows:
+        t.add_row(role, str(u["calls"]), str(u["cached_calls"]), f"{u['input_tokens']:,}",
+                  f"{u['output_tokens']:,}", f"{u['cost_usd']:.4f}")
+    console.print(t)
+    notes = []
+    if usage["estimated_calls"]:
+        notes.append(f"{usage['estimated_calls']} call(s) without usage metadata: their "
+                     "tokens are estimated")
+    if usage["unpriced_calls"]:
+        notes.append(f"{usage['unpriced_calls']} call(s) to models not in the price "
+                     "table cost 0 here (POISE_PRICES adds prices)")
+    for n in notes:
+        console.print(f"[dim]{n}[/dim]")
 
 
 def _covered(spans: list, lo: float, hi: float) -> float:

@@ -49,7 +49,7 @@ class Session:
         self.app = compile_graph(home)
         self.config = {"configurable": {"thread_id": self.thread},
                        "recursion_limit": 10_000}
-        self.model = model_for("scientist", ctx)
+        self.model = model_for("steer", ctx)
 
     @property
     def thread(self) -> str:
@@ -121,7 +121,8 @@ class Session:
             self.console.print(escape(why_text(self.archive, int(action.target))))
 
     def interpret(self, line: str, directive: str) -> Action:
-        """Slash commands are parsed; free text goes to the scientist model when one is
+        """Slash commands are parsed; free text goes to the steer model (the scientist's
+        unless configured apart) when one is
         configured, else (or when it gives no usable reading) to the builtin rules."""
         if self.model is None or not line.strip() or line.strip().startswith("/"):
             return parse_line(line, directive, self.resolve)
@@ -130,8 +131,12 @@ class Session:
 
         cands = [{"id": c.id, "name": c.name, "status": c.status, "fitness": c.fitness}
                  for c in self.archive.candidates(self.run_id)]
+        from agents import calls
+
         try:
-            intent = interpret_llm(self.model, line, directive, cands)
+            with calls.scope(calls.ledger_for(self.home), self.run_id, "steer", "steer",
+                             cache=False):  # a person's words: answered afresh each time
+                intent = interpret_llm(self.model, line, directive, cands)
         except Exception as e:  # noqa: BLE001 - said to the person; the rules take over
             problem = e.problems[-1] if isinstance(e, AgentOutputError) else \
                 f"{type(e).__name__}: {e}"
@@ -147,8 +152,13 @@ class Session:
             from agents.objective import objective_for
             from evals.objective import objective_from_directive
 
+            from agents import calls
+
             try:
-                spec, how = objective_for(instr.directive, self.model)
+                with calls.scope(calls.ledger_for(self.home), self.run_id, "objective",
+                                 "objective", cache=False):
+                    spec, how = objective_for(instr.directive,
+                                              model_for("objective", self.ctx))
             except ValueError as e:  # an empty directive
                 self.console.print(escape(f"refused: {e}"))
                 return {**self.app.get_state(self.config).interrupts[0].value, "notes": []}
@@ -309,6 +319,12 @@ def why_text(archive, cid: int, similar: int = 3) -> str:
                      + (f", changing {', '.join(d.changes)}" if d.changes else ""))
     if d.rationale:
         lines.append("evidence behind the proposal: " + "; ".join(d.rationale))
+    from memory.cards import shown
+    from memory.show import shown_text
+
+    seen = shown_text(shown(archive, cid))
+    if seen:
+        lines.append("the scientist was shown " + seen.replace("\n", "; "))
     lines.append(c.proposal.strip())
     evals = archive.evaluations(cid)
     if evals:
@@ -320,6 +336,10 @@ def why_text(archive, cid: int, similar: int = 3) -> str:
         lines.append(f"why it failed: {c.error}")
     if d.feedback:
         lines.append("verifier feedback: " + "; ".join(d.feedback[:3]))
+    for j in d.judge:
+        if j.get("judge_error"):
+            lines.append(f"the consistency judge failed: {j['judge_error']} (the builtin "
+                         "rule judged instead)")
     refl = archive.reflections(cid)
     for r in refl:
         lines.append(f"reflection [{', '.join(r.tags)}]: {r.text}")

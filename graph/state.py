@@ -55,6 +55,7 @@ class CandidateState(TypedDict, total=False):
     results: list[dict]                 # per-seed TrainResult dicts (+ "span": wall times)
     verify_spans: list[list[float]]     # [start, end] wall times of verifier calls
     smoke_spans: list[list[float]]      # ... and of their smoke-training parts
+    judge: list[dict]                   # per verification: which judge, and its error
     fitness: float | None
     diagnosis: dict                     # text, tags
     status: str                         # archive status once decided

@@ -35,13 +35,16 @@ PENDING = "pending"                      # proposed (maybe coded), not verified 
 VERIFIED = "verified"
 TRAINING = "training"
 EVALUATED = "evaluated"                  # has fitness: the only status that may parent
+FAILED_PROPOSAL = "failed_proposal"      # no usable proposal: parent, evidence or scientist
+FAILED_CODING = "failed_coding"          # the coder wrote no module to verify
 FAILED_VERIFICATION = "failed_verification"
 FAILED_TRAINING = "failed_training"
 FAILED_EVALUATION = "failed_evaluation"
 DUPLICATE = "duplicate"                  # rejected by the novelty check before training
-STATUSES = (PENDING, VERIFIED, TRAINING, EVALUATED, FAILED_VERIFICATION, FAILED_TRAINING,
-            FAILED_EVALUATION, DUPLICATE)
-FAILED = (FAILED_VERIFICATION, FAILED_TRAINING, FAILED_EVALUATION)
+STATUSES = (PENDING, VERIFIED, TRAINING, EVALUATED, FAILED_PROPOSAL, FAILED_CODING,
+            FAILED_VERIFICATION, FAILED_TRAINING, FAILED_EVALUATION, DUPLICATE)
+FAILED = (FAILED_PROPOSAL, FAILED_CODING, FAILED_VERIFICATION, FAILED_TRAINING,
+          FAILED_EVALUATION)
 LINEAGE_KINDS = ("mutation", "crossover")
 
 
@@ -147,6 +150,10 @@ class CandidateDetails(BaseModel):
     feedback: list[str] = []          # the verifier's feedback, when it failed
     changes: list[str] | None = None  # the genes (builtin) or hooks (LLM) it changes
     rationale: list[str] | None = None  # the evidence the scientist cited
+    evidence: list[int] = []          # ids of the reflections the scientist was shown
+    references: list[int] = []        # ids of the candidates it was shown as references
+    crossover_with: str | None = None  # an LLM crossover's other parent, by name
+    judge: list[dict] = []            # per verification: the consistency judge, its error
     verify_spans: list[list[float]] = []   # wall-clock (start, end) of verification steps
     smoke_spans: list[list[float]] = []    # ... of the verifier's smoke training
     train_spans: list[list[float]] = []    # ... of each seed's training job

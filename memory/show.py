@@ -17,6 +17,7 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
+from memory.cards import shown
 from memory.archive import Archive
 from memory.cli import Parser, add_home, open_existing, run_cli
 from memory.schema import Candidate
@@ -59,6 +60,7 @@ def candidate_record(archive: Archive, cand: Candidate) -> dict:
         "evaluations": [e.model_dump() for e in archive.evaluations(cand.id)],
         "reflections": [{"id": r.id, "text": r.text, "tags": r.tags, "created": r.created}
                         for r in archive.reflections(cand.id)],
+        "shown": shown(archive, cand.id),
     }
 
 
@@ -77,6 +79,15 @@ def render(record: dict) -> Group:
              Panel(escape(c["proposal"] or "(none)"), title="proposal")]
     if c["code"]:
         parts.append(Panel(Syntax(c["code"], "python", line_numbers=True), title="code"))
+    shown = record.get("shown") or {}
+    if shown.get("evidence") or shown.get("references"):
+        parts.append(Panel(escape(shown_text(shown)), title="what the scientist was shown"))
+    judge = (c.get("details") or {}).get("judge") or []
+    errors = [j["judge_error"] for j in judge if j.get("judge_error")]
+    if errors:
+        parts.append(Panel(escape("; ".join(errors)),
+                           title="[red]the consistency judge failed[/red] (the builtin "
+                                 "rule judged instead)"))
     parts.append(_evaluations(record["evaluations"]))
     for r in record["reflections"]:
         tags = f"  [dim]tags: {', '.join(r['tags'])}[/dim]" if r["tags"] else ""
@@ -84,6 +95,19 @@ def render(record: dict) -> Group:
     if not record["reflections"]:
         parts.append(Panel("(no reflection yet)", title="reflection"))
     return Group(*parts)
+
+
+def shown_text(shown: dict) -> str:
+    """One line each for the evidence and the references a proposal was made from."""
+    lines = []
+    if shown.get("evidence"):
+        lines.append("evidence: " + ", ".join(
+            f"reflection #{e['reflection_id']} on #{e['candidate_id']} {e['candidate']}"
+            for e in shown["evidence"]))
+    if shown.get("references"):
+        lines.append("references: " + ", ".join(f"#{r['id']} {r['name']}"
+                                               for r in shown["references"]))
+    return "\n".join(lines)
 
 
 def _evaluations(evals: list[dict]) -> Table:

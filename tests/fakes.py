@@ -175,11 +175,31 @@ class HTTPError:
 ServerRespond = Callable[[dict, Union[str, None]], Union[str, HTTPError]]
 
 
-def completion(model: str, content: str) -> dict:
-    return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+def completion(model: str, content: str, usage: tuple[int, int] | None = (1, 1)) -> dict:
+    """A chat completion; ``usage`` (prompt, completion tokens), None: no usage field."""
+    out = {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
+           "choices": [{"index": 0, "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": content}}]}
+    if usage is not None:
+        out["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+                        "total_tokens": usage[0] + usage[1]}
+    return out
+
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def count_tokens(text: str) -> int:
+    """A stand-in tokenizer: each word and each punctuation mark is a token (close to a
+    BPE tokenizer on code and JSON, a little above it on English)."""
+    return len(_TOKEN.findall(text))
+
+
+def request_tokens(body: dict) -> int:
+    """The prompt tokens of a chat request, as a server with ``count_tokens`` counts
+    them (message contents plus 4 per message for the chat template)."""
+    return sum(count_tokens(str(m.get("content") or "")) + 4
+               for m in body.get("messages", []))
 
 
 ROLE_OPENINGS = (("objective", "turn it into the run's objective spec"),
@@ -202,19 +222,29 @@ class OpenAIServer:
     ``delay_s`` (seconds, or ``role -> seconds``)."""
 
     def __init__(self, respond: ServerRespond,
-                 delay_s: float | Callable[[str], float] = 0.0):
+                 delay_s: float | Callable[[str], float] = 0.0,
+                 usage: Callable[[dict, str], tuple[int, int] | None] | None = None,
+                 models: dict | None = None):
+        """``usage(body, reply)``: the (prompt, completion) tokens the reply reports
+        (default 1, 1; None: no usage field); ``models``: the ``GET /v1/models`` body
+        (default: 404, as servers that do not list models)."""
         self.respond, self.delay_s = respond, delay_s
+        self.usage = usage or (lambda body, reply: (1, 1))
+        self.models = models
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         self._holding = 0
         self.http = LocalHTTPServer(self._handler())
 
     @classmethod
-    def scripted(cls, reply: Callable[[str, dict], str] | None = None,
-                 delay_s: float | Callable[[str], float] = 0.0) -> "OpenAIServer":
-        """A server whose answers are ``reply(role, body)`` (``deterministic_reply``)."""
+    def scripted(cls, reply: Callable[[str, dict], Union[str, "HTTPError"]] | None = None,
+                 delay_s: float | Callable[[str], float] = 0.0, **options: Any
+                 ) -> "OpenAIServer":
+        """A server whose answers are ``reply(role, body)`` (``deterministic_reply``);
+        ``options``: ``usage``, ``models`` as for the constructor."""
         reply = reply or deterministic_reply
-        return cls(lambda body, _auth: reply(role_of(body), body), delay_s=delay_s)
+        return cls(lambda body, _auth: reply(role_of(body), body), delay_s=delay_s,
+                   **options)
 
     @property
     def base_url(self) -> str:
@@ -244,6 +274,12 @@ class OpenAIServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the http.server API
+                if self.path == "/v1/models" and server.models is not None:
+                    send_json(self, 200, server.models)
+                else:
+                    send_json(self, 404, {"error": {"message": f"no route {self.path}"}})
+
             def do_POST(self):  # noqa: N802 - the http.server API
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 record = {"path": self.path, "body": body,
@@ -265,7 +301,8 @@ class OpenAIServer:
                     if isinstance(reply, HTTPError):
                         send_json(self, reply.status, reply.body)
                     else:
-                        send_json(self, 200, completion(body.get("model", "m"), reply))
+                        send_json(self, 200, completion(body.get("model", "m"), reply,
+                                                        server.usage(body, reply)))
                     record["answered"] = time.time()
                 except (BrokenPipeError, ConnectionResetError):
                     record["dropped"] = True   # the client went away (killed) mid-call
@@ -296,8 +333,8 @@ def deterministic_reply(role: str, body: dict) -> str:
         return json.dumps({"directive": "x", "length_weight": 0.2 if concise else 0.0,
                            "accuracy_tolerance": 1.0})
     if role == "scientist":
-        taken = re.search(r"Names already taken \(yours must differ\): (.*)", text)
-        n = len(re.findall(r"[a-z0-9-]+", taken.group(1))) if taken else 0
+        taken = re.search(r'<data name="taken_names">\n(.*?)\n</data>', text, re.DOTALL)
+        n = len(re.findall(r'"[a-z0-9-]+"', taken.group(1))) if taken else 0
         return proposal_reply(
             name=f"llm-len-{n}", hypothesis="penalize length of correct answers",
             mechanism="the reward penalizes length on correct answers only",
@@ -318,4 +355,5 @@ def deterministic_reply(role: str, body: dict) -> str:
 __all__ = ["ScriptedChat", "OpenAIServer", "HTTPError", "LocalHTTPServer", "PROPOSAL",
            "CANDIDATE", "proposal_reply", "candidate_code", "candidate_reply",
            "deterministic_reply", "role_of", "completion", "send_json", "closed_port",
+           "count_tokens", "request_tokens",
            "prompt_chars", "last_human"]

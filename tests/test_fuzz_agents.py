@@ -432,7 +432,9 @@ def storable(value: Any) -> None:
 def check_proposal(p: Any) -> None:
     assert isinstance(p, Proposal) and p.genome is None
     reply = LLMProposal.model_validate(p.model_dump(exclude={"kind", "genome", "parents"}))
-    assert reply.proposal() == p  # the reply schema and the loop's proposal agree
+    # the reply schema and the loop's proposal agree (what it was shown is the loop's)
+    assert reply.proposal() == p.model_copy(update={"evidence_shown": None,
+                                                    "references_shown": None})
     assert Proposal.of(p.state()) == p  # and it survives the graph state's JSON
     assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", p.name) and len(p.name) <= SLUG_MAX
     assert p.name not in TAKEN
@@ -501,8 +503,9 @@ AGENTS = {
         check_module, code_replies),
     "analyst": Agent(
         "analyst",
-        lambda m, r: diagnose_llm(m, PROPOSAL, CURVE, [{"step": 10, "overall": 31.0}],
-                                  {"overall": 33.0, "length": 20.0},
+        lambda m, r: diagnose_llm(m, PROPOSAL, [{"curve": CURVE,
+                                                 "evals": [{"step": 10, "overall": 31.0}],
+                                                 "final": {"overall": 33.0, "length": 20.0}}],
                                   {"overall": 31.0, "length": 25.0}, max_repairs=r),
         check_diagnosis, lambda fault: json_replies(diagnoses(), fault)),
     "judge": Agent(

@@ -68,8 +68,8 @@ def test_a_scientist_that_only_replies_garbage_fails_each_candidate_and_the_loop
     assert not coder.calls and not analyst.calls  # nothing after the scientist ran
     with Archive(home) as a:
         cands = a.candidates(run_id)
-        assert [c.status for c in cands] == ["evaluated", "failed_verification",
-                                             "failed_verification"]
+        assert [c.status for c in cands] == ["evaluated", "failed_proposal",
+                                             "failed_proposal"]  # the scientist's stage
         for c in cands[1:]:
             assert c.error.startswith("scientist failed: AgentOutputError: LLMProposal: no "
                                       "usable reply after 3 attempt(s); last problem: the "

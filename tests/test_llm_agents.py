@@ -231,8 +231,8 @@ def test_analyst_drops_unknown_tags_and_keeps_the_prompt_small():
              "tags": ["Entropy collapse", "improvement", "made-up-tag", "entropy_collapse"]}
     model, rec = scripted(json.dumps(reply))
     evals = [{"step": s, "overall": 30.0 + s / 10} for s in range(0, 500, 25)]
-    d = diagnose_llm(model, PROPOSAL, _curve(500), evals, {"overall": 35.0, "length": 20.0},
-                     {"overall": 31.0, "length": 28.0})
+    run = {"curve": _curve(500), "evals": evals, "final": {"overall": 35.0, "length": 20.0}}
+    d = diagnose_llm(model, PROPOSAL, [run], {"overall": 31.0, "length": 28.0})
     assert isinstance(d, LLMDiagnosis)
     assert d.tags == ["entropy-collapse", "improvement"] and set(d.tags) <= set(TAGS)
     assert d.dropped_tags == ["made-up-tag"]
@@ -240,7 +240,7 @@ def test_analyst_drops_unknown_tags_and_keeps_the_prompt_small():
     prompt = last_human(rec.calls[0])
     assert len(prompt) < 8_000
     assert "entropy-collapse" in prompt  # the builtin rule flag is shown as evidence
-    curve_block = prompt.split('<data name="curve">')[1].split("</data>")[0]
+    curve_block = prompt.split('<data name="curve_seed_0">')[1].split("</data>")[0]
     assert len(curve_block.strip().splitlines()) == 10
 
 
@@ -414,10 +414,11 @@ def test_each_role_chooses_its_llm_or_its_builtin_agent_in_its_own_module():
               "response_length": 50.0, "validity": 1.0, "kl_to_start": 0.01 * s}
              for s in range(1, 6)]
     final = {"overall": 40.0, "length": 50.0}
-    rules = diagnose_with(None, builtin, curve, [], final, None)
+    runs = [{"curve": curve, "evals": [], "final": final}]
+    rules = diagnose_with(None, builtin, runs, None)
     assert rules.text and not isinstance(rules, LLMDiagnosis)
     model, rec = scripted(json.dumps({"text": "What happened: it learned.", "tags": []}))
-    said = diagnose_with(model, llm, curve, [], final, None)
+    said = diagnose_with(model, llm, runs, None)
     assert isinstance(said, LLMDiagnosis) and said.text == "What happened: it learned."
-    assert diagnose_with(unused, seed, curve, [], final, None).text == \
-        diagnose_with(None, seed, curve, [], final, None).text  # the seed: builtin rules
+    assert diagnose_with(unused, seed, runs, None).text == \
+        diagnose_with(None, seed, runs, None).text  # the seed: builtin rules

@@ -93,7 +93,7 @@ def test_no_key_in_any_file_or_output_of_a_run(tmp_path):
     with Archive(home) as a:
         run = a.runs()[-1]
         cands = a.candidates(run.id)
-        assert [c.status for c in cands] == ["evaluated", "failed_verification", "evaluated"]
+        assert [c.status for c in cands] == ["evaluated", "failed_proposal", "evaluated"]
         failed = cands[1]
         assert "scientist failed" in failed.error and "401" in failed.error, failed.error
         assert REDACTED in failed.error  # the echoed key, replaced

@@ -71,7 +71,8 @@ def write_report(home: str | Path | None, run_id: int, out: str | Path | None = 
                       _genealogy_section(tree.svg if tree else None, names["genealogy"]),
                       _curves_section(curves, best, snap, names["curves"]),
                       _leaderboard_section(snap, board, chart, names["leaderboard"]),
-                      _candidates_section(snap)])
+                      _llm_section(home, run_id),
+                      _candidates_section(snap, _llm_by_candidate(home, run_id))])
     page = _page(f"POISE run {snap.run.id}: {snap.run.directive}", body)
     step(STEPS[5])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,12 +193,49 @@ def _val_mean(c: CandidateView, key: str) -> str:
     return f"{sum(values) / len(values):.1f}" if values else "-"
 
 
-def _candidates_section(snap: RunSnapshot) -> str:
+def _llm_usage(home: Path, run_id: int) -> dict:
+    from agents import calls
+
+    if not (home / calls.LEDGER_FILE).is_file():
+        return {}
+    return calls.Ledger(home).totals(run_id)
+
+
+def _llm_by_candidate(home: Path, run_id: int) -> dict:
+    return _llm_usage(home, run_id).get("by_candidate", {})
+
+
+def _llm_section(home: Path, run_id: int) -> str:
+    """The run's LLM calls by role: calls, tokens, cost (agents.calls' ledger)."""
+    from agents.prices import PRICES_AS_OF
+
+    usage = _llm_usage(home, run_id)
+    if not usage.get("calls"):
+        return ""
+    rows = [f"<tr><td>{e(role)}</td><td>{u['calls']}</td><td>{u['cached_calls']}</td>"
+            f"<td>{u['input_tokens']:,}</td><td>{u['output_tokens']:,}</td>"
+            f"<td>{u['cost_usd']:.4f}</td></tr>"
+            for role, u in [*usage["by_role"].items(), ("total", usage)]]
+    notes = []
+    if usage["estimated_calls"]:
+        notes.append(f"{usage['estimated_calls']} call(s) had no usage metadata: their "
+                     "tokens are estimated")
+    if usage["unpriced_calls"]:
+        notes.append(f"{usage['unpriced_calls']} call(s) to models without a price cost 0")
+    return ("<section id='llm'><h2>LLM calls</h2>"
+            + _table("llm", ["role", "calls", "cached", "input tokens", "output tokens",
+                             "USD"], rows)
+            + f"<p class='note'>USD at list prices of {PRICES_AS_OF} (agents/prices.py)"
+            + "".join(f"; {e(n)}" for n in notes) + ".</p></section>")
+
+
+def _candidates_section(snap: RunSnapshot, llm: dict | None = None) -> str:
     return ("<section id='candidates'><h2>Candidates</h2>"
-            + "".join(_candidate(snap, c) for c in snap.candidates) + "</section>")
+            + "".join(_candidate(snap, c, (llm or {}).get(c.info.key))
+                      for c in snap.candidates) + "</section>")
 
 
-def _candidate(snap: RunSnapshot, c: CandidateView) -> str:
+def _candidate(snap: RunSnapshot, c: CandidateView, llm: dict | None = None) -> str:
     fit = "-" if c.fitness is None else f"{c.fitness:.3f}"
     seeds = ", ".join(f"seed {k}: {v:.3f}" for k, v in sorted(c.seed_fitness.items()))
     genes = c.info.genes or []
@@ -211,6 +249,18 @@ def _candidate(snap: RunSnapshot, c: CandidateView) -> str:
                                                      for g in genes) + "</p>")
     if c.error:
         parts.append(f"<pre class='error'>{e(c.error)}</pre>")
+    if llm and llm.get("calls"):
+        parts.append(f"<p class='llm'>LLM: {llm['calls']} call(s), {llm['tokens']:,} "
+                     f"tokens, ${llm['cost_usd']:.4f}</p>")
+    if c.shown:
+        from memory.show import shown_text
+
+        parts.append("<p class='shown'>the scientist was shown: "
+                     + e(shown_text(c.shown)).replace("\n", "<br>") + "</p>")
+    for j in c.info.judge:
+        if j.get("judge_error"):
+            parts.append(f"<p class='error'>the consistency judge failed: "
+                         f"{e(j['judge_error'])} (the builtin rule judged instead)</p>")
     parts.append(f"<h4>Proposal</h4><pre class='text'>{e(c.proposal or '(none)')}</pre>")
     parent = snap.by_id.get(c.parents[0]) if c.parents else None
     parts.append(_diff_block(parent, c))

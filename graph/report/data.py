@@ -38,6 +38,7 @@ class CandidateView:
     parents: list[int] = field(default_factory=list)          # primary parent first
     evaluations: list[Evaluation] = field(default_factory=list)  # by seed
     reflections: list[Reflection] = field(default_factory=list)
+    shown: dict = field(default_factory=dict)   # Archive.shown: evidence and references
 
     @property
     def is_baseline(self) -> bool:
@@ -118,7 +119,17 @@ def _paired_vs(seed: CandidateView | None, cand: CandidateView) -> ConfidenceInt
 
 
 def load_snapshot(archive: Archive, run_id: int) -> RunSnapshot:
+    from memory.cards import shown
+
     """Everything the report needs about run ``run_id``; ArchiveError if there is none."""
+    snap = _load_snapshot(archive, run_id)
+    for c in snap.candidates:
+        if c.info.evidence or c.info.references:
+            c.shown = shown(archive, c.id)
+    return snap
+
+
+def _load_snapshot(archive: Archive, run_id: int) -> RunSnapshot:
     with archive.session() as s:
         run = s.get(Run, run_id)
         if run is None:

@@ -33,6 +33,8 @@ FAILED_FILL, FAILED_EDGE = "#fadbd8", "#c0392b"
 # status -> (marker, fill (None: by fitness), edge colour, legend label)
 STATUS_STYLE = {
     "evaluated": ("o", None, "#222222", "evaluated (fill = fitness)"),
+    "failed_proposal": ("P", FAILED_FILL, FAILED_EDGE, "failed proposal"),
+    "failed_coding": ("v", FAILED_FILL, FAILED_EDGE, "failed coding"),
     "failed_verification": ("X", FAILED_FILL, FAILED_EDGE, "failed verification"),
     "failed_training": ("s", FAILED_FILL, FAILED_EDGE, "failed training"),
     "failed_evaluation": ("D", FAILED_FILL, FAILED_EDGE, "failed evaluation"),
