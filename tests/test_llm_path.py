@@ -16,7 +16,7 @@ from rich.console import Console
 from agents import calls
 from agents.budget import Budget, ContextBudgetError, fit, overflow_from
 from evals.objective import objective_from_directive
-from fakes import (HTTPError, OpenAIServer, ScriptedChat, candidate_code, candidate_reply,
+from fakes import (PROPOSAL, HTTPError, OpenAIServer, ScriptedChat, candidate_code, candidate_reply,
                    closed_port, deterministic_reply, last_human, proposal_reply,
                    request_tokens)
 from graph.context import Context
@@ -435,3 +435,71 @@ def test_budget_fits_by_level_and_reads_a_servers_refusal():
     assert overflow_from(BadRequest("invalid api key")) is None
     learned = Budget(window=8192, reply=1200).learned(e, [("human", "y" * 15_000)])
     assert learned.window == 4096 and learned.chars_per_token < 3.0
+
+
+def test_a_run_killed_between_two_calls_of_a_node_does_not_pay_for_the_first_again(
+        tmp_path):
+    """The scientist's first reply is unusable; the run dies during the repair call (the
+    node never finishes, so the checkpoint is before it). Resumed in a "new process" (a
+    new ledger object, a new model), the node reruns: the first call is answered from the
+    ledger and only the repair is sent."""
+    home = tmp_path / "home"
+    garbage = "No JSON from me this time."
+
+    def dying(messages):
+        if "could not be used" in last_human(messages):
+            raise KeyboardInterrupt  # the kill, mid-call
+        return garbage
+
+    first = ScriptedChat.answering(dying)
+    ctx = Context(home=str(home), candidates=1, width=1, seeds=1, smoke=False,
+                  warm_config=TINY["warm_config"], train_overrides=TINY["train_overrides"],
+                  chat_models={"scientist": first, "coder": ScriptedChat.of(candidate_reply())})
+    spec = objective_from_directive("accurate")
+    with Archive(home) as a:
+        run_id = a.start_run(spec.directive, {})
+    app = builder.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t"}, "recursion_limit": 200}
+    with pytest.raises(KeyboardInterrupt):
+        app.invoke({"run_id": run_id, "directive": spec.directive,
+                    "objective": spec.model_dump(), "round": 0, "reference": None},
+                   config, context=ctx)
+    assert len(first.calls) == 2   # the first call, answered; the repair, killed
+
+    calls._ledgers.clear()         # a new process: nothing of the old one in memory
+    second = ScriptedChat.answering(lambda m: proposal_reply())
+    ctx.chat_models["scientist"] = second
+    app.invoke(None, config, context=ctx)
+    assert len(second.calls) == 1 and "could not be used" in last_human(second.calls[0])
+    assert garbage in second.calls[0][-2].content   # the cached reply, echoed back
+    rows = [r for r in calls.Ledger(home).rows(run_id) if r["role"] == "scientist"]
+    assert [r["cached"] for r in rows] == [0, 1, 0]  # sent, answered from the ledger, sent
+    with Archive(home) as a:
+        assert [c.status for c in a.candidates(run_id)] == ["evaluated", "evaluated"]
+
+
+def test_the_window_is_read_from_the_server_and_the_prompts_name_the_backend(monkeypatch):
+    from agents.backend import describe
+    from agents.budget import budget_for
+    from agents.coder import write_code_llm
+
+    listing = {"object": "list", "data": [{"id": "small", "object": "model",
+                                           "max_model_len": 4096}]}
+    probe = ("from agents.budget import budget_for; from agents.llm import get_model; "
+             "b = budget_for('coder', None, get_model('coder', {'model': 'openai:small'})); "
+             "print(b.window, b.source)")
+    with OpenAIServer.scripted(models=listing) as server:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("POISE_", "OPENAI_")) and "proxy" not in k.lower()}
+        env.update(OPENAI_BASE_URL=server.base_url, PYTHONPATH=str(REPO))
+        out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == "4096 the model server", out.stderr[-2000:]
+    assert budget_for("coder", Context(context_tokens={"coder": 2048})).window == 2048
+
+    model = ScriptedChat.of(candidate_reply())
+    write_code_llm(model, PROPOSAL, "", backend=describe("verl"))
+    prompt = model.calls[0][0].content
+    assert "verl on GPUs" in prompt and "batch.correct and batch.valid are NOT" in prompt
+    write_code_llm(model, PROPOSAL, "")
+    assert "local trainer on the CPU testbed" in model.calls[1][0].content

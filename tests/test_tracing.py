@@ -309,6 +309,9 @@ def test_run_and_candidates_are_named_and_carry_their_metadata(traced):
     assert "poise" in root["tags"]
     assert (_meta(root)["run_id"], _meta(root)["directive"]) == (1, "accurate and concise")
     assert root.get("end_time") and root.get("outputs")  # its end was sent: flushed
+    # the LLM set-up and spend travel with the run (agents/calls.py)
+    assert _meta(root)["llm_models"]["scientist"] != "builtin"
+    assert {"max_cost_usd", "max_llm_tokens", "llm_cost_usd_at_start"} <= set(_meta(root))
 
     cands = {r["name"]: r for r in runs.values() if r["name"].startswith("candidate")}
     assert set(cands) == {"candidate r0.s0", "candidate r1.s0"}
@@ -347,6 +350,7 @@ def test_nodes_and_llm_calls_carry_node_role_and_candidate(traced):
         assert {"poise", role, f"role:{role}"} <= set(llm[0]["tags"])
         assert (m["role"], m["node"], m["candidate_key"], m["round"], m["run_id"]) == \
             (role, role, "1:1:0", 1, 1)
+        assert (m["poise_role"], m["poise_candidate"], m["poise_run"]) == (role, "1:1:0", 1)
         assert llm[0].get("outputs") or llm[0].get("error")
     # the seed round makes no LLM call: GRPO as shipped, the builtin analyst
     seed = _below(runs, _named(runs, "candidate r0.s0"))
