@@ -38,6 +38,12 @@ class Context:
                        "(--max-cost); --resume with a higher cap continues"})
     max_llm_tokens: int | None = field(default=None, metadata={
         "description": "the same cap in LLM tokens, input + output (--max-llm-tokens)"})
+    loggers: list = field(default_factory=list, metadata={
+        "description": "experiment trackers each candidate x seed is logged to: mlflow, "
+                       "tensorboard, wandb (--logger; trainers/tracking.py); [] = none"})
+    tracking_uri: str | None = field(default=None, metadata={
+        "description": "MLflow tracking URI (--tracking-uri); None: $MLFLOW_TRACKING_URI, "
+                       "else the file store <home>/mlruns"})
     llm_cache: bool = field(default=True, metadata={
         "description": "answer a call already recorded in the ledger from it (a resumed "
                        "run never pays twice for the same call)"})

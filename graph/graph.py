@@ -390,7 +390,7 @@ def analyst(state: CandidateState, runtime: Runtime[Context]) -> dict:
 
 def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
     """Write the candidate, its evaluations and its reflection (once per slot, in one
-    transaction)."""
+    transaction), then log its seeds to the run's trackers (Context.loggers)."""
     ctx = runtime.context
     arch = archive_for(ctx.home)
     key = _key(state)
@@ -423,6 +423,8 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
             reflection=(diag["text"], diag.get("tags", [])) if diag.get("text") else None,
             rename_on_conflict=True)
         cand = arch.candidate(cid)
+    if ctx.loggers and state.get("results"):  # after the write: tracking cannot lose it
+        _track(ctx, state, cand)
     return {"finished": [{"id": cand.id, "name": cand.name, "parents": arch.parents(cand.id),
                           "status": cand.status, "fitness": cand.fitness,
                           "round": state["round"], "slot": state["slot"],
@@ -439,6 +441,18 @@ def _evaluations(results: list[dict | None]) -> list[dict]:
                         for k in ("reward", "accuracy", "entropy", "response_length",
                                   "validity", "kl_to_start")}}
             for seed, r in enumerate(results) if r is not None]
+
+
+def _track(ctx: Context, state: CandidateState, cand) -> None:
+    """Each seed to the run's --logger backends (trainers/tracking.py), idempotent by
+    run name (a resumed run that replays this node logs nothing twice); a failure is a
+    warning on stderr."""
+    from trainers.tracking import run_trackers
+
+    run_trackers(ctx.home, state["run_id"], ctx.loggers, ctx.tracking_uri).log_candidate(
+        cand.name, state["results"], tags={
+            "candidate_id": cand.id, "status": cand.status, "round": state["round"],
+            "slot": state["slot"], "parents": ",".join(map(str, state.get("parent_ids", [])))})
 
 
 def _judge(prop: Proposal, ctx: Context):

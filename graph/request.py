@@ -30,5 +30,7 @@ class RunRequest:
     steer: bool = False               # pause after every round for a person
     max_cost: float | None = None     # USD: stop before the LLM spend passes it
     max_llm_tokens: int | None = None  # the same cap in tokens
+    loggers: list[str] | None = None  # --logger mlflow,tensorboard,wandb (None: saved/none)
+    tracking_uri: str | None = None   # MLflow tracking URI (--tracking-uri)
     replay: int | None = None         # re-execute this recorded run offline
     replay_to: str | None = None      # the replay's home (default <home>/replays/run-N)

@@ -67,6 +67,13 @@ def parse_args(argv=None) -> RunRequest:
                         "(default <home>/replays/run-RUN_ID)")
     p.add_argument("--replay-to", default=None, metavar="DIR",
                    help="the replay's home (with --replay)")
+    p.add_argument("--logger", dest="loggers", type=_loggers, default=None,
+                   metavar="NAMES", help="log each candidate x seed's curves and final "
+                   "metrics to mlflow, tensorboard and/or wandb (offline), comma-separated; "
+                   "saved with the run (README, \"Experiment tracking\")")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="with --logger mlflow: the tracking URI (default "
+                        "$MLFLOW_TRACKING_URI, else the file store <home>/mlruns)")
     args = p.parse_args(argv)
     if args.max_cost is not None and not args.max_cost > 0:
         p.error("--max-cost must be a positive number of USD")
@@ -94,6 +101,15 @@ def parse_args(argv=None) -> RunRequest:
     return request
 
 
+def _loggers(text: str) -> list[str]:
+    from trainers.tracking import parse_loggers
+
+    try:
+        return parse_loggers(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _require_extras(request: RunRequest) -> None:
     """A backend whose optional extra is missing is refused before anything is written."""
     from trainers.extras import MissingExtra, require
@@ -103,7 +119,11 @@ def _require_extras(request: RunRequest) -> None:
             require("verl", "--trainer verl")
         if request.executor == "ray" or request.ray_address:
             require("ray", "--executor ray")
-    except MissingExtra as e:
+        if request.loggers:  # the whole choice (with a resumed run's) is checked again
+            from trainers.tracking import check_loggers   # by graph.runner._connect
+
+            check_loggers(request.loggers, request.tracking_uri)
+    except (MissingExtra, ValueError) as e:
         raise UsageError(str(e)) from None
 
 def run_verl(request: RunRequest) -> int:

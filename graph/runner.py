@@ -74,7 +74,8 @@ def prepare(request: RunRequest):
                   seeds=request.seeds, steps=request.steps, seed=request.seed,
                   model=None if request.model in (None, "builtin") else request.model,
                   smoke=request.smoke, steer=request.steer,
-                  **{**overrides, **_caps(request)}, **_executor_choice(request))
+                  **{**overrides, **_caps(request), **_tracking_choice(request)},
+                  **_executor_choice(request))
     ctx.models = resolved_models(ctx)   # saved: a resume or a replay uses the same roles
     _connect(ctx)  # before the run is recorded: an unreachable cluster leaves no trace
     saved = {k: v for k, v in asdict(ctx).items() if k not in ("home", "chat_models")}
@@ -107,7 +108,8 @@ def _prepare_resume(request: RunRequest, home: Path, archive):
                      if k in {f.name for f in fields(Context)}})
     ctx.home = str(home)
     ctx.steer = request.steer  # graph.run finishes a steered run unattended
-    for key, value in {**_executor_choice(request), **_caps(request)}.items():
+    for key, value in {**_executor_choice(request), **_caps(request),
+                       **_tracking_choice(request)}.items():
         setattr(ctx, key, value)  # explicit beats saved
     if not ctx.replay:  # a replay's models are its recording
         _check_models(ctx)
@@ -123,6 +125,12 @@ def _caps(request: RunRequest) -> dict:
     if request.max_llm_tokens is not None:
         out["max_llm_tokens"] = request.max_llm_tokens
     return out
+
+
+def _tracking_choice(request: RunRequest) -> dict:
+    """Context fields for --logger / --tracking-uri (only those given)."""
+    return {k: v for k, v in (("loggers", request.loggers),
+                              ("tracking_uri", request.tracking_uri)) if v is not None}
 
 
 def _prepare_replay(request: RunRequest, home: Path, archive):
@@ -327,7 +335,11 @@ def _connect(ctx: Context) -> str:
             require(ctx.executor, f"--executor {ctx.executor}" if ctx.executor == "ray"
                     else "--trainer verl")
         executor = executor_for(ctx)
-    except (ExecutorUnavailable, MissingExtra) as e:
+        if ctx.loggers or ctx.tracking_uri:  # trainers/tracking.py: names, extras, URI
+            from trainers.tracking import check_loggers
+
+            check_loggers(ctx.loggers, ctx.tracking_uri)
+    except (ExecutorUnavailable, MissingExtra, ValueError) as e:
         raise UsageError(str(e)) from None
     return executor.describe()
 
@@ -364,6 +376,12 @@ def _run(request: RunRequest, console: Console, tracer, on_start) -> dict:
                   f"agents: {_agents_line(ctx)}; trainer: {jobs}; "
                   f"budget: {ctx.candidates} candidates x {ctx.seeds} seed(s)"
                   f"{_caps_line(ctx)}; home: {home}")
+    if ctx.loggers:  # the node graph.graph.archive logs to the same trackers
+        from trainers.tracking import run_trackers
+        trackers = run_trackers(home, run_id, ctx.loggers, ctx.tracking_uri, config={
+            "directive": directive, "objective": spec.describe(), "seeds": ctx.seeds,
+            "steps": ctx.steps, "executor": ctx.executor})
+        console.print(f"tracking: {trackers.where()}", soft_wrap=True)
     if ctx.replay:
         console.print(f"replay of run {ctx.replay['run_id']} in {ctx.replay['home']}: "
                       "every LLM reply comes from its recording")

@@ -13,6 +13,9 @@ import importlib.util
 EXTRAS: dict[str, tuple[str, ...]] = {
     "verl": ("verl", "omegaconf", "hydra", "pyarrow"),
     "ray": ("ray",),
+    # --logger mlflow,tensorboard,wandb: trainers/tracking.py asks only for the loggers
+    # given (``require(..., modules=...)``)
+    "tracking": ("mlflow", "tensorboard", "wandb"),
 }
 
 
@@ -24,14 +27,15 @@ def install_command(extra: str) -> str:
     return f"pip install -c constraints.txt -e \".[{extra}]\""
 
 
-def missing_modules(extra: str) -> list[str]:
-    return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+def missing_modules(extra: str, modules: tuple[str, ...] | None = None) -> list[str]:
+    return [m for m in (EXTRAS[extra] if modules is None else modules)
+            if importlib.util.find_spec(m) is None]
 
 
-def require(extra: str, what: str) -> None:
+def require(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
     """Raise MissingExtra when ``what`` (e.g. "--trainer verl") cannot run for want of
-    ``extra``."""
-    missing = missing_modules(extra)
+    ``extra`` (or of those of its ``modules`` that ``what`` needs)."""
+    missing = missing_modules(extra, modules)
     if missing:
         raise MissingExtra(f"{what} needs the '{extra}' extra (missing {', '.join(missing)}): "
                            f"{install_command(extra)}")

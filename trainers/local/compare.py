@@ -9,6 +9,8 @@ streams, same sampler seeds), so differences are paired by seed. Prints a table 
 and per family, AUC, length, validity, deltas vs the first algorithm with 95% t CIs),
 saves learning-curve PNGs and writes ``DIR/compare.json``. Results of finished runs are
 kept in ``DIR/runs/``: rerunning the same command resumes instead of redoing them.
+``--logger mlflow,tensorboard,wandb`` also logs each algorithm x seed as a tracked run
+(trainers/tracking.py) under DIR, grouped as ``compare-<DIR name>``.
 """
 from __future__ import annotations
 
@@ -200,6 +202,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="wall-clock and CPU limit of each sandboxed training run (default: "
                         "600 s + 20 s per step)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--logger", default=None, metavar="NAMES",
+                   help="also log each algorithm x seed to mlflow, tensorboard and/or wandb "
+                        "(offline), comma-separated, under DIR (trainers/tracking.py)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="with --logger mlflow: the tracking URI (default "
+                        "$MLFLOW_TRACKING_URI, else the file store DIR/mlruns)")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
@@ -209,7 +217,36 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--steps must be at least 1")
     if args.timeout is not None and not args.timeout > 0:
         p.error("--timeout must be a positive number of seconds")
+    args.loggers = _loggers(args.logger, args.tracking_uri)
     return args
+
+
+def _loggers(text: str | None, tracking_uri: str | None) -> list[str]:
+    """--logger's names, refused (one line, exit 2) when unknown or not installed."""
+    from trainers.extras import MissingExtra
+    from trainers.tracking import check_loggers, parse_loggers
+
+    try:
+        names = parse_loggers(text) if text is not None else []
+        check_loggers(names, tracking_uri)
+    except (ValueError, MissingExtra) as e:
+        _fail(str(e))
+    return names
+
+
+def track(results: list[dict], out: Path, names: list[str], tracking_uri: str | None,
+          config: dict) -> str:
+    """Log every finished algorithm x seed to the trackers (idempotent: a resumed compare
+    logs nothing twice); returns where they write."""
+    from trainers.tracking import Trackers, resolve_tracking_uri
+
+    out = out.absolute()
+    trackers = Trackers(names, out, f"compare-{out.name}", group_tags={"poise_compare": out},
+                        tracking_uri=resolve_tracking_uri(tracking_uri, out), config=config)
+    for r in results:
+        if r.get("status") == "ok":
+            trackers.log_run(r["algorithm"], r["seed"], r, tags={"backend": "local"})
+    return trackers.where()
 
 
 def main(argv=None, *, train_config: TrainConfig | None = None,
@@ -244,6 +281,11 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
                        timeout_s=args.timeout)
     rows = summarize(results, labels, seeds)
     print_table(rows, console)
+    if args.loggers:
+        where = track(results, args.out, args.loggers, args.tracking_uri,
+                      {"algorithms": ",".join(labels), "split": args.split,
+                       "train_config": cfg.as_dict()})
+        console.print(f"tracking: {where}", soft_wrap=True)
     plots = plot_curves(results, labels, args.out)
     payload = {"algorithms": labels, "seeds": seeds, "split": args.split,
                "train_config": cfg.as_dict(), "results": rows,
