@@ -110,3 +110,23 @@ def test_graph_run_trainer_verl_without_gpus_is_one_line_exit_2(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot train with verl here" in err[0]
     assert not (tmp_path / "h" / "archive.db").exists()
+
+
+def test_a_500_step_budget_is_not_killed_by_the_cpu_testbed_timeout(tmp_path):
+    """The loop passes Context.train_timeout_s (the CPU testbed's limit) to every
+    executor; a verl job ignores it: its limits are the trainer config's (no wall-clock
+    limit by default, a stall heartbeat). Here a job of 2+ s runs under a 0.5 s
+    train_timeout_s and finishes."""
+    from trainers.executors import VerlExecutor
+    from trainers.verl.config import load_verl_config
+
+    cfg_path = _config(tmp_path, overrides=["+standin.step_sleep_s=0.4"])
+    cfg = load_verl_config(cfg_path)
+    assert cfg.timeout_s == 0 and cfg.stall_timeout_s >= 3600  # the defaults
+    assert load_verl_config(None, env={}).total_training_steps == 500
+    ex = VerlExecutor(cfg_path, poll_s=0.1)
+    [out] = ex.train([{"source": baseline_source("grpo"), "seed": 0, "home": str(tmp_path / "h"),
+                       "label": "grpo"}], timeout_s=0.5)
+    assert out.result.ok, out.result.error
+    assert out.span[1] - out.span[0] > 2.0
+    assert [row["step"] for row in out.result.value["curve"]] == [1, 2, 3, 4, 5, 6]

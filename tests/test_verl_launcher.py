@@ -1,8 +1,10 @@
 """The VERL launcher on CPU: trainer config, overrides composed by verl's own Hydra
 config, data prep read back by verl's RLHFDataset, the metrics tailer on files written
 by verl's FileLogger, the evaluation record in the archive, and the dry-run CLI."""
+import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -176,6 +178,29 @@ def test_launch_runs_the_command_and_tails_its_metrics(grpo_plan, tmp_path):
                                command=[sys.executable, "-c", "import time; time.sleep(600)"])
     result = launch(hung, poll_s=0.1, timeout_s=1.0)
     assert result["timed_out"] and result["returncode"] != 0 and result["evaluation"] is None
+
+
+def test_a_long_job_that_keeps_logging_outlives_the_stall_limit(grpo_plan, tmp_path):
+    """The heartbeat: 3 s of work with a metric line every 0.3 s is never stopped by a
+    1 s stall limit; a job silent for longer than it is."""
+    writer = (
+        "import json, os, time\n"
+        "path = os.environ['VERL_FILE_LOGGER_PATH']\n"
+        "os.makedirs(os.path.dirname(path), exist_ok=True)\n"
+        "with open(path, 'wb', buffering=0) as fh:\n"
+        "    for step in range(1, 11):\n"
+        "        time.sleep(0.3)\n"
+        "        fh.write(json.dumps({'step': step, 'data': {'actor/entropy': 1.0}}).encode()"
+        " + b'\\n')\n")
+    plan = dataclasses.replace(grpo_plan, command=[sys.executable, "-c", writer])
+    result = launch(plan, poll_s=0.1, stall_s=1.0)
+    assert result["returncode"] == 0 and not result["stalled"] and not result["timed_out"]
+    assert result["wall_seconds"] > 2.5
+    silent = dataclasses.replace(grpo_plan, metrics_path=tmp_path / "none.jsonl",
+                                 step_log=tmp_path / "none2.jsonl",
+                                 command=[sys.executable, "-c", "import time; time.sleep(600)"])
+    result = launch(silent, poll_s=0.1, stall_s=1.0)
+    assert result["stalled"] and result["returncode"] != 0 and result["wall_seconds"] < 60
 
 
 def test_preflight_says_what_is_missing_here(parquet_files):

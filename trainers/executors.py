@@ -377,9 +377,11 @@ class VerlExecutor:
                 progress = lambda step, row, _l=label, _s=seed: on_progress(  # noqa: E731
                     _l, _s, step, row)
             try:
+                # timeout_s is the CPU testbed's limit (Context.train_timeout_s): a verl
+                # job's limits are its trainer config's timeout_s / stall_timeout_s.
                 value = train_candidate(p["source"], label, seed, p["home"],
                                         self.trainer_config, on_progress=progress,
-                                        timeout_s=timeout_s, poll_s=self.poll_s)
+                                        poll_s=self.poll_s)
                 outcome = JobOutcome(SandboxResult(True, value, "", "ok", "",
                                                    time.time() - began), (began, time.time()))
             except VerlTrainingError as e:

@@ -17,6 +17,7 @@ import json
 import os
 import random
 import sys
+import time
 
 import torch
 
@@ -88,7 +89,9 @@ def main(argv):
         log.flush()
     actor = ActorConfig(strategy="fsdp", rollout_n=n, ppo_micro_batch_size_per_gpu=1,
                         policy_loss=PolicyLossConfig(loss_mode="vanilla"))
+    step_sleep = float(cfg.get("standin.step_sleep_s", 0))  # a slow GPU step
     for step in range(1, steps + 1):
+        time.sleep(step_sleep)
         bs = prompts * n
         rewards = torch.zeros(bs, length)
         mask = torch.zeros(bs, length)

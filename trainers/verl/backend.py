@@ -15,7 +15,10 @@ evaluate / analyst / archive nodes need no verl branch:
 - ``cpu_seconds``: the launch's wall time (GPU jobs are billed in wall time);
 - ``backend`` "verl" and ``log``: verl's console log.
 
-A launch that exits non-zero, times out, or never validates raises ``VerlTrainingError``
+Limits follow the job, not the CPU testbed: the trainer config's ``timeout_s`` (0: none;
+the budget is ``total_training_steps``) and ``stall_timeout_s`` (a heartbeat: stopped only
+when verl logs nothing for that long). A launch that exits non-zero, hits a limit,
+stalls, or never validates raises ``VerlTrainingError``
 with the tail of the log: the node archives the candidate as failed training.
 """
 from __future__ import annotations
@@ -76,9 +79,15 @@ def train_candidate(source: str, label: str, seed: int, home: str | Path,
         if on_progress is not None and step is not None:
             on_progress(step, dict(tail.steps[step]))
 
-    res = launch(plan, poll_s=poll_s, on_poll=polled, timeout_s=timeout_s)
+    limit = cfg.timeout_s if timeout_s is None else timeout_s
+    res = launch(plan, poll_s=poll_s, on_poll=polled, timeout_s=limit,
+                 stall_s=cfg.stall_timeout_s)
     if res["timed_out"]:
-        raise VerlTrainingError(f"verl run timed out after {timeout_s:.0f} s; log "
+        raise VerlTrainingError(f"verl run hit its wall-clock limit (timeout_s "
+                                f"{limit:.0f} s); log {res['log']}")
+    if res["stalled"]:
+        raise VerlTrainingError(f"verl run stalled: no metric or console output for "
+                                f"{cfg.stall_timeout_s:.0f} s (stall_timeout_s); log "
                                 f"{res['log']}")
     if res["returncode"] != 0:
         raise VerlTrainingError(f"verl exited with code {res['returncode']}: "

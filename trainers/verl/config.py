@@ -69,6 +69,11 @@ class VerlConfig:
     overall_weights: dict = _f({}, "Overall = sum of weight * <source>/<metric> over "
                                    "validation metrics, e.g. {aime24/pass@32: 0.2, ...}; "
                                    "empty: no Overall")
+    stall_timeout_s: float = _f(7200.0, "stop a launch when verl has logged no new metric "
+                                        "for this long (model load and the first "
+                                        "validation included); 0: never")
+    timeout_s: float = _f(0.0, "hard wall-clock limit of one launch; 0: none (the budget "
+                               "is total_training_steps, not a CPU-testbed timeout)")
     overrides: list = _f([], "extra Hydra overrides, appended last (they win)")
     entrypoint: str = _f("verl.trainer.main_ppo", "the trainer: a module run with python -m, "
                                                    "or a .py script (a verl recipe's main "
@@ -82,6 +87,9 @@ class VerlConfig:
                      "max_response_length", "total_training_steps", "val_n", "rollout_tp"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("stall_timeout_s", "timeout_s"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (0: no limit), got {getattr(self, name)}")
         if self.rollout_n < 2:
             problems.append("rollout_n must be at least 2: group baselines need G >= 2")
         if self.ppo_mini_batch_size > self.train_batch_size:

@@ -290,35 +290,49 @@ def preflight(cfg: VerlConfig) -> list[str]:
 
 
 def launch(plan: LaunchPlan, poll_s: float = 10.0, on_poll=None,
-           timeout_s: float | None = None) -> dict:
-    """Run the plan's command to its end (or ``timeout_s``: its process group is
-    stopped), tailing its metrics; returns {"returncode", "timed_out", "curves",
-    "evaluation", "log", "wall_seconds"}. ``on_poll(tail)`` is called after each poll."""
+           timeout_s: float | None = None, stall_s: float | None = None) -> dict:
+    """Run the plan's command to its end, tailing its metrics; its process group is
+    stopped after ``timeout_s`` of wall time, or once ``stall_s`` pass with no new metric
+    line and no new console output (a heartbeat: a long job that keeps logging is never
+    killed for its length).
+    Returns {"returncode", "timed_out", "stalled", "curves", "evaluation", "log",
+    "wall_seconds"}. ``on_poll(tail)`` is called after each poll."""
     from trainers.verl.metrics import MetricsTail
 
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = plan.run_dir / "launch.log"
     tail = MetricsTail(plan.metrics_path, plan.step_log, plan.run_dir / "val_generations")
     started = time.time()
-    timed_out = False
+    last_progress, log_size = started, 0
+    timed_out = stalled = False
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(plan.command, env={**os.environ, **plan.env},
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=plan.run_dir, start_new_session=True)
         try:
             while proc.poll() is None:
-                if timeout_s is not None and time.time() - started > timeout_s:
+                now = time.time()
+                if timeout_s and now - started > timeout_s:
                     _stop(proc)
                     timed_out = True
                     break
-                if tail.poll() and on_poll is not None:
+                if stall_s and now - last_progress > stall_s:
+                    _stop(proc)
+                    stalled = True
+                    break
+                grew = tail.poll()
+                if grew and on_poll is not None:
                     on_poll(tail)
+                size = log_path.stat().st_size
+                if grew or size != log_size:  # metrics or console output: alive
+                    last_progress, log_size = time.time(), size
                 time.sleep(poll_s)
         except BaseException:
             _stop(proc)
             raise
     tail.poll()
-    return {"returncode": proc.returncode, "timed_out": timed_out, "curves": tail.curves(),
+    return {"returncode": proc.returncode, "timed_out": timed_out, "stalled": stalled,
+            "curves": tail.curves(),
             "evaluation": tail.evaluation(plan.config.overall_weights),
             "log": str(log_path), "wall_seconds": time.time() - started}
 
@@ -452,7 +466,8 @@ def main(argv=None) -> int:
         plan = plan_launch(source, cfg, home, label, args.seed)
         compose(plan.overrides)
         print(plan.shell())
-        result = launch(plan, on_poll=lambda t: print(f"step {max(t.steps)}: "
+        result = launch(plan, timeout_s=cfg.timeout_s, stall_s=cfg.stall_timeout_s,
+                        on_poll=lambda t: print(f"step {max(t.steps)}: "
                                                       f"{len(t.steps)} steps logged"))
         print(json.dumps({k: result[k] for k in ("returncode", "log", "evaluation")},
                          indent=1, default=str))
