@@ -72,11 +72,12 @@ def verify(source: str, proposal_text: str | None = None, *, smoke: bool = True,
            consistency_judge: ConsistencyJudge | None = None,
            dynamic_timeout_s: float = 60.0, smoke_timeout_s: float = 300.0,
            memory_mb: int = 4096, smoke_steps: int = 5,
-           warm_config: dict | None = None) -> VerifierReport:
+           warm_config: dict | None = None, device: str = "cpu") -> VerifierReport:
     """Run the stages in order, stopping at the first failure (see the module doc).
 
     ``home`` caches the smoke run's tiny warm start (default ``$POISE_HOME`` or
-    ``./.poise``); ``warm_config`` overrides it (``WarmStartConfig`` fields as a dict)."""
+    ``./.poise``); ``warm_config`` overrides it (``WarmStartConfig`` fields as a dict).
+    ``device`` is where the smoke run trains (the run's; the hook checks stay on CPU)."""
     metrics: dict = {}
     warnings: list[str] = []
 
@@ -113,6 +114,8 @@ def verify(source: str, proposal_text: str | None = None, *, smoke: bool = True,
                    "steps": smoke_steps}
         if warm_config is not None:
             payload["warm_config"] = warm_config
+        if device != "cpu":
+            payload["device"] = device
         result = run_in_sandbox("smoke_train", payload, timeout_s=smoke_timeout_s,
                                 memory_mb=memory_mb)
         metrics["smoke"] = {**_sandbox_metrics(result), **_smoke_summary(result.value)}

@@ -83,3 +83,12 @@ class Context:
     ray_max_retries: int = field(default=1, metadata={
         "description": "Ray retries of a job whose worker or node died (training is "
                        "deterministic per seed, so a retry gives the same result)"})
+    device: str = field(default="cpu", metadata={
+        "description": "where the local trainer's jobs (and the verifier's smoke run) "
+                       "train: cpu, cuda or cuda:N, resolved from --device (auto: cuda "
+                       "when available) when the run starts; saved, so --resume keeps it "
+                       "(trainers/local/device.py)"})
+    preset: str | None = field(default=None, metadata={
+        "description": "'gpu' when warm_config and train_overrides hold the GPU preset "
+                       "(chosen on CUDA unless --config gives a warm_config); None: the "
+                       "default testbed or the --config model"})

@@ -260,7 +260,7 @@ def verifier(state: CandidateState, runtime: Runtime[Context]
         prop = Proposal.of(state["proposal"])
         with llm_scope(state, ctx, "verifier"):
             report = verify(state["code"], prop.text(), smoke=ctx.smoke,
-                            home=ctx.home, warm_config=ctx.warm_config,
+                            home=ctx.home, warm_config=ctx.warm_config, device=ctx.device,
                             dynamic_timeout_s=ctx.verify_timeout_s,
                             consistency_judge=_judge(prop, ctx))
     except Exception as e:  # noqa: BLE001
@@ -313,7 +313,8 @@ def trainer(state: CandidateState, runtime: Runtime[Context]) -> dict:
         train_config["steps"] = ctx.steps
     payloads = [{"source": state["code"], "seed": seed, "home": ctx.home,
                  "train_config": train_config,
-                 **({"warm_config": ctx.warm_config} if ctx.warm_config else {})}
+                 **({"warm_config": ctx.warm_config} if ctx.warm_config else {}),
+                 **({"device": ctx.device} if ctx.device != "cpu" else {})}
                 for seed in range(ctx.seeds)]
     executor = executor_for(ctx)
     if ctx.executor == "verl":  # a long GPU job: stream its metrics as they are logged

@@ -34,3 +34,4 @@ class RunRequest:
     tracking_uri: str | None = None   # MLflow tracking URI (--tracking-uri)
     replay: int | None = None         # re-execute this recorded run offline
     replay_to: str | None = None      # the replay's home (default <home>/replays/run-N)
+    device: str | None = None         # auto | cpu | cuda[:N]; None: cpu (a resume: saved)

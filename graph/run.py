@@ -74,7 +74,14 @@ def parse_args(argv=None) -> RunRequest:
     p.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="with --logger mlflow: the tracking URI (default "
                         "$MLFLOW_TRACKING_URI, else the file store <home>/mlruns)")
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help="where the local trainer trains: auto (default: cuda when "
+                        "available, else cpu), cpu, cuda or cuda:N; on CUDA the GPU preset "
+                        "(a larger model and batch) unless --config gives a warm_config; "
+                        "--resume keeps the run's device")
     args = p.parse_args(argv)
+    if args.device is None and args.resume is None and args.replay is None:
+        args.device = "auto"  # a new run; a resumed or replayed one keeps its saved device
     if args.max_cost is not None and not args.max_cost > 0:
         p.error("--max-cost must be a positive number of USD")
     if args.max_llm_tokens is not None and args.max_llm_tokens < 1:

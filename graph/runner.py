@@ -22,6 +22,8 @@ from graph import tracing
 from graph.context import Context
 from graph.request import RunRequest
 from trainers.home import resolve_home
+from trainers.local.device import (DeviceError, describe as describe_device, kept_device,
+                                   resolve_device, run_fields)
 
 
 class UsageError(Exception):
@@ -40,6 +42,7 @@ def prepare(request: RunRequest):
 
     home = resolve_home(request.home)
     _check_home(home)
+    device = _device(request.device)  # a bad --device is refused before any LLM call
     overrides = _config_file(request.config) if request.resume is None else {}
     try:
         check_chroma_server()
@@ -77,6 +80,7 @@ def prepare(request: RunRequest):
                   **{**overrides, **_caps(request), **_tracking_choice(request)},
                   **_executor_choice(request))
     ctx.models = resolved_models(ctx)   # saved: a resume or a replay uses the same roles
+    vars(ctx).update(run_fields(device, ctx.executor, overrides))  # on CUDA: GPU preset
     _connect(ctx)  # before the run is recorded: an unreachable cluster leaves no trace
     saved = {k: v for k, v in asdict(ctx).items() if k not in ("home", "chat_models")}
     config = {"context": saved, "objective": spec.model_dump(), "objective_source": how}
@@ -111,6 +115,7 @@ def _prepare_resume(request: RunRequest, home: Path, archive):
     for key, value in {**_executor_choice(request), **_caps(request),
                        **_tracking_choice(request)}.items():
         setattr(ctx, key, value)  # explicit beats saved
+    ctx.device = _device(request.device, ctx.device)
     if not ctx.replay:  # a replay's models are its recording
         _check_models(ctx)
     _connect(ctx)
@@ -165,6 +170,7 @@ def _prepare_replay(request: RunRequest, home: Path, archive):
     ctx.home, ctx.steer = str(target), False
     ctx.replay = {"home": str(home), "run_id": source}
     ctx.max_cost_usd = ctx.max_llm_tokens = None  # a replay costs nothing
+    ctx.device = _device(None, ctx.device)
     _connect(ctx)
     config = {**run.config, "context": {k: v for k, v in asdict(ctx).items()
                                         if k not in ("home", "chat_models")},
@@ -283,7 +289,7 @@ def _config_file(path: Path | None) -> dict:
     allowed = {f.name for f in fields(Context)} - {"home", "candidates", "width", "seeds",
                                                   "steps", "seed", "model", "smoke",
                                                   "chat_models", "steer", "executor",
-                                                  "ray_address"}
+                                                  "ray_address", "device", "preset"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise UsageError(f"--config {path}: unknown keys {unknown}; allowed: "
@@ -321,6 +327,14 @@ def _executor_choice(request: RunRequest) -> dict:
     if choice["executor"] == "verl":  # --trainer verl
         choice["trainer_config"] = request.trainer_config
     return choice
+
+
+def _device(spec: str | None, saved: str | None = None) -> str | None:
+    """--device resolved, or a resumed run's own (trainers/local/device.py)."""
+    try:
+        return kept_device(saved, spec) if saved else resolve_device(spec) if spec else None
+    except DeviceError as e:
+        raise UsageError(str(e)) from None
 
 
 def _connect(ctx: Context) -> str:
@@ -376,6 +390,7 @@ def _run(request: RunRequest, console: Console, tracer, on_start) -> dict:
                   f"agents: {_agents_line(ctx)}; trainer: {jobs}; "
                   f"budget: {ctx.candidates} candidates x {ctx.seeds} seed(s)"
                   f"{_caps_line(ctx)}; home: {home}")
+    console.print(f"device: {describe_device(ctx.device, ctx.warm_config, ctx.preset)}")
     if ctx.loggers:  # the node graph.graph.archive logs to the same trackers
         from trainers.tracking import run_trackers
         trackers = run_trackers(home, run_id, ctx.loggers, ctx.tracking_uri, config={

@@ -11,6 +11,9 @@ saves learning-curve PNGs and writes ``DIR/compare.json``. Results of finished r
 kept in ``DIR/runs/``: rerunning the same command resumes instead of redoing them.
 ``--logger mlflow,tensorboard,wandb`` also logs each algorithm x seed as a tracked run
 (trainers/tracking.py) under DIR, grouped as ``compare-<DIR name>``.
+``--device`` (auto: CUDA when there is one, else CPU; trainers/local/device.py) is where
+every job trains; on CUDA, unless a model config is given, the GPU preset's model and
+batch. ``compare.json`` records the device, the preset and the model config.
 """
 from __future__ import annotations
 
@@ -30,9 +33,11 @@ from evals.stats import format_ci, mean_ci, paired_diff_ci
 from evals.tasks import FAMILIES, HARD_FAMILY, PASS_K
 from trainers.source import CandidateError, resolve_algorithm
 from trainers.baselines import BASELINES
+from trainers.local.device import DeviceError, gpu_preset, is_cuda, resolve_device
 from trainers.local.jobs import Job, run_jobs
 from trainers.local.trainer import TrainConfig
-from trainers.local.warmstart import WarmStartConfig, default_home, load_or_build
+from trainers.local.warmstart import (WarmStartConfig, default_home, load_or_build,
+                                      warm_config_from_dict)
 
 OVERALL_KEY = "overall"
 
@@ -208,6 +213,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="with --logger mlflow: the tracking URI (default "
                         "$MLFLOW_TRACKING_URI, else the file store DIR/mlruns)")
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto (default: cuda when available, else cpu), cpu, cuda or "
+                        "cuda:N; on CUDA the GPU preset's model and batch "
+                        "(trainers/local/device.py)")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
@@ -218,6 +227,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.timeout is not None and not args.timeout > 0:
         p.error("--timeout must be a positive number of seconds")
     args.loggers = _loggers(args.logger, args.tracking_uri)
+    try:
+        args.device = resolve_device(args.device)
+    except DeviceError as e:
+        _fail(str(e))
     return args
 
 
@@ -263,6 +276,12 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
     labels = [label for label, _ in resolved]
     if len(set(labels)) != len(labels):
         _fail("two algorithms share a name: " + ", ".join(labels))
+    preset = None
+    if is_cuda(args.device) and warm_config is None:  # the GPU preset (device.py)
+        preset = gpu_preset()
+        warm_config = warm_config_from_dict(preset["warm_config"])
+        if train_config is None:
+            train_config = replace(TrainConfig(), **preset["train_overrides"])
     cfg = train_config or TrainConfig()
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
@@ -272,10 +291,10 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
     warm = warm_config or WarmStartConfig()
     home = args.home or default_home()
     _make_dirs([args.out, home])
-    with console.status("warm start (built once, then cached)..."):
-        load_or_build(warm, home)
+    with console.status(f"warm start on {args.device} (built once, then cached)..."):
+        load_or_build(warm, home, device=args.device)
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
-    jobs = [Job(label, source, seed, str(home), cfg.as_dict(), asdict(warm))
+    jobs = [Job(label, source, seed, str(home), cfg.as_dict(), asdict(warm), args.device)
             for label, source in resolved for seed in seeds]
     results = run_jobs(jobs, args.workers, args.out / "runs", quiet=args.quiet,
                        timeout_s=args.timeout)
@@ -288,7 +307,8 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
         console.print(f"tracking: {where}", soft_wrap=True)
     plots = plot_curves(results, labels, args.out)
     payload = {"algorithms": labels, "seeds": seeds, "split": args.split,
-               "train_config": cfg.as_dict(), "results": rows,
+               "device": args.device, "preset": "gpu" if preset else None,
+               "model": asdict(warm.model), "train_config": cfg.as_dict(), "results": rows,
                "plots": [p.name for p in plots]}
     (args.out / "compare.json").write_text(json.dumps(payload, indent=2))
     console.print(f"wrote {args.out / 'compare.json'} and {', '.join(p.name for p in plots)}")

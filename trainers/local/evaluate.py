@@ -4,6 +4,7 @@ Greedy decoding gives acc@1, validity and greedy length for every family; T=1 sa
 with ``n_samples`` per problem on the hard family gives the unbiased pass@k (Chen et al.
 2021) and the sampled length and validity. ``Overall`` weighs these as
 ``evals.tasks.OVERALL_WEIGHTS`` (see ``OVERALL.describe()``), in points (0-100).
+Decoding runs on the model's device (its sampling generator too); grading on the CPU.
 """
 from __future__ import annotations
 
@@ -35,16 +36,22 @@ def _rollout(model: TinyGPT, problems: list[Problem], cfg: EvalConfig, temperatu
              generator: torch.Generator | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per problem: correct, valid, length (tokens incl. EOS)."""
     correct, valid, length = [], [], []
+    device = _device(model)
     for lo in range(0, len(problems), cfg.batch):
         chunk = problems[lo:lo + cfg.batch]
-        ids, mask = left_pad([[BOS] + encode(p.prompt) for p in chunk])
+        ids, mask = left_pad([[BOS] + encode(p.prompt) for p in chunk], device=device)
         gen = generate(model, ids, mask, cfg.max_response, temperature, generator)
-        for p, toks, term, n in zip(chunk, gen.tokens, gen.terminated, gen.mask.sum(-1)):
+        for p, toks, term, n in zip(chunk, gen.tokens.cpu(), gen.terminated.cpu(),
+                                    gen.mask.sum(-1).cpu()):
             g = grade(p, decode(toks), bool(term))
             correct.append(g.correct)
             valid.append(g.valid)
             length.append(float(n))
     return np.array(correct), np.array(valid), np.array(length)
+
+
+def _device(model: TinyGPT) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -62,7 +69,7 @@ def evaluate(model: TinyGPT, cfg: EvalConfig = EvalConfig()) -> dict[str, float]
         out[f"{fam.name}/valid"] = 100 * v.mean()
         out[f"{fam.name}/length"] = n.mean()
     hard = heldout_set(HARD_FAMILY, cfg.split, cfg.pass_problems)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(device=_device(model)).manual_seed(cfg.seed)
     repeated = [p for p in hard for _ in range(cfg.n_samples)]
     c, v, n = _rollout(model, repeated, cfg, 1.0, gen)
     ks = [k for k in (1, 4, 8, 16, 32) if k <= cfg.n_samples]
@@ -85,7 +92,7 @@ def testbed_profile(model: TinyGPT, split: str = "val", problems: int = 256,
     accuracy, format-invalid rate, all-fail / all-correct group shares, and the mean and
     spread of response length among *correct* answers (what a length term acts on)."""
     cfg = EvalConfig(split=split)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=_device(model)).manual_seed(seed)
     out = {}
     for fam in FAMILIES:
         probs = heldout_set(fam.name, split, problems)

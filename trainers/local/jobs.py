@@ -34,12 +34,15 @@ class Job:
     home: str
     train_config: dict   # TrainConfig fields (nested EvalConfigs as dicts)
     warm_config: dict | None = None  # WarmStartConfig override (tests use a tiny one)
+    device: str = "cpu"  # where the sandboxed job trains (trainers/local/device.py)
 
     def payload(self) -> dict:
-        """The sandbox ``train`` task's payload."""
+        """The sandbox ``train`` task's payload (``device`` only when not the CPU, so a
+        CPU job's payload is what it always was)."""
         return {"source": self.source, "seed": self.seed, "home": self.home,
                 "label": self.label, "train_config": self.train_config,
-                **({"warm_config": self.warm_config} if self.warm_config else {})}
+                **({"warm_config": self.warm_config} if self.warm_config else {}),
+                **({"device": self.device} if self.device != "cpu" else {})}
 
 
 def job_timeout_s(job: Job) -> float:
@@ -54,7 +57,7 @@ def outcome_dict(job: Job, outcome) -> dict:
     res = outcome.result
     if res.ok:
         return {**base, "status": "ok", **res.value, "algorithm": job.label,
-                "peak_rss_mb": res.peak_rss_mb}
+                "peak_rss_mb": res.peak_rss_mb, "wall_s": res.wall_s}
     return {**base, "status": "failed", "kind": res.kind, "error": f"{res.kind}: {res.error}"}
 
 
@@ -105,8 +108,10 @@ def run_jobs(jobs: list[Job], workers: int, results_dir: Path | None = None,
 
 
 def _result_path(results_dir: Path, job: Job) -> Path:
-    key = hashlib.sha256(json.dumps([job.source, job.train_config, job.warm_config],
-                                    sort_keys=True).encode()).hexdigest()[:10]
+    keyed = [job.source, job.train_config, job.warm_config]
+    if job.device != "cpu":  # a GPU result is not a CPU result (CPU names unchanged)
+        keyed.append(job.device)
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
     return results_dir / f"{job.label}-seed{job.seed}-{key}.json"
 
 

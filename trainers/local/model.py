@@ -104,11 +104,12 @@ class TinyGPT(nn.Module):
         key_mask (B, Tk) True on real tokens for all slots so far; positions (B, Tq).
         Returns logits (B, Tq, V)."""
         tq, tk = ids.shape[1], key_mask.shape[1]
-        q_slot = torch.arange(query_start, query_start + tq).unsqueeze(1)  # (Tq, 1)
-        causal = torch.arange(tk).unsqueeze(0) <= q_slot  # (Tq, Tk)
+        dev = ids.device
+        q_slot = torch.arange(query_start, query_start + tq, device=dev)[:, None]  # (Tq, 1)
+        causal = torch.arange(tk, device=dev).unsqueeze(0) <= q_slot  # (Tq, Tk)
         attn = causal.unsqueeze(0) & key_mask.unsqueeze(1)  # (B, Tq, Tk)
         # A query on a PAD slot would attend to nothing (NaN); let it see itself.
-        attn = attn | torch.eye(tk, dtype=torch.bool)[query_start:query_start + tq]
+        attn = attn | torch.eye(tk, dtype=torch.bool, device=dev)[query_start:query_start + tq]
         attn = attn.unsqueeze(1)  # (B, 1, Tq, Tk)
         x = self.tok(ids) + self.pos(positions.clamp(0, self.cfg.max_seq - 1))
         for i, block in enumerate(self.blocks):
@@ -121,12 +122,15 @@ def positions_for(key_mask: Tensor) -> Tensor:
     return (key_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
-def left_pad(prompts: list[list[int]]) -> tuple[Tensor, Tensor]:
-    """Token id lists -> (ids (B, P), mask (B, P)) left-padded with PAD."""
+def left_pad(prompts: list[list[int]], device=None) -> tuple[Tensor, Tensor]:
+    """Token id lists -> (ids (B, P), mask (B, P)) left-padded with PAD, built on the
+    CPU and moved to ``device`` (None: left on the CPU)."""
     p = max(len(x) for x in prompts)
-    ids = torch.full((len(prompts), p), PAD, dtype=torch.long)
+    ids = torch.full((len(prompts), p), PAD, dtype=torch.long, device="cpu")
     for i, x in enumerate(prompts):
-        ids[i, p - len(x):] = torch.tensor(x, dtype=torch.long)
+        ids[i, p - len(x):] = torch.tensor(x, dtype=torch.long, device="cpu")
+    if device is not None:
+        ids = ids.to(device)
     return ids, ids != PAD
 
 
@@ -143,13 +147,15 @@ class Generation:
 def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: int,
              temperature: float = 1.0, generator: torch.Generator | None = None
              ) -> Generation:
-    """Batched sampling with a KV cache; temperature 0 is greedy."""
+    """Batched sampling with a KV cache; temperature 0 is greedy. Runs on the device of
+    ``prompt_ids`` (the model's); a ``generator`` must be on that device too."""
     b, p = prompt_ids.shape
+    dev = prompt_ids.device
     caches = [KVCache(p + max_new) for _ in model.blocks]
     key_mask = prompt_mask.clone()
     logits = model(prompt_ids, key_mask, positions_for(key_mask), caches)[:, -1]  # (B, V)
     next_pos = key_mask.long().sum(-1)  # (B,)
-    alive = torch.ones(b, dtype=torch.bool)
+    alive = torch.ones(b, dtype=torch.bool, device=dev)
     toks, logps, ents, masks = [], [], [], []
     for step in range(max_new):
         logprobs = torch.log_softmax(logits.float(), -1)  # (B, V)
@@ -167,7 +173,8 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
         alive = alive & (tok != EOS)
         if not bool(alive.any()) or step == max_new - 1:
             break
-        key_mask = torch.cat([key_mask, torch.ones(b, 1, dtype=torch.bool)], dim=1)
+        key_mask = torch.cat([key_mask, torch.ones(b, 1, dtype=torch.bool, device=dev)],
+                             dim=1)
         logits = model(tok[:, None], key_mask, next_pos[:, None], caches,
                        query_start=p + step)[:, -1]
         next_pos = next_pos + 1

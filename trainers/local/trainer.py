@@ -10,6 +10,13 @@ live in the candidate, not here: the trainer has no algorithm-specific branches.
 
 A seed fixes the prompt stream, the sampling generator and the evaluation draws, so two
 algorithms run with the same seed see the same first batch and are compared pairwise.
+
+Training runs on one device (``train(..., device=)``, default: the start model's): the
+policy, the frozen reference, the KV cache, the sampler's generator and every tensor
+the hooks receive (``Rollouts``, log-probs, advantages, mask) live there; only grading
+(decoding the sampled tokens to text) happens on the CPU. A hook that returns a tensor
+on another device is a contract failure naming the hook. On CPU the computation is the
+one it always was (bit-identical); the CUDA path has not been run on a GPU here.
 """
 from __future__ import annotations
 
@@ -81,15 +88,17 @@ class NullProgress:
 
 def build_rollouts(problems, gen, group_size: int, max_response: int, step: int,
                    total_steps: int) -> Rollouts:
+    """The graded batch, on the device of ``gen`` (grading reads a CPU copy)."""
+    dev = gen.tokens.device
     graded = [grade(p, decode(t), bool(term))
-              for p, t, term in zip(problems, gen.tokens, gen.terminated)]
+              for p, t, term in zip(problems, gen.tokens.cpu(), gen.terminated.cpu())]
     n = len(problems)
     return Rollouts(
-        correct=torch.tensor([g.correct for g in graded], dtype=torch.bool),
-        valid=torch.tensor([g.valid for g in graded], dtype=torch.bool),
+        correct=torch.tensor([g.correct for g in graded], dtype=torch.bool, device=dev),
+        valid=torch.tensor([g.valid for g in graded], dtype=torch.bool, device=dev),
         length=gen.mask.sum(-1).long(),
         max_length=max_response,
-        group=torch.arange(n // group_size).repeat_interleave(group_size),
+        group=torch.arange(n // group_size, device=dev).repeat_interleave(group_size),
         group_size=group_size,
         response_mask=gen.mask,
         step=step,
@@ -97,16 +106,29 @@ def build_rollouts(problems, gen, group_size: int, max_response: int, step: int,
     )
 
 
+def _on_device(hook: str, out: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if out.device != device:
+        raise CandidateError(hook, f"returned a tensor on {out.device}, the batch is on "
+                             f"{device}: make new tensors with device=batch.correct.device "
+                             "or from the inputs (torch.zeros_like, x.new_zeros)")
+    return out
+
+
 def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainConfig(),
-          progress: Callable = NullProgress()) -> TrainResult:
-    """Train a copy of ``start`` with ``algo`` and evaluate it. Raises CandidateError if
-    a hook breaks the contract (wrong shape, NaN, no gradient)."""
+          progress: Callable = NullProgress(), device: str | torch.device | None = None
+          ) -> TrainResult:
+    """Train a copy of ``start`` with ``algo`` on ``device`` (None: where ``start`` is;
+    ``start`` is moved there and serves as the frozen reference) and evaluate it. Raises
+    CandidateError if a hook breaks the contract (wrong shape, NaN, no gradient, a
+    tensor on the wrong device)."""
     t_start = time.process_time()
+    device = torch.device(device) if device is not None else next(start.parameters()).device
+    start = start.to(device)
     policy = copy.deepcopy(start).train()
     ref = start.eval()
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     stream = PromptStream(seed)
-    sampler = torch.Generator().manual_seed(10_000 + seed)
+    sampler = torch.Generator(device=device).manual_seed(10_000 + seed)
     curve, evals = [], []
     g = cfg.group_size
     train_cpu = 0.0
@@ -114,25 +136,27 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
     for step in range(cfg.steps):
         t0 = time.process_time()
         problems = [p for p in stream.next_batch(cfg.prompts_per_step) for _ in range(g)]
-        ids, pmask = left_pad([[BOS] + encode(p.prompt) for p in problems])
+        ids, pmask = left_pad([[BOS] + encode(p.prompt) for p in problems], device=device)
         policy.eval()
         gen = generate(policy, ids, pmask, cfg.max_response, 1.0, sampler)
         policy.train()
         batch = build_rollouts(problems, gen, g, cfg.max_response, step, cfg.steps)
-        rewards = algo.shape_reward(batch)  # (N,)
-        adv = algo.compute_advantages(batch, rewards)
+        rewards = _on_device("shape_reward", algo.shape_reward(batch), device)  # (N,)
+        adv = _on_device("compute_advantages", algo.compute_advantages(batch, rewards),
+                         device)
         adv = (adv.unsqueeze(-1) if adv.dim() == 1 else adv) * gen.mask  # (N, T)
         with torch.no_grad():
             ref_logp = response_logprobs(ref, ids, pmask, gen.tokens, gen.mask)
         loss_metrics: dict[str, list[float]] = {}
         grad_norms = []
-        groups = torch.arange(cfg.prompts_per_step)
+        groups = torch.arange(cfg.prompts_per_step, device=device)
         for mb_groups in groups.chunk(cfg.minibatches):
-            idx = (mb_groups.unsqueeze(-1) * g + torch.arange(g)).reshape(-1)
+            idx = (mb_groups.unsqueeze(-1) * g + torch.arange(g, device=device)).reshape(-1)
             logp = response_logprobs(policy, ids[idx], pmask[idx], gen.tokens[idx],
                                      gen.mask[idx])
             loss, metrics = algo.policy_loss(logp, gen.logp[idx], adv[idx], gen.mask[idx],
                                              batch.select(idx), ref_logp=ref_logp[idx])
+            _on_device("policy_loss", loss, device)
             if not loss.requires_grad:
                 raise CandidateError("policy_loss", "the loss does not depend on logp "
                                      "(it carries no gradient)")

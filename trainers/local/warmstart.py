@@ -3,6 +3,17 @@
 Built on first use from ``evals.tasks.sft_corpus`` (wrong carries, redundant steps,
 filler, malformed answers), cached under ``<home>/checkpoints/`` by a hash of its config,
 and deterministic: the same config gives the same weights (one thread, fixed seeds).
+
+The config's hash covers the model size (``ModelConfig``), so the GPU preset
+(trainers/local/device.py) has a checkpoint of its own. A warm start built on CUDA has
+different weights from one built on CPU, so its file carries the device too
+(``warmstart-<key>-cuda.pt``; the CPU file's name is unchanged). Checkpoints hold CPU
+tensors and load with ``map_location="cpu"`` before moving to the device asked for, so
+any checkpoint loads on any device: a CUDA job uses the CPU-built file when there is
+one (the reference weights: a CPU and a GPU job of one config then start from the same
+policy, as ``bench`` needs; a Ray task writes this file too), else its CUDA-built one,
+building that on first use; a CPU job only ever uses the CPU-built file, which keeps
+CPU runs bit-identical.
 """
 from __future__ import annotations
 
@@ -18,6 +29,7 @@ from pathlib import Path
 import torch
 
 from evals.tasks import BOS, EOS, PAD, VOCAB_SIZE, CorpusNoise, encode, sft_corpus
+from trainers.local.device import device_kind
 from trainers.local.model import ModelConfig, TinyGPT, positions_for
 from trainers.home import resolve_home
 
@@ -56,28 +68,38 @@ def default_home() -> Path:
     return resolve_home()
 
 
-def checkpoint_path(cfg: WarmStartConfig, home: Path | None = None) -> Path:
-    return Path(home or default_home()) / "checkpoints" / f"warmstart-{cfg.key()}.pt"
+def checkpoint_path(cfg: WarmStartConfig, home: Path | None = None,
+                    device: str = "cpu") -> Path:
+    """The checkpoint built on ``device`` (its kind: cpu or cuda) for ``cfg``."""
+    suffix = "" if device_kind(device) == "cpu" else f"-{device_kind(device)}"
+    return Path(home or default_home()) / "checkpoints" / f"warmstart-{cfg.key()}{suffix}.pt"
+
+
+def load_checkpoint(path: Path, cfg: WarmStartConfig, device: str = "cpu") -> TinyGPT:
+    """A saved warm start, on ``device`` whatever device it was built on."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model = TinyGPT(cfg.model)
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device)
 
 
 def load_or_build(cfg: WarmStartConfig = WarmStartConfig(), home: Path | None = None,
-                  progress=None) -> TinyGPT:
-    """The cached warm-start policy, building (and caching) it on first use."""
-    path = checkpoint_path(cfg, home)
-    if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model = TinyGPT(cfg.model)
-        model.load_state_dict(blob["state_dict"])
-        return model
-    model, info = train_sft(cfg, progress=progress)
+                  progress=None, device: str = "cpu") -> TinyGPT:
+    """The cached warm-start policy on ``device``, building (and caching) it there on
+    first use. On CUDA a CPU-built checkpoint is preferred to a CUDA-built one."""
+    path = checkpoint_path(cfg, home, device)
+    for existing in dict.fromkeys([checkpoint_path(cfg, home, "cpu"), path]):
+        if existing.is_file():
+            return load_checkpoint(existing, cfg, device)
+    model, info = train_sft(cfg, progress=progress, device=device)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A temporary name of its own: two processes building the same warm start at once
     # (two runs in one home, parallel seeds) would otherwise write into one file, and
     # the first rename would publish it while the second still writes.
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "info": info},
-                   tmp)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save({"state_dict": state, "config": asdict(cfg), "info": info}, tmp)
         os.replace(tmp, path)  # atomic: a killed build never leaves a half-written file
     finally:
         tmp.unlink(missing_ok=True)
@@ -100,9 +122,12 @@ def _batch(pairs) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, loss_mask
 
 
-def train_sft(cfg: WarmStartConfig, progress=None) -> tuple[TinyGPT, dict]:
+def train_sft(cfg: WarmStartConfig, progress=None, device: str = "cpu"
+              ) -> tuple[TinyGPT, dict]:
+    """SFT from a fresh init (made on the CPU, so every device starts from the same
+    weights), trained on ``device``."""
     torch.manual_seed(cfg.seed)
-    model = TinyGPT(cfg.model)
+    model = TinyGPT(cfg.model).to(device)
     corpus = sft_corpus(cfg.examples, cfg.seed, cfg.noise)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01,
                             betas=(0.9, 0.98))
@@ -116,6 +141,7 @@ def train_sft(cfg: WarmStartConfig, progress=None) -> tuple[TinyGPT, dict]:
         lo = (step * cfg.batch_size) % len(corpus)
         idx = order[lo:lo + cfg.batch_size]
         ids, loss_mask = _batch([corpus[int(i)] for i in idx])
+        ids, loss_mask = ids.to(device), loss_mask.to(device)
         key_mask = ids != PAD
         logits = model(ids[:, :-1], key_mask[:, :-1], positions_for(key_mask)[:, :-1])
         nll = torch.nn.functional.cross_entropy(
@@ -130,5 +156,5 @@ def train_sft(cfg: WarmStartConfig, progress=None) -> tuple[TinyGPT, dict]:
             progress(step + 1, cfg.steps, float(loss))
     model.eval()
     info = {"cpu_seconds": time.process_time() - t0, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-            "params": model.num_params()}
+            "params": model.num_params(), "device": device_kind(device)}
     return model, info

@@ -10,7 +10,9 @@ Candidate code never runs in the calling process. ``run_in_sandbox`` starts
   process still carrying this run's environment marker (a process that left the group);
   the same on every exit path, so no process outlives the call;
 - limits set in the child before any candidate code (``resource``): CPU seconds
-  (RLIMIT_CPU), address space (RLIMIT_AS), processes (RLIMIT_NPROC; not enforced for
+  (RLIMIT_CPU), address space (RLIMIT_AS; for a CUDA job, whose driver reserves far more
+  virtual memory than any sane limit, a resident-memory watchdog instead: see
+  ``trainers/sandbox/kernel.py``), processes (RLIMIT_NPROC; not enforced for
   root, where the child's seccomp filter refuses fork/exec instead), file size
   (RLIMIT_FSIZE, which also caps the captured output), open files (RLIMIT_NOFILE);
 - a fresh scratch directory as cwd and HOME (removed afterwards), and a minimal
@@ -87,7 +89,8 @@ def run_in_sandbox(task: str, payload: dict, *, timeout_s: float = 60.0,
 
     ``payload["source"]``, if present, is the candidate module; it is checked statically
     first unless ``static=False``. ``cpu_s`` defaults to ``timeout_s``; ``memory_mb`` is
-    the child's whole address space (torch alone takes ~0.6 GB of it). ``on_progress``
+    the child's whole address space (torch alone takes ~0.6 GB of it), or, when
+    ``payload["device"]`` is CUDA, its resident memory (an RSS watchdog). ``on_progress``
     receives the task's progress rows (per-step training metrics) while it runs."""
     started = time.monotonic()
     if static and "source" in payload:
@@ -99,7 +102,8 @@ def run_in_sandbox(task: str, payload: dict, *, timeout_s: float = 60.0,
         payload = {**payload, "home": str(Path(payload["home"]).resolve())}
     limits = {"cpu_s": cpu_s or timeout_s, "memory_mb": int(memory_mb),
               "file_mb": int(file_mb), "output_bytes": int(output_kb) * 1024,
-              "max_procs": int(max_procs), "max_files": int(max_files)}
+              "max_procs": int(max_procs), "max_files": int(max_files),
+              "rss_watchdog": str(payload.get("device") or "cpu").startswith("cuda")}
     _remove_stale_dirs()
     root = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
     # <launcher pid>-<random>: kill_tree finds this run's processes by the whole token,

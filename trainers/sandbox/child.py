@@ -6,7 +6,10 @@ that parent dies (PR_SET_PDEATHSIG). Linux only. In order:
 
 1. limits (``resource``): CPU seconds, address space, processes, file size, open files,
    no core dumps; a private network namespace where the kernel allows it (root or
-   CAP_SYS_ADMIN; elsewhere the seccomp filter and the audit hook refuse sockets);
+   CAP_SYS_ADMIN; elsewhere the seccomp filter and the audit hook refuse sockets). A
+   CUDA job (``payload["device"]`` cuda) has no address-space limit, which CUDA's
+   initialisation cannot live with, but a resident-memory watchdog thread at the same
+   ``memory_mb`` (``kernel.apply_limits`` says why);
 2. trusted setup of the task (imports, the warm-start checkpoint: built here on first use);
 3. the guard, then the candidate is loaded and the task runs:
    - Landlock (Linux >= 5.13, also binding root): files are written only beneath the
@@ -36,12 +39,14 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
 import types
 from pathlib import Path
 from typing import Callable
 
-from trainers.sandbox.kernel import apply_limits, install_landlock, install_seccomp
+from trainers.sandbox.kernel import (apply_limits, install_landlock, install_seccomp,
+                                     start_rss_watchdog)
 
 CANDIDATE_FILENAME = "<candidate>"
 ALLOWED_IMPORTS = ("torch", "math", "numpy")
@@ -301,8 +306,13 @@ class ResultWriter:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self.written = False
         self.isolation: dict = {}
+        self._lock = threading.Lock()  # the RSS watchdog's thread may write too
 
     def write(self, kind: str, value: dict | None = None, error: str = "") -> None:
+        with self._lock:
+            self._write(kind, value, error)
+
+    def _write(self, kind: str, value: dict | None, error: str) -> None:
         if self.written:
             return
         self.written = True
@@ -390,6 +400,8 @@ def main(request_path: str) -> None:
     guard = Guard(Path.cwd(), (writer.fd,))
     try:
         writer.isolation = apply_limits(request["limits"])
+        if request["limits"].get("rss_watchdog"):
+            _watch_memory(request["limits"], writer, guard)
         _run_task(request, writer, guard)
     except BaseException as e:  # noqa: BLE001 - every ending is a result
         kind, error = classify(e, guard, request["limits"])
@@ -450,6 +462,18 @@ def _die_with_parent(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:  # it died before the prctl
         os._exit(1)
+
+
+def _watch_memory(limits: dict, writer: ResultWriter, guard: Guard) -> None:
+    """A CUDA job's memory limit: the RSS watchdog ends the child with a memory failure
+    (``kernel.start_rss_watchdog``)."""
+    limit = limits["memory_mb"]
+    fd = start_rss_watchdog(limit, lambda mb: _exit_with(writer, "memory", (
+        f"out of memory: {mb:.0f} MB resident passed the memory limit of {limit} MB "
+        "(the RSS watchdog of a CUDA job)")))
+    writer.isolation["rss_watchdog"] = fd is not None
+    if fd is not None:
+        guard.protected_fds += (fd,)
 
 
 def _exit_with(writer: ResultWriter, kind: str, error: str) -> None:

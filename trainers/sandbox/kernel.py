@@ -9,22 +9,70 @@ import os
 import platform
 import resource
 import struct
+import threading
+import time
+from typing import Callable
 
 # ----------------------------------------------------------------------------- limits
 
 def apply_limits(limits: dict) -> dict:
     """Set rlimits on this process (inherited by anything it starts); returns what is
-    actually enforced, for the result's ``isolation`` report."""
+    actually enforced, for the result's ``isolation`` report.
+
+    The memory limit is RLIMIT_AS (address space), except for a CUDA job
+    (``limits["rss_watchdog"]``): initialising CUDA reserves tens of GB of virtual
+    address space (the driver's unified-memory range) without using it, so any address
+    space limit that still stops a runaway candidate makes ``cuInit`` fail. Such a job
+    gets ``start_rss_watchdog`` instead, which the child starts right after this call:
+    the same ``memory_mb``, applied to the process's anonymous resident memory. Every
+    other limit and guard layer is the same on both paths; the CPU path is unchanged.
+    GPU memory itself is bounded only by the device (a candidate that exhausts it gets
+    CUDA's out-of-memory error, reported as a memory failure)."""
     mb = 1024 * 1024
     cpu = max(1, math.ceil(limits["cpu_s"]))
     _lower(resource.RLIMIT_CPU, cpu, cpu + 2)  # SIGXCPU at the soft limit, SIGKILL later
-    _lower(resource.RLIMIT_AS, limits["memory_mb"] * mb)
+    watchdog = bool(limits.get("rss_watchdog"))
+    if not watchdog:
+        _lower(resource.RLIMIT_AS, limits["memory_mb"] * mb)
     _lower(resource.RLIMIT_FSIZE, limits["file_mb"] * mb)
     _lower(resource.RLIMIT_NOFILE, limits["max_files"])
     _lower(resource.RLIMIT_CORE, 0)
     # RLIMIT_NPROC counts every task (thread) of the real uid, not only ours.
     _lower(resource.RLIMIT_NPROC, _tasks_of_uid(os.getuid()) + limits["max_procs"])
-    return {"rlimits": True, "nproc_enforced": os.getuid() != 0, "netns": _unshare_net()}
+    return {"rlimits": True, "nproc_enforced": os.getuid() != 0, "netns": _unshare_net(),
+            "memory_limit": "rss watchdog" if watchdog else "address space"}
+
+
+def start_rss_watchdog(limit_mb: int, on_exceed: Callable[[float], None],
+                       interval_s: float = 0.05) -> int | None:
+    """A daemon thread that polls this process's anonymous resident memory (``statm``'s
+    resident minus shared pages: what allocations grow; mapped libraries are left out)
+    every ``interval_s`` and calls ``on_exceed(MB)`` once it passes ``limit_mb``. The
+    statm file is opened here, before the guard, and re-read with pread. Returns its
+    descriptor (for the guard to protect), None where /proc is unavailable. Weaker than
+    RLIMIT_AS in one way: an allocation burst between two polls is not refused, only
+    caught at the next poll (the kernel's OOM killer remains the backstop)."""
+    try:
+        fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    page = os.sysconf("SC_PAGE_SIZE")
+    limit = limit_mb * 1024 * 1024
+
+    def watch() -> None:
+        while True:
+            try:
+                fields = os.pread(fd, 256, 0).split()
+                anon = (int(fields[1]) - int(fields[2])) * page
+            except (OSError, ValueError, IndexError):
+                anon = 0
+            if anon > limit:
+                on_exceed(anon / (1024 * 1024))
+                return
+            time.sleep(interval_s)
+
+    threading.Thread(target=watch, name="poise-rss-watchdog", daemon=True).start()
+    return fd
 
 
 def _lower(which: int, soft: int, hard: int | None = None) -> None:

@@ -14,6 +14,11 @@ an ``errors`` list in it makes the result a contract failure.
 - ``train``: one seed of full local training; per-step rows stream as progress. A warm
   start missing from ``home`` is built first, within the task's limits: build it
   beforehand (``trainers.local.warmstart.load_or_build``) to keep them for training.
+  ``payload["device"]`` (default ``cpu``; also for ``smoke_train``) is where it trains:
+  on CUDA the trusted setup initialises the device, moves the warm start there and runs
+  each kind of kernel once before the guard (``trainers.local.device.warm_up``), and the
+  sandbox replaces its address-space limit by a resident-memory watchdog
+  (``trainers/sandbox/kernel.py``). Never run on a GPU here.
 - ``selftest_process_tree``: forks sleepers (one in its own session) before the guard and
   then hangs: the containment test for the parent's process-tree kill.
 """
@@ -242,22 +247,27 @@ def _setup_train(payload: dict, smoke: bool = False):
     from trainers.local.trainer import train
     from trainers.local.warmstart import load_or_build
 
+    from trainers.local.device import resolve_device, warm_up
+
     torch.set_num_threads(1)
     cfg, warm = _train_configs(payload, smoke)
     if "home" not in payload:
         raise ValueError("the training payload needs 'home' (the warm-start cache)")
-    start = load_or_build(warm, Path(payload["home"]))
-    return train, start, cfg
+    device = resolve_device(payload.get("device") or "cpu")
+    start = load_or_build(warm, Path(payload["home"]), device=device)
+    warm_up(start, device)  # CUDA: before the guard (a no-op on CPU)
+    return train, start, cfg, device
 
 
 def _run_train(context, algo, payload: dict, progress) -> dict:
     _needs_source(algo)
-    train, start, cfg = context
+    train, start, cfg, device = context
 
     def report(step, total, row):
         progress({"step": step, "total": total, **row})
 
-    return train(algo, start, int(payload.get("seed", 0)), cfg, report).as_dict()
+    return train(algo, start, int(payload.get("seed", 0)), cfg, report,
+                 device=device).as_dict()
 
 
 def _run_smoke(context, algo, payload: dict, progress) -> dict:
