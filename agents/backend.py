@@ -1,10 +1,8 @@
 """What the scientist and the coder are told about the backend that will train the code.
 
 ``describe(executor)``: the local CPU testbed (every hook sees the whole batch), or verl on
-GPUs, where the policy loss runs on shuffled micro-batches without group ids or outcomes
-(trainers/verl/adapter.py) and lengths are counted in the tokenizer's tokens of a real
-model. A mechanism that cannot run there is not proposed, and the plugin generator refuses
-one that reads what the loss cannot see.
+GPUs (trainers/verl/runtime.py: the same batch fields, the policy loss per micro-batch,
+lengths in the tokenizer's tokens of a real model).
 """
 from __future__ import annotations
 
@@ -13,15 +11,15 @@ batch: shape_reward and compute_advantages get correct, valid, length, group ids
 group_size; policy_loss gets the same batch and ref_logp (KL to the start policy is yours
 to add). Lengths are response tokens of the testbed's character-level tokenizer."""
 
-VERL = """The backend: verl on GPUs (a real language model, verl's GRPO pipeline). What a hook
-may read differs from the local testbed:
-- shape_reward and compute_advantages see the whole batch: correct, valid, length (response
-  tokens of the model's tokenizer), group ids and group_size, step and total_steps;
-- policy_loss runs on shuffled micro-batches split across GPUs: batch.group is one group per
-  row (group_size 1), batch.correct and batch.valid are NOT available (reading them fails the
-  candidate before launch), ref_logp is None: put group- or outcome-dependent logic in the
-  reward or the advantages, and set a module constant KL_COEF for verl's own KL loss instead
-  of computing a KL term yourself."""
+VERL = """The backend: verl on GPUs (a real language model, verl's GRPO pipeline). Each hook
+sees what it sees locally: shape_reward, compute_advantages and policy_loss get correct,
+valid, length, group ids, group_size, step and total_steps, and policy_loss gets ref_logp
+(verl's reference log-probs); a KL term you compute is the KL that trains (verl adds none of
+its own). Differences: lengths are response tokens of the model's tokenizer (max_length is
+the response budget in those tokens); policy_loss runs once per micro-batch, on a part of the
+batch (whole groups when it reads batch.group, otherwise any rows), and its value is
+averaged over micro-batches, so it must be a mean over the rows it is given. Imports are
+limited to torch, math and numpy."""
 
 
 def describe(executor: str | None) -> str:

@@ -500,6 +500,7 @@ def test_the_window_is_read_from_the_server_and_the_prompts_name_the_backend(mon
     model = ScriptedChat.of(candidate_reply())
     write_code_llm(model, PROPOSAL, "", backend=describe("verl"))
     prompt = model.calls[0][0].content
-    assert "verl on GPUs" in prompt and "batch.correct and batch.valid are NOT" in prompt
+    assert "verl on GPUs" in prompt and "a KL term you compute is the KL that trains" in prompt
+    assert "response tokens of the model's tokenizer" in prompt
     write_code_llm(model, PROPOSAL, "")
     assert "local trainer on the CPU testbed" in model.calls[1][0].content

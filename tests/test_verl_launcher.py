@@ -105,9 +105,14 @@ def test_overrides_compose_with_verls_hydra_config_and_take(grpo_plan, parquet_f
     assert list(composed.data.train_files) == [str(parquet_files[0])]
     assert (composed.trainer.n_gpus_per_node, composed.trainer.nnodes) == (4, 2)
     assert composed.trainer.test_freq == 10 and composed.actor_rollout_ref.rollout.val_kwargs.n == 8
-    assert composed.actor_rollout_ref.actor.use_kl_loss and \
-        composed.actor_rollout_ref.actor.kl_loss_coef == pytest.approx(0.001)
+    # GRPO's loss reads ref_logp: verl computes reference log-probs (use_kl_loss) and adds
+    # no KL of its own (coefficient 0); the candidate's KL term is the one that trains
+    assert composed.actor_rollout_ref.actor.use_kl_loss is True
+    assert composed.actor_rollout_ref.actor.kl_loss_coef == 0.0
+    assert composed.trainer.use_v1 is True
     env = composed.ray_kwargs.ray_init.runtime_env.env_vars
+    # the plugin is self-contained: only its own directory on the workers' path
+    assert env.PYTHONPATH == str(plan.plugin.path.parent)
     assert env.VERL_USE_EXTERNAL_MODULES == plan.plugin.module
     assert env.VERL_FILE_LOGGER_PATH == str(plan.metrics_path)
     assert plan.env["VERL_FILE_LOGGER_PATH"] == str(plan.metrics_path)
@@ -123,7 +128,24 @@ def test_a_candidate_without_kl_turns_verls_kl_loss_off(parquet_files, tmp_path)
     plan = plan_launch(baseline_source("dapo"), small_config(*parquet_files), tmp_path, "dapo")
     composed = compose(plan.overrides)
     assert composed.actor_rollout_ref.actor.use_kl_loss is False
-    assert any("batch.group" in w for w in plan.warnings)
+    assert composed.actor_rollout_ref.actor.kl_loss_coef == 0.0
+
+
+def test_a_loss_that_reads_groups_gets_whole_groups_per_micro_batch(parquet_files, tmp_path):
+    """DAPO's loss filters zero-variance groups: its micro-batches must hold whole groups
+    (rollout.n = 4 rows each); GRPO's reads no group and keeps verl's defaults."""
+    cfg = small_config(*parquet_files)
+    cfg.ppo_micro_batch_size_per_gpu = 6
+    dapo = compose(plan_launch(baseline_source("dapo"), cfg, tmp_path, "dapo").overrides)
+    assert dapo.trainer.balance_batch is False
+    assert dapo.actor_rollout_ref.actor.shuffle is False
+    assert dapo.actor_rollout_ref.actor.use_dynamic_bsz is False
+    assert dapo.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 8  # 6 -> 2 x 4
+    plan = plan_launch(baseline_source("dapo"), cfg, tmp_path, "dapo")
+    assert any("whole groups" in w and "=8" in w for w in plan.warnings)
+    grpo = compose(plan_launch(baseline_source("grpo"), cfg, tmp_path, "grpo").overrides)
+    assert grpo.trainer.balance_batch is True
+    assert grpo.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 6
 
 
 def test_bad_overrides_and_configs_verl_refuses_are_one_line_errors(parquet_files, tmp_path):
@@ -144,7 +166,7 @@ def test_a_ray_cluster_gets_a_job_submission(parquet_files, tmp_path):
     assert cmd[:5] == ["ray", "job", "submit", "--address", "http://head:8265"]
     runtime = json.loads(cmd[cmd.index("--runtime-env-json") + 1])
     assert runtime["working_dir"] == str(plan.plugin.path.parent)
-    assert runtime["py_modules"] == [str(Path(__file__).resolve().parents[1] / "trainers")]
+    assert "py_modules" not in runtime  # the plugin is self-contained
     assert runtime["env_vars"]["VERL_USE_EXTERNAL_MODULES"] == plan.plugin.module
     entry = cmd[cmd.index("--") + 1:]
     assert entry[:3] == ["python3", "-m", "verl.trainer.main_ppo"]
@@ -288,9 +310,9 @@ def test_reward_grades_off_the_main_thread_like_verls_reward_loop():
 
 
 def test_without_math_verify_the_fallback_compares_normalized_strings(monkeypatch):
-    from trainers.verl import grading
+    from trainers.verl import runtime
 
-    monkeypatch.setattr(grading, "GRADER", "string")
+    monkeypatch.setattr(runtime, "GRADER", "string")
     assert compute_score("m", "\\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}")["acc"] == 1.0
     assert compute_score("m", "\\boxed{ 7 }.", "7")["acc"] == 1.0
     assert compute_score("m", "\\boxed{0.5}", "1/2")["score"] == 0.0   # strict: documented

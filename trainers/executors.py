@@ -26,6 +26,8 @@ deterministic per seed).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -338,65 +340,145 @@ def _first_line(e: BaseException) -> str:
 # ----------------------------------------------------------------------------- verl
 
 class VerlExecutor:
-    """Each job is a verl GRPO run of the candidate (trainers/verl/backend.py), one after
-    the other (a verl job takes the node's GPUs, or is queued by the cluster's Ray job
-    manager). The payload's ``train_config`` / ``warm_config`` belong to the local
-    trainer and are ignored: the verl trainer config file decides the budget. The
-    candidate runs in verl's processes, not in the sandbox: the verifier has already run
-    its hooks in the sandbox, and verl's workers are the cluster's isolation. Progress is
-    reported to ``on_progress(label, seed, step, metrics)`` after each metrics poll. The
-    poll interval is ``$POISE_VERL_POLL_S`` (default 10 s)."""
+    """Each job is a verl GRPO run of the candidate (trainers/verl/backend.py), up to
+    ``max_parallel_jobs`` (the loop's ``--width``) at once, one thread each (a semaphore
+    shared by all of the run's concurrent trainer nodes); outcomes keep payload order and
+    ``on_done`` is called as each job ends.
+
+    One node (no ``ray_address``): the node's GPUs are a pool (trainers/verl/pool.py; the
+    config's ``gpus``, else every GPU visible here). A job waits, first come first served,
+    for ``n_gpus_per_node`` free GPUs and runs with ``CUDA_VISIBLE_DEVICES`` set to them,
+    so the Ray instance it starts sees only those: width N runs
+    ``min(N, pool size // n_gpus_per_node)`` jobs at once, the others queue, and no two
+    share a GPU. A job that needs more GPUs than the pool holds fails at once. This
+    assumes no Ray cluster runs on the node (``ray start``, ``$RAY_ADDRESS``): verl's
+    ``ray.init()`` would join it and its GPUs would not be ours to pin; set
+    ``ray_address`` then. With no GPU visible and no ``gpus`` there is nothing to pin and
+    jobs run unpinned (a CPU stand-in entrypoint; real verl reports that it has no GPU).
+
+    Ray cluster (``ray_address``): no local pool; width N has up to N ``ray job submit``
+    jobs on the cluster at once. Their entrypoint, verl's driver, needs no GPU (it starts
+    a 1-CPU TaskRunner; the workers' placement groups hold the GPUs), so no
+    ``--entrypoint-num-gpus``: it would reserve GPUs on top of the placement groups'.
+    Hence Ray's job manager starts every submitted job, and verl 0.9.1 does not wait for
+    GPUs either: its ResourcePoolManager compares the cluster's *available* GPUs with the
+    job's ``n_gpus_per_node * nnodes`` before creating placement groups and raises when
+    too few are free, so a job that does not fit is a failed outcome (its log says
+    "Total available GPUs ... is less than total desired GPUs"), not a queued one. Keep
+    width <= the cluster's GPUs // (n_gpus_per_node * nnodes).
+
+    The payload's ``train_config`` / ``warm_config`` belong to the local trainer and are
+    ignored: the verl trainer config file decides the budget. The candidate runs in
+    verl's processes, not in the sandbox: the verifier has already run its hooks in the
+    sandbox, and verl's workers are the cluster's isolation. Progress is reported to
+    ``on_progress(label, seed, step, metrics)`` after each metrics poll. The poll interval
+    is ``$POISE_VERL_POLL_S`` (default 10 s). An interrupted ``train`` (Ctrl-C) stops each
+    running job at its next metrics line."""
 
     name = "verl"
     backend = "verl"
 
-    def __init__(self, trainer_config: str | None = None, poll_s: float = 10.0):
+    def __init__(self, trainer_config: str | None = None, poll_s: float = 10.0,
+                 max_parallel_jobs: int = 1):
         from trainers.verl.config import ConfigError, load_verl_config
+        from trainers.verl.pool import GpuPoolError, node_pool, visible_gpus
 
+        assert max_parallel_jobs >= 1, "max_parallel_jobs must be at least 1"
         try:
             self.config = load_verl_config(trainer_config)  # a bad config fails here
         except ConfigError as e:
             raise ExecutorUnavailable(f"verl trainer config: {e}") from None
         self.trainer_config = trainer_config
         self.poll_s = poll_s
+        self.max_parallel_jobs = max_parallel_jobs
+        self.slots = threading.BoundedSemaphore(max_parallel_jobs)
+        self.pool = None
+        if not self.config.ray_address:
+            gpus = self.config.gpus or visible_gpus()
+            try:
+                self.pool = node_pool(gpus) if gpus else None
+            except GpuPoolError as e:
+                raise ExecutorUnavailable(f"verl GPUs: {e}") from None
 
     def describe(self) -> str:
-        return f"verl GRPO runs of {self.config.model}, one per candidate x seed"
+        runs = f"verl GRPO runs of {self.config.model}, up to {self.max_parallel_jobs} at once"
+        if self.config.ray_address:
+            return f"{runs}, submitted to the Ray cluster at {self.config.ray_address}"
+        if self.pool is None:
+            return f"{runs} on this node (no GPU visible: jobs are not pinned to GPUs)"
+        return (f"{runs} on this node, {self.config.n_gpus_per_node} of GPUs "
+                f"{list(self.pool.gpus)} each")
 
     def train(self, payloads: list[dict], *, timeout_s: float,
               on_progress: ProgressFn | None = None,
               on_done: DoneFn | None = None) -> list[JobOutcome]:
-        from trainers.verl.backend import VerlTrainingError, train_candidate
+        # timeout_s is the CPU testbed's limit (Context.train_timeout_s): a verl job's
+        # limits are its trainer config's timeout_s / stall_timeout_s.
+        outcomes: list[JobOutcome | None] = [None] * len(payloads)
+        stop = threading.Event()
 
-        outcomes = []
-        for p in payloads:
-            label, seed = p.get("label", "candidate"), p["seed"]
-            began = time.time()
-            progress = None
+        def one(i: int) -> None:
+            with self.slots:
+                outcomes[i] = self._job(payloads[i], on_progress, stop)
+            if on_done is not None:
+                on_done(i, outcomes[i])
+
+        # each thread runs in a copy of the caller's context: the callbacks may read
+        # context variables (LangGraph's runnable config, tracing)
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(one, i),
+                                    name=f"verl-job-{i}") for i in range(len(payloads))]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException:
+            stop.set()
+            raise
+        return outcomes
+
+    def _job(self, p: dict, on_progress: ProgressFn | None,
+             stop: threading.Event) -> JobOutcome:
+        """One payload's verl run, on GPUs leased from the pool for its whole length."""
+        from trainers.verl.backend import VerlTrainingError, train_candidate
+        from trainers.verl.pool import GpuPoolError
+
+        label, seed = p.get("label", "candidate"), p["seed"]
+
+        def progress(step: int, row: dict) -> None:
+            if stop.is_set():
+                raise _Stopped("the executor was interrupted")  # launch stops the job
             if on_progress is not None:
-                progress = lambda step, row, _l=label, _s=seed: on_progress(  # noqa: E731
-                    _l, _s, step, row)
-            try:
-                # timeout_s is the CPU testbed's limit (Context.train_timeout_s): a verl
-                # job's limits are its trainer config's timeout_s / stall_timeout_s.
+                on_progress(label, seed, step, row)
+
+        began = time.time()
+        try:
+            lease = (self.pool.lease(self.config.n_gpus_per_node) if self.pool is not None
+                     else contextlib.nullcontext(None))
+            with lease as gpus:
+                if stop.is_set():
+                    raise _Stopped("not started: the executor was interrupted")
+                began = time.time()  # the job's span starts once it has its GPUs
                 value = train_candidate(p["source"], label, seed, p["home"],
                                         self.trainer_config, on_progress=progress,
-                                        poll_s=self.poll_s)
-                outcome = JobOutcome(SandboxResult(True, value, "", "ok", "",
-                                                   time.time() - began), (began, time.time()))
-            except VerlTrainingError as e:
-                outcome = JobOutcome(SandboxResult(False, {}, str(e)[:1000], "crash", "",
-                                                   time.time() - began), (began, time.time()))
-            except Exception as e:  # noqa: BLE001 - e.g. the plugin refused the candidate
-                outcome = failed(f"verl launch failed: {type(e).__name__}: "
-                                 f"{_first_line(e)}"[:1000], began)
-            outcomes.append(outcome)
-            if on_done is not None:
-                on_done(len(outcomes) - 1, outcome)
-        return outcomes
+                                        poll_s=self.poll_s, visible_devices=gpus)
+            return JobOutcome(SandboxResult(True, value, "", "ok", "", time.time() - began),
+                              (began, time.time()))
+        except (GpuPoolError, _Stopped) as e:
+            return failed(str(e), began)
+        except VerlTrainingError as e:
+            return JobOutcome(SandboxResult(False, {}, str(e)[:1000], "crash", "",
+                                            time.time() - began), (began, time.time()))
+        except Exception as e:  # noqa: BLE001 - e.g. the plugin refused the candidate
+            return failed(f"verl launch failed: {type(e).__name__}: "
+                          f"{_first_line(e)}"[:1000], began)
 
     def close(self) -> None:
         pass
+
+
+class _Stopped(Exception):
+    """Raised from a job's progress callback so that ``launch`` stops its process."""
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -412,13 +494,15 @@ def get_executor(kind: str, *, address: str | None = None, max_parallel_jobs: in
     ExecutorUnavailable when it cannot be)."""
     if kind not in KINDS:
         raise ExecutorUnavailable(f"unknown executor {kind!r}; choose one of {KINDS}")
-    key = (kind, max_parallel_jobs) if kind == "process" else (kind, trainer_config) \
-        if kind == "verl" else (kind, address, task_memory_mb, max_retries)
+    key = (kind, max_parallel_jobs) if kind == "process" else \
+        (kind, trainer_config, max_parallel_jobs) if kind == "verl" else \
+        (kind, address, task_memory_mb, max_retries)
     with _lock:
         if key not in _executors:
             if kind == "verl":
                 _executors[key] = VerlExecutor(
-                    trainer_config, poll_s=float(os.environ.get("POISE_VERL_POLL_S", "10")))
+                    trainer_config, poll_s=float(os.environ.get("POISE_VERL_POLL_S", "10")),
+                    max_parallel_jobs=max_parallel_jobs)
             elif kind == "process":
                 _executors[key] = ProcessExecutor(max_parallel_jobs)
             else:

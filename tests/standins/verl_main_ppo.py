@@ -5,11 +5,15 @@ POISE's it touches is real and runs as verl would run it: it imports the plugin 
 ``VERL_USE_EXTERNAL_MODULES`` (which registers the candidate in verl's registries), loads
 ``reward.custom_reward_function`` from its path, and each step grades synthetic
 ``\\boxed{}`` answers with it, calls the candidate's estimator through verl's
-``get_adv_estimator_fn`` and its loss through ``get_policy_loss_fn`` with verl's own
-config classes, and writes verl's file-logger JSONL (``$VERL_FILE_LOGGER_PATH``),
+``compute_advantage`` on a ``DataProto`` and its loss through verl's own ``ppo_loss`` on
+the micro-batch TensorDict the v1 engine workers pass (tests/standins/verl_batch.py),
+with verl's own config classes, and writes verl's file-logger JSONL (``$VERL_FILE_LOGGER_PATH``),
 validation metrics under verl's names and a validation dump. The "policy" is a single
 probability of answering correctly that rises with the step, so the curves move.
-Used by tests/test_verl_backend.py through VerlConfig.entrypoint.
+Used by tests/test_verl_backend.py through VerlConfig.entrypoint. At its end it writes
+``standin_run.json`` in its cwd (the plan's run_dir): its ``CUDA_VISIBLE_DEVICES`` and
+start / end wall times, so tests/test_verl_gpu_pool.py can see which GPUs each
+concurrent job was given and when it ran.
 """
 import importlib
 import importlib.util
@@ -32,14 +36,19 @@ def overrides(argv):
 
 
 def main(argv):
+    started = time.time()
     cfg = overrides(argv)
     if cfg.get("standin.fail") == "true":
         print("stand-in: failing as asked", file=sys.stderr)
         return 3
     importlib.import_module(os.environ["VERL_USE_EXTERNAL_MODULES"])  # registers it
+    import numpy as np
+    from verl import DataProto
     from verl.trainer.config import AlgoConfig
-    from verl.trainer.ppo import core_algos
+    from verl.trainer.ppo.ray_trainer import compute_advantage
     from verl.workers.config.actor import ActorConfig, PolicyLossConfig
+    from verl.workers.utils import losses
+    from verl_batch import micro_batch, unpadded
 
     spec = importlib.util.spec_from_file_location("reward_fn",
                                                   cfg["reward.custom_reward_function.path"])
@@ -47,8 +56,6 @@ def main(argv):
     spec.loader.exec_module(mod)
     score = getattr(mod, cfg["reward.custom_reward_function.name"])
     name = cfg["algorithm.adv_estimator"]
-    adv_fn = core_algos.get_adv_estimator_fn(name)
-    loss_fn = core_algos.get_policy_loss_fn(cfg["actor_rollout_ref.actor.policy_loss.loss_mode"])
     n = int(cfg["actor_rollout_ref.rollout.n"])
     steps = int(cfg["trainer.total_training_steps"])
     test_freq = int(cfg["trainer.test_freq"])
@@ -87,8 +94,13 @@ def main(argv):
     if cfg.get("trainer.val_before_train") == "True":
         log.write(json.dumps({"step": 0, "data": validate(0, p_at(0))}) + "\n")
         log.flush()
-    actor = ActorConfig(strategy="fsdp", rollout_n=n, ppo_micro_batch_size_per_gpu=1,
-                        policy_loss=PolicyLossConfig(loss_mode="vanilla"))
+    actor = ActorConfig(
+        strategy="fsdp", rollout_n=n, ppo_micro_batch_size_per_gpu=1, entropy_coeff=0.0,
+        policy_loss=PolicyLossConfig(
+            loss_mode=cfg["actor_rollout_ref.actor.policy_loss.loss_mode"]),
+        use_kl_loss=cfg["actor_rollout_ref.actor.use_kl_loss"].lower() == "true",
+        kl_loss_coef=float(cfg["actor_rollout_ref.actor.kl_loss_coef"]),
+        loss_agg_mode=cfg["actor_rollout_ref.actor.loss_agg_mode"])
     step_sleep = float(cfg.get("standin.step_sleep_s", 0))  # a slow GPU step
     for step in range(1, steps + 1):
         time.sleep(step_sleep)
@@ -103,15 +115,19 @@ def main(argv):
             mask[row, :ln] = 1
             rewards[row, ln - 1] = s["score"]
             index.append(f"uid{step}-{q}")
-        adv, _ = adv_fn(token_level_rewards=rewards, response_mask=mask,
-                        index=__import__("numpy").array(index, dtype=object), config=AlgoConfig())
+        batch = DataProto.from_dict(tensors={"token_level_rewards": rewards,
+                                             "response_mask": mask},
+                                    non_tensors={"uid": np.array(index, dtype=object)})
+        adv = compute_advantage(batch, adv_estimator=name, config=AlgoConfig()
+                                ).batch["advantages"]
         old = -2.0 * torch.rand(bs, length)
         logp = (old + 0.1 * torch.randn(bs, length)).requires_grad_(True)
-        actor.global_batch_info.update({"dp_size": 1, "batch_num_tokens": int(mask.sum()),
-                                        "global_batch_size": bs})
-        loss, metrics = loss_fn(old_log_prob=old, log_prob=logp, advantages=adv,
-                                response_mask=mask.bool(), loss_agg_mode="token-mean",
-                                config=actor, rollout_is_weights=None)
+        data = micro_batch(response_mask=mask, old_log_probs=old, advantages=adv,
+                           rm_scores=rewards, uid=index,
+                           ref_log_prob=old + 0.05 * torch.randn(bs, length),
+                           global_batch_size=bs)
+        loss, metrics = losses.ppo_loss(actor, {"log_probs": unpadded(logp, mask)}, data)
+        metrics = {k: (v.values[-1] if hasattr(v, "values") else v) for k, v in metrics.items()}
         loss.backward()
         data = {"actor/entropy": 1.0 - 0.03 * step, "actor/pg_loss": float(loss),
                 "response_length/mean": float(mask.sum(1).mean()),
@@ -122,6 +138,9 @@ def main(argv):
             data.update(validate(step, p_at(step)))
         log.write(json.dumps({"step": step, "data": data}) + "\n")
         log.flush()
+    with open("standin_run.json", "w") as f:  # in the plan's run_dir: the devices it got
+        json.dump({"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   "start": started, "end": time.time()}, f)
     return 0
 
 

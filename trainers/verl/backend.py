@@ -67,12 +67,13 @@ def _log_tail(path: str, n: int = 5) -> str:
 
 def train_candidate(source: str, label: str, seed: int, home: str | Path,
                     trainer_config: str | None = None, on_progress=None,
-                    timeout_s: float | None = None, poll_s: float = 10.0) -> dict:
+                    timeout_s: float | None = None, poll_s: float = 10.0,
+                    visible_devices: list[int | str] | None = None) -> dict:
     from trainers.verl.config import load_verl_config
     from trainers.verl.launcher import launch, plan_launch
 
     cfg = load_verl_config(trainer_config)
-    plan = plan_launch(source, cfg, home, label, seed)
+    plan = plan_launch(source, cfg, home, label, seed, visible_devices=visible_devices)
 
     def polled(tail):
         step = tail.last_training_step()

@@ -44,6 +44,11 @@ class VerlConfig:
     train_files: list = _f([], "training parquet files (python -m trainers.verl.data)")
     val_files: list = _f([], "validation parquet files; their data_source names the splits")
     n_gpus_per_node: int = _f(8, "GPUs per node")
+    gpus: list = _f([], "this node's GPU ids that verl jobs may use (one node only); "
+                        "concurrent jobs (--width) each get n_gpus_per_node of "
+                        "them, never shared, as CUDA_VISIBLE_DEVICES; empty: every "
+                        "GPU visible here ($CUDA_VISIBLE_DEVICES if set, else "
+                        "torch.cuda.device_count())")
     nnodes: int = _f(1, "nodes")
     ray_address: str = _f("", "Ray dashboard address (http://head:8265): submit with "
                               "`ray job submit`; empty: run on this node")
@@ -101,6 +106,19 @@ class VerlConfig:
         if self.ray_address and "://" not in self.ray_address:
             problems.append(f"ray_address must look like http://host:8265, got "
                             f"{self.ray_address!r}")
+        try:
+            self.gpus = [int(g) for g in self.gpus]
+        except (TypeError, ValueError):
+            problems.append(f"gpus must be a list of GPU indices, got {self.gpus!r}")
+        else:
+            if any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
+                problems.append(f"gpus must be distinct indices >= 0, got {self.gpus}")
+            if self.gpus and self.ray_address:
+                problems.append("gpus is for one node; with ray_address the cluster "
+                                "assigns the GPUs")
+            elif self.gpus and len(self.gpus) < self.n_gpus_per_node:
+                problems.append(f"gpus lists {len(self.gpus)} GPU(s) but a job needs "
+                                f"n_gpus_per_node = {self.n_gpus_per_node}")
         if not self.model:
             problems.append("model is empty")
         if self.overall_weights:

@@ -35,11 +35,10 @@ from pathlib import Path
 from trainers.extras import MissingExtra, require
 from trainers.verl.adapter import Settings, run_token
 from trainers.verl.config import ConfigError, VerlConfig, describe_fields, load_verl_config
-from trainers.verl.plugin import Plugin, PluginError, write_plugin
+from trainers.verl.plugin import GROUP_FIELDS_IN_LOSS, Plugin, PluginError, write_plugin
 from trainers.home import resolve_home
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-KL_AGG_MODE = "seq-mean-token-mean"  # verl's KL term aggregation (GRPO's)
+KL_AGG_MODE = "seq-mean-token-mean"  # verl's entropy/KL aggregation (both at coefficient 0)
 
 
 class LaunchError(Exception):
@@ -91,14 +90,18 @@ def _quoted(text: str) -> str:
 def override_values(cfg: VerlConfig, plugin: Plugin, run_dir: Path, seed: int,
                     env: dict[str, str]) -> dict[str, object]:
     """The GRPO recipe for one candidate, as {Hydra key: value}; ``+`` keys are new."""
-    kl = plugin.analysis.kl_coef
     values: dict[str, object] = {
         "algorithm.adv_estimator": plugin.name,
         "algorithm.use_kl_in_reward": False,
         "critic.enable": False,
+        # the v1 engine workers hand verl's ppo_loss the whole micro-batch, which the
+        # plugin shows the candidate's loss (trainers/verl/runtime.py)
+        "trainer.use_v1": True,
         "actor_rollout_ref.actor.policy_loss.loss_mode": plugin.name,
-        "actor_rollout_ref.actor.use_kl_loss": kl is not None,
-        "actor_rollout_ref.actor.kl_loss_coef": kl if kl is not None else 0.0,
+        # reference log-probs for a loss that reads ref_logp; verl's own KL term is off
+        # (coefficient 0): the candidate's KL, as written, is the one that trains
+        "actor_rollout_ref.actor.use_kl_loss": plugin.analysis.uses_ref,
+        "actor_rollout_ref.actor.kl_loss_coef": 0.0,
         "actor_rollout_ref.actor.kl_loss_type": "low_var_kl",
         "actor_rollout_ref.actor.loss_agg_mode": KL_AGG_MODE,
         "actor_rollout_ref.actor.entropy_coeff": 0,
@@ -146,10 +149,44 @@ def override_values(cfg: VerlConfig, plugin: Plugin, run_dir: Path, seed: int,
         # per-sample validation results: unbiased pass@k (trainers/verl/metrics.py)
         "trainer.validation_data_dir": str(run_dir / "val_generations"),
     }
+    if reads_groups(plugin):
+        values.update(whole_group_values(cfg))
     # verl passes this runtime_env to ray.init: every actor gets the plugin and the logs.
     for key, value in env.items():
         values[f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}"] = value
     return values
+
+
+def reads_groups(plugin: Plugin) -> bool:
+    return any(f in plugin.analysis.loss_reads for f in GROUP_FIELDS_IN_LOSS)
+
+
+def whole_group_values(cfg: VerlConfig) -> dict[str, object]:
+    """Overrides that put each prompt's rollout.n rows into one loss micro-batch: verl
+    keeps a group's rows adjacent (the rollout repeats each prompt n times in a row), so
+    no length balancing across ranks, no shuffling, fixed-size micro-batches of a
+    multiple of n (rounded up from the config's)."""
+    n = cfg.rollout_n
+    micro = -(-cfg.ppo_micro_batch_size_per_gpu // n) * n
+    return {"trainer.balance_batch": False,
+            "actor_rollout_ref.actor.shuffle": False,
+            "actor_rollout_ref.actor.use_dynamic_bsz": False,
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": micro}
+
+
+def group_warnings(cfg: VerlConfig, plugin: Plugin) -> list[str]:
+    if not reads_groups(plugin):
+        return []
+    micro = whole_group_values(cfg)["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"]
+    out = [f"policy_loss reads the groups: each loss micro-batch holds whole groups "
+           f"(trainer.balance_batch=False, ppo_micro_batch_size_per_gpu={micro}, a "
+           f"multiple of rollout.n={cfg.rollout_n})"]
+    world = cfg.n_gpus_per_node * cfg.nnodes
+    if cfg.ppo_mini_batch_size % world:
+        out.append(f"ppo_mini_batch_size={cfg.ppo_mini_batch_size} is not a multiple of the "
+                   f"{world} GPUs: a rank's share splits a group (poise/partial_groups "
+                   f"counts the rows)")
+    return out
 
 
 def to_overrides(values: dict[str, object], extra: list[str]) -> list[str]:
@@ -159,8 +196,14 @@ def to_overrides(values: dict[str, object], extra: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- plan
 
 def plan_launch(source: str, cfg: VerlConfig, home: str | Path, label: str = "candidate",
-                seed: int = 0) -> LaunchPlan:
-    """Write the plugin and build the command; raises LaunchError."""
+                seed: int = 0, visible_devices: list[int | str] | None = None) -> LaunchPlan:
+    """Write the plugin and build the command; raises LaunchError. ``visible_devices``
+    (one node only) pins the job to those GPUs: ``CUDA_VISIBLE_DEVICES`` goes into the
+    command's environment, where the job's own Ray instance reads it, and not into the
+    Ray runtime_env, where it would override the device Ray gives each worker."""
+    if visible_devices is not None and cfg.ray_address:
+        raise LaunchError("visible_devices is for a single-node run; a Ray cluster assigns "
+                          "the GPUs")
     workdir = Path(cfg.workdir) if cfg.workdir else Path(home) / "verl"
     token = run_token(label, str(seed), str(time.time_ns()))
     from trainers.verl.plugin import analyze
@@ -173,7 +216,7 @@ def plan_launch(source: str, cfg: VerlConfig, home: str | Path, label: str = "ca
     metrics_path, step_log = run_dir / "verl_metrics.jsonl", run_dir / "poise_steps.jsonl"
     settings = Settings(max_length=cfg.max_response_length,
                         total_steps=cfg.total_training_steps, run_token=token,
-                        step_log=str(step_log))
+                        step_log=str(step_log), group_size=cfg.rollout_n)
     try:
         plugin = write_plugin(source, settings, run_dir / "plugin")
     except PluginError as e:
@@ -182,26 +225,27 @@ def plan_launch(source: str, cfg: VerlConfig, home: str | Path, label: str = "ca
            "VERL_FILE_LOGGER_PATH": str(metrics_path),
            "TOKENIZERS_PARALLELISM": "false"}
     if not cfg.ray_address:
-        env["PYTHONPATH"] = os.pathsep.join([str(plugin.path.parent), str(REPO_ROOT)])
+        env["PYTHONPATH"] = str(plugin.path.parent)  # the plugin is self-contained
     values = override_values(cfg, plugin, run_dir, seed, env)
     overrides = to_overrides(values, cfg.overrides)
     entry = ["python3" if cfg.ray_address else sys.executable,
              *([str(Path(cfg.entrypoint).resolve())] if cfg.entrypoint.endswith(".py")
                else ["-m", cfg.entrypoint]), *overrides]
     if cfg.ray_address:
-        runtime_env = {"working_dir": str(plugin.path.parent),
-                       "py_modules": [str(REPO_ROOT / "trainers")], "env_vars": env}
+        runtime_env = {"working_dir": str(plugin.path.parent), "env_vars": env}
         command = ["ray", "job", "submit", "--address", cfg.ray_address,
                    "--submission-id", f"poise-{plugin.name}-{token}",
                    "--runtime-env-json", json.dumps(runtime_env), "--", *entry]
         env_for_command: dict[str, str] = {}
     else:
-        command, env_for_command = entry, env
+        command, env_for_command = entry, dict(env)
+        if visible_devices is not None:
+            env_for_command["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, visible_devices))
     return LaunchPlan(label=label, seed=seed, plugin=plugin, config=cfg, run_dir=run_dir,
                       metrics_path=metrics_path, step_log=step_log, values=values,
                       overrides=overrides,
                       env=env_for_command, command=command,
-                      warnings=list(plugin.analysis.warnings))
+                      warnings=list(plugin.analysis.warnings) + group_warnings(cfg, plugin))
 
 
 # ----------------------------------------------------------------------------- compose

@@ -1,32 +1,35 @@
 """Write the plugin module that puts one candidate into verl, on every Ray worker.
 
-The plugin is a small generated file ``<dir>/poise_<slug>_<hash8>.py``: it embeds the
-candidate's source (unchanged: the same text the local trainer runs), registers its
-hooks under that name (trainers/verl/adapter.py) and re-exports ``compute_score``.
-verl imports it by module name in every process that imports verl when
-``VERL_USE_EXTERNAL_MODULES=<module>`` is set (verl/__init__.py in 0.9.1), and loads it
-again by path as ``reward.custom_reward_function.path`` (registration is idempotent).
-Workers need ``<dir>`` and the POISE checkout on ``PYTHONPATH`` (the launcher sets it,
-or ships both as Ray ``py_modules`` to a cluster).
+The plugin is one generated, self-contained file ``<dir>/poise_<slug>_<hash8>.py``: the
+text of trainers/verl/runtime.py (standard library, numpy, torch and verl only: no POISE
+import), then a tail that embeds the candidate's source (unchanged: the text the local
+trainer runs) and GRPO's as the fallback for omitted hooks, registers both hooks with
+verl's registries under that name, and exposes ``compute_score``. verl imports it by
+module name in every process that imports verl when ``VERL_USE_EXTERNAL_MODULES=<module>``
+is set (verl/__init__.py in 0.9.1), and loads it again by path as
+``reward.custom_reward_function.path``; that second copy hands everything to the first
+(the module imported by name), so a candidate is registered once per process. Workers
+need only ``<dir>`` on ``PYTHONPATH`` (the launcher sets it, or ships it as the Ray job's
+working_dir); ``python -m memory.export CANDIDATE --verl DIR`` writes the same file for a
+person who runs plain verl.
 
 Before writing, ``analyze`` reads the candidate statically (nothing runs): the same
 static rules as the sandbox, which ``batch`` fields its ``policy_loss`` reads (functions
-it calls included), and its KL constant. A loss that reads ``batch.correct`` or
-``batch.valid`` cannot run in verl (see the adapter) and is refused here, before a GPU
-is spent; a loss that reads ``batch.group`` gets a warning.
+it calls included), and whether it uses ``ref_logp`` (then the launcher has verl compute
+reference log-probs, with verl's own KL term at coefficient 0: the candidate's KL is the
+one that trains).
 """
 from __future__ import annotations
 
 import ast
-import numbers
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainers.source import CandidateError, code_hash, load_module, parse_source
 from trainers.verl.adapter import Settings, registered_name
 
-UNAVAILABLE_IN_LOSS = ("correct", "valid")
-APPROXIMATED_IN_LOSS = ("group", "group_size", "num_groups")
+GROUP_FIELDS_IN_LOSS = ("group", "group_size", "num_groups", "select")
 
 
 class PluginError(ValueError):
@@ -38,7 +41,7 @@ class Analysis:
     name: str                       # the candidate's NAME
     registered: str                 # poise_<slug>_<hash8>
     loss_reads: list[str]           # batch fields its policy_loss reads
-    kl_coef: float | None           # KL_COEF when its policy_loss uses ref_logp
+    uses_ref: bool                  # its policy_loss (or GRPO's, when omitted) reads ref_logp
     problems: list[str] = field(default_factory=list)   # blocking
     warnings: list[str] = field(default_factory=list)
 
@@ -69,35 +72,13 @@ def analyze(source: str) -> Analysis:
     name = str(getattr(module, "NAME", "") or "candidate")
     tree = parse_source(source)
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    reads = sorted(_loss_reads(functions)) if "policy_loss" in functions else []
-    kl = getattr(module, "KL_COEF", None)
-    uses_ref = "policy_loss" in functions and _uses_name(functions, "ref_logp")
-    kl_coef = float(kl) if (uses_ref and isinstance(kl, numbers.Real)
-                            and not isinstance(kl, bool) and kl > 0) else None
-    if "policy_loss" not in functions:  # GRPO's loss, with its KL
-        from trainers.baselines import grpo
-
-        kl_coef = grpo.KL_COEF
+    if "policy_loss" in functions:
+        reads = sorted(_loss_reads(functions))
+        uses_ref = _uses_name(functions, "ref_logp")
+    else:  # GRPO's loss, with its KL term
+        reads, uses_ref = [], True
     out = Analysis(name=name, registered=registered_name(name, source), loss_reads=reads,
-                   kl_coef=kl_coef)
-    for f in UNAVAILABLE_IN_LOSS:
-        if f in reads:
-            out.problems.append(
-                f"policy_loss reads batch.{f}, which verl 0.9.1 does not pass to policy "
-                f"losses; move what needs it into shape_reward or compute_advantages")
-    if any(f in reads for f in APPROXIMATED_IN_LOSS):
-        out.warnings.append("policy_loss reads batch.group: under verl each row of a "
-                            "micro-batch is its own group (no group ids reach the loss)")
-    if "step" in reads:
-        out.warnings.append("policy_loss reads batch.step: published by the estimator "
-                            "through Ray's internal KV")
-    if uses_ref and kl_coef is None:
-        out.warnings.append("policy_loss uses ref_logp but defines no positive KL_COEF: "
-                            "verl passes no ref_logp to losses, so no KL term is trained")
-    loss_text = ast.unparse(functions["policy_loss"]) if "policy_loss" in functions else ""
-    if kl_coef is not None and "KL_COEF * _schedule(" in loss_text:
-        out.warnings.append("a schedule on the KL coefficient does not carry over: verl's "
-                            "KL term uses the constant KL_COEF")
+                   uses_ref=uses_ref)
     return out
 
 
@@ -127,22 +108,61 @@ def _uses_name(functions: dict[str, ast.FunctionDef], name: str) -> bool:
     return any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(fn))
 
 
-def plugin_text(source: str, analysis: Analysis, settings: Settings) -> str:
-    return f'''"""POISE plugin for verl: candidate {analysis.name!r} (code {code_hash(source)}).
+def runtime_text() -> str:
+    """trainers/verl/runtime.py without its docstring (the plugin has its own)."""
+    from trainers.verl import runtime
 
-Generated by trainers/verl/plugin.py; do not edit. Registers the candidate's hooks as
-verl advantage estimator and policy loss {analysis.registered!r}, and exposes
-compute_score for reward.custom_reward_function.
+    text = inspect.getsource(runtime)
+    doc = ast.parse(text).body[0]
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[doc.end_lineno:]).lstrip("\n")
+
+
+def plugin_text(source: str, analysis: Analysis, settings: Settings) -> str:
+    from trainers.baselines import baseline_source
+
+    return f'''"""POISE plugin for verl 0.9.1: candidate {analysis.name!r} (code {code_hash(source)}).
+
+Generated by POISE (trainers/verl/plugin.py); self-contained: it imports the standard
+library, numpy, torch and verl only. It registers the candidate's advantage estimator
+and policy loss as {analysis.registered!r} in verl's registries and exposes
+``compute_score`` for ``reward.custom_reward_function``. Load it in every verl process
+with ``VERL_USE_EXTERNAL_MODULES={analysis.registered}`` (its directory on PYTHONPATH).
+
+What the hooks see under verl: POISE's trainers/verl/runtime.py, the code below up to
+the candidate section.
 """
-from trainers.verl.adapter import Settings, register_candidate
-from trainers.verl.reward import compute_score  # noqa: F401
+{runtime_text()}
+
+# ----------------------------------------------------------------------------- the candidate
+
+import importlib as _importlib
 
 NAME = {analysis.registered!r}
 SETTINGS = Settings(max_length={settings.max_length!r}, total_steps={settings.total_steps!r},
-                    run_token={settings.run_token!r}, step_log={settings.step_log!r})
+                    run_token={settings.run_token!r}, step_log={settings.step_log!r},
+                    group_size={settings.group_size!r})
 CANDIDATE_SOURCE = {source!r}
+FALLBACK_SOURCE = {baseline_source("grpo")!r}
 
-CANDIDATE = register_candidate(CANDIDATE_SOURCE, SETTINGS, name=NAME)
+
+def _canonical():
+    """This file as imported by its module name, when this copy was loaded under another
+    name (verl's reward loader loads it by path): that copy registers and grades."""
+    if __name__ == NAME:
+        return None
+    try:
+        return _importlib.import_module(NAME)
+    except ImportError:
+        return None
+
+
+_CANONICAL = _canonical()
+if _CANONICAL is not None:
+    CANDIDATE = _CANONICAL.CANDIDATE
+    compute_score = _CANONICAL.compute_score  # noqa: F811
+else:
+    CANDIDATE = register_candidate(CANDIDATE_SOURCE, SETTINGS, NAME, FALLBACK_SOURCE)
 '''
 
 
