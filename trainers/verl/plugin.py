@@ -118,6 +118,19 @@ def runtime_text() -> str:
     return "".join(lines[doc.end_lineno:]).lstrip("\n")
 
 
+def runtime_contract() -> str:
+    """The hook contract part of runtime.py's docstring, as written in the source (escapes
+    kept), for the plugin's own docstring: a reader of the plugin has no POISE."""
+    from trainers.verl import runtime
+
+    text = inspect.getsource(runtime)
+    doc = ast.parse(text).body[0]
+    raw = "".join(text.splitlines(keepends=True)[doc.lineno - 1:doc.end_lineno])
+    body = raw.strip()[3:-3]
+    start = body.find("The hook contract under verl")
+    return body[start:].strip() if start >= 0 else body.strip()
+
+
 def plugin_text(source: str, analysis: Analysis, settings: Settings) -> str:
     from trainers.baselines import baseline_source
 
@@ -129,8 +142,7 @@ and policy loss as {analysis.registered!r} in verl's registries and exposes
 ``compute_score`` for ``reward.custom_reward_function``. Load it in every verl process
 with ``VERL_USE_EXTERNAL_MODULES={analysis.registered}`` (its directory on PYTHONPATH).
 
-What the hooks see under verl: POISE's trainers/verl/runtime.py, the code below up to
-the candidate section.
+{runtime_contract()}
 """
 {runtime_text()}
 
