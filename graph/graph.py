@@ -434,7 +434,8 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
 
 def _evaluations(results: list[dict | None]) -> list[dict]:
     """Per-seed training results as ``Archive.add_evaluation`` keyword dicts."""
-    return [{"seed": seed, "backend": r.get("backend", "local"), "metrics": {"val": r["final"]},
+    return [{"seed": seed, "backend": r.get("backend", "local"),
+             "metrics": {"val": r["final"], **({"test": r["test"]} if r.get("test") else {})},
              "fitness": r.get("fitness"), "wall_time": r.get("cpu_seconds"),
              "objectives": {"overall": r["final"]["overall"],
                             "neg_length": -r["final"]["length"]},

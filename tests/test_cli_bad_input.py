@@ -2,7 +2,7 @@
 exit code 2, no traceback, and nothing written half-way (the files under the case's
 directory are byte-for-byte what they were; no run row is added).
 
-Commands: graph.run, memory.query, memory.show, memory.reindex, trainers.local.compare,
+Commands: graph.run, memory.query, memory.show, memory.export, memory.reindex, trainers.local.compare,
 trainers.verl.launcher, trainers.verl.data. A missing optional extra is simulated by
 tests/hide_modules/sitecustomize.py, which makes the extra's modules unimportable.
 Each case is a subprocess in its own directory; the module fixture runs them three at
@@ -102,6 +102,16 @@ CASES = {
     "show-no-home": Case("memory.show", ["1"], "no archive at"),
     "show-unknown-candidate": Case("memory.show", ["999"], "no candidate '999'", "archive"),
     "show-corrupt-archive": Case("memory.show", ["1"], "cannot read the archive", "corrupt"),
+    # memory.export
+    "export-unknown-flag": Case("memory.export", ["grpo", "--verl", "{dir}/x", "--bogus"],
+                                "unrecognized arguments"),
+    "export-no-dir": Case("memory.export", ["grpo"], "the following arguments are required"),
+    "export-no-home": Case("memory.export", ["1", "--verl", "{dir}/x"], "no archive at"),
+    "export-unknown-candidate": Case("memory.export", ["999", "--verl", "{dir}/x"],
+                                     "no candidate '999'", "archive"),
+    "export-no-verl-extra": Case("memory.export", ["grpo", "--verl", "{dir}/x"],
+                                 f"python -m memory.export --verl {VERL_EXTRA}",
+                                 env=NO_VERL),
     # memory.reindex
     "reindex-unknown-flag": Case("memory.reindex", ["--bogus"], "unrecognized arguments",
                                  "archive"),

@@ -21,10 +21,25 @@ from trainers.baselines import baseline_source
 from trainers.verl.backend import CURVE_KEYS, VerlTrainingError, train_candidate
 
 STANDIN = Path(__file__).parent / "standins" / "verl_main_ppo.py"
+DATA = Path(__file__).parent / "data" / "verl"
 TINY = json.loads((Path(__file__).parent / "data" / "tiny_context.json").read_text())
 
 
+def _data(tmp_path) -> tuple[str, str]:
+    """A validation split (data_source standin_math) and a benchmark (standin_bench),
+    which the stand-in validates on like verl: one metric set per data_source."""
+    from trainers.verl import data as verl_data
+
+    out = tmp_path / "data"
+    val, _ = verl_data.prepare(DATA / "math_tiny.jsonl", out, source="standin_math")
+    bench, _ = verl_data.prepare(DATA / "gsm8k_tiny.jsonl", out, source="standin_bench",
+                                 split="test")
+    return str(val), str(bench)
+
+
 def _config(tmp_path, **extra) -> str:
+    val, bench = _data(tmp_path)
+    extra = {"val_files": [val], "test_files": [bench], **extra}
     lines = ["verl:", f"  entrypoint: {STANDIN}", "  total_training_steps: 6",
              "  test_freq: 3", "  rollout_n: 4", "  val_n: 4", "  train_batch_size: 4",
              "  ppo_mini_batch_size: 4", "  overall_weights: {standin_math/acc@1: 0.5, "
@@ -56,6 +71,22 @@ def test_a_verl_run_gives_the_local_result_shape(tmp_path):
     assert all(0 <= row["accuracy"] <= 1 and 0 <= row["validity"] <= 1 for row in r["curve"])
     assert r["backend"] == "verl" and Path(r["log"]).is_file()
     assert seen and max(seen) == 6
+
+
+def test_selection_never_reads_the_benchmark_numbers(tmp_path):
+    """verl validates on val_files + test_files at once; the result POISE selects on
+    (final, evals: fitness and objectives) holds only the held-out validation split, and
+    the benchmark's numbers go to the report-only test split. The stand-in's benchmark
+    is harder, so a mix-up would move the numbers."""
+    r = train_candidate(baseline_source("grpo"), "grpo", 0, tmp_path / "home",
+                        _config(tmp_path, overall_weights={}), poll_s=0.2)
+    for record in (r["final"], *r["evals"]):
+        assert not any(k.startswith("standin_bench") for k in record), record
+    final, test = r["final"], r["test"]
+    assert final["acc@1"] == final["standin_math/acc@1"] == final["overall"]
+    assert set(k.split("/")[0] for k in test if "/" in k) == {"standin_bench"}
+    assert test["acc@1"] == test["standin_bench/acc@1"] < final["acc@1"]
+    assert "standin_bench/pass@4" in test
 
 
 def test_a_failed_verl_run_says_why(tmp_path):
@@ -96,6 +127,9 @@ def test_the_loop_trains_candidates_on_verl(tmp_path, monkeypatch):
             val = ev.metrics["val"]
             assert c.fitness == pytest.approx(val["overall"])  # "accurate": fitness = Overall
             assert "standin_math/pass@4" in val
+            # the benchmark is archived for reports, apart from what selection read
+            assert not any(k.startswith("standin_bench") for k in val)
+            assert "standin_bench/acc@1" in ev.metrics["test"]
             assert [p[0] for p in ev.curves["accuracy"]] == [1, 2, 3, 4, 5, 6]
             assert a.reflections(c.id)
     assert {p["candidate"] for p in progress} == {c.name for c in cands}

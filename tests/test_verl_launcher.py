@@ -4,6 +4,7 @@ by verl's FileLogger, the evaluation record in the archive, and the dry-run CLI.
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,12 +49,15 @@ def test_config_from_yaml_env_file_and_env_vars(tmp_path):
     env = {"POISE_VERL_ROLLOUT_N": "4", "POISE_VERL_NNODES": "3"}
     cfg = load_verl_config(yml, env=env)
     assert (cfg.model, cfg.rollout_n, cfg.nnodes) == ("/m", 16, 3)  # the file beats env
-    assert cfg.train_files == ["a.parquet"] and cfg.overall_weights == {"aime24/pass@32": 1.0}
+    # relative data paths are resolved where POISE runs (the job's cwd is its run dir)
+    assert cfg.train_files == [str(Path("a.parquet").resolve())]
+    assert cfg.overall_weights == {"aime24/pass@32": 1.0}
     dotenv = tmp_path / "verl.env"
     dotenv.write_text("# cluster\nPOISE_VERL_RAY_ADDRESS=http://head:8265\n"
                       "OPENAI_API_KEY=unrelated\nPOISE_VERL_VAL_FILES=x.parquet,y.parquet\n")
     cfg = load_verl_config(None, env={"POISE_TRAINER_CONFIG": str(dotenv)})
-    assert cfg.ray_address == "http://head:8265" and cfg.val_files == ["x.parquet", "y.parquet"]
+    assert cfg.ray_address == "http://head:8265"
+    assert cfg.val_files == [str(Path(f).resolve()) for f in ("x.parquet", "y.parquet")]
     example = Path(__file__).resolve().parents[1] / "trainers" / "verl" / "verl.example.yaml"
     assert load_verl_config(example, env={}).val_n == 32
 
@@ -487,3 +491,49 @@ def test_training_without_gpus_is_one_line_and_exit_2(tmp_path, capsys):
     assert code == 2 and err.startswith("error: cannot train with verl here")
     assert "no CUDA GPU" in err and len(err.splitlines()) == 1
     assert not os.path.exists(tmp_path / "home" / "verl")   # nothing planned or written
+
+
+def test_dry_run_from_a_fresh_clone_prints_a_complete_command(tmp_path):
+    """No trainer config, another cwd: the defaults use the sample data shipped in
+    data/verl/sample/ (train, its held-out validation split, a test set), and the
+    printed command names files that exist."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("POISE_", "OPENAI_"))}
+    env["PYTHONPATH"] = str(repo)
+    proc = subprocess.run([sys.executable, "-m", "graph.run", "--trainer", "verl",
+                           "--dry-run", "--home", str(tmp_path / "home"), "--directive",
+                           "accurate and concise"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    sample = repo / "data" / "verl" / "sample"
+    train, val, test = (sample / f for f in ("math_sample.parquet",
+                                             "math_sample_val.parquet",
+                                             "gsm8k_sample.parquet"))
+    assert all(f.is_file() for f in (train, val, test))
+    assert f"data.train_files=['{train}']" in out or f"data.train_files=[{train}]" in out
+    assert str(val) in out and str(test) in out and "-m verl.trainer.main_ppo" in out
+    assert "is empty" not in out + proc.stderr
+
+
+def test_the_shipped_sample_is_what_the_recipe_makes(tmp_path):
+    """data/verl/sample/*.parquet are trainers.verl.data's output for the shipped JSONL
+    (36 train / 12 held-out validation, seed 0; the test set whole), so they cannot
+    drift from the recipe."""
+    sample = Path(__file__).resolve().parents[1] / "data" / "verl" / "sample"
+    (train, n_train), (val, n_val) = verl_data.prepare_with_validation(
+        sample / "math_sample.jsonl", tmp_path, 0.25)
+    test, n_test = verl_data.prepare(sample / "gsm8k_sample.jsonl", tmp_path, split="test")
+    assert (n_train, n_val, n_test) == (36, 12, 16)
+    for made in (train, val, test):
+        assert pq.read_table(made).to_pylist() == pq.read_table(sample / made.name).to_pylist()
+    assert verl_data.sources_of(val) == ["math_sample_val"]
+    held = {r["extra_info"]["question"] for r in pq.read_table(val).to_pylist()}
+    kept = {r["extra_info"]["question"] for r in pq.read_table(train).to_pylist()}
+    assert not held & kept
+
+
+def test_a_file_in_both_val_and_test_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="selection would read benchmark numbers"):
+        VerlConfig(val_files=["a.parquet"], test_files=["a.parquet"])

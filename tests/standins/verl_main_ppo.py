@@ -73,20 +73,35 @@ def main(argv):
             return f"so the answer is \\boxed{{{truth}}}"
         return f"so the answer is \\boxed{{{truth + 1}}}" if u < 0.9 else "I am not sure"
 
+    def hydra_list(text):
+        return [t.strip().strip("'\"") for t in text.strip("[]").split(",") if t.strip()]
+
+    import pyarrow.parquet as pq
+    sources = []  # verl validates every val file; metrics are per data_source
+    for f in hydra_list(cfg.get("data.val_files", "[]")):
+        for src in sorted(set(pq.read_table(f, columns=["data_source"])
+                              .column("data_source").to_pylist())):
+            if src not in sources:
+                sources.append(src)
+    sources = sources or ["standin_math"]
+
     def validate(step, p):
-        rows, acc, valid, lens = [], [], [], []
-        for q in range(8):
-            for i in range(val_n):
-                text = answer(p, q)
-                s = score("standin_math", text, str(q))
-                rows.append({"uid": f"q{q}_0_{i}", "source": s["source"], "acc": s["acc"]})
-                acc.append(s["acc"]); valid.append(s["valid"]); lens.append(s["length"])
+        rows, out, m = [], {}, f"mean@{val_n}"
+        for rank, src in enumerate(sources):  # later sources are harder
+            acc, valid, lens = [], [], []
+            for q in range(8):
+                for i in range(val_n):
+                    text = answer(p / (1 + rank), q)
+                    s = score(src, text, str(q))
+                    rows.append({"uid": f"{src}{q}_0_{i}", "source": s["source"],
+                                 "acc": s["acc"]})
+                    acc.append(s["acc"]); valid.append(s["valid"]); lens.append(s["length"])
+            out.update({f"val-core/{src}/acc/{m}": sum(acc) / len(acc),
+                        f"val-aux/{src}/valid/{m}": sum(valid) / len(valid),
+                        f"val-aux/{src}/length/{m}": sum(lens) / len(lens)})
         with open(os.path.join(val_dir, f"{step}.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
-        m = f"mean@{val_n}"
-        return {f"val-core/standin_math/acc/{m}": sum(acc) / len(acc),
-                f"val-aux/standin_math/valid/{m}": sum(valid) / len(valid),
-                f"val-aux/standin_math/length/{m}": sum(lens) / len(lens)}
+        return out
 
     def p_at(step):
         return min(0.9, 0.2 + 0.05 * step)

@@ -12,6 +12,9 @@ evaluate / analyst / archive nodes need no verl branch:
   validity, kl_to_start (a metric verl did not log for a step carries its last value;
   before any value it is 0);
 - ``evals``: every validation, flat, with ``step``;
+- ``test``: the last validation's benchmark sets (``test_files``) alone, flat, for
+  reports (archived as the evaluation's ``test`` split); ``final`` and ``evals``, which
+  selection reads, hold only the validation split (``val_files``);
 - ``cpu_seconds``: the launch's wall time (GPU jobs are billed in wall time);
 - ``backend`` "verl" and ``log``: verl's console log.
 
@@ -100,6 +103,8 @@ def train_candidate(source: str, label: str, seed: int, home: str | Path,
     final = _with_overall(ev["metrics"]["val"])
     evals = [{"step": e["step"], **_with_overall({k: v for k, v in e.items() if k != "step"})}
              for e in ev["evals"]]
+    test = ev["metrics"].get("test")
     return {"final": final, "curve": curve_rows(res["curves"]), "evals": evals,
+            "test": _with_overall(test) if test else None,
             "cpu_seconds": res["wall_seconds"], "backend": "verl", "log": res["log"],
             "pass_at_k": ev.get("pass_at_k")}

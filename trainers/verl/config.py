@@ -10,11 +10,16 @@ Example (verl.yaml)::
 
     verl:
       model: Qwen/Qwen2.5-Math-1.5B
-      train_files: [data/verl/math_train.parquet]
-      val_files: [data/verl/math500.parquet, data/verl/aime24.parquet]
+      train_files: [data/verl/math_train.parquet]       # trainers.verl.data --val-fraction
+      val_files: [data/verl/math_train_val.parquet]     # held out: selection reads this
+      test_files: [data/verl/math500.parquet, data/verl/aime24.parquet]  # reports only
       n_gpus_per_node: 8
       ray_address: http://head:8265      # omit for one node
       overall_weights: {aime24/pass@32: 0.5, math500/acc@1: 0.5}
+
+Without a file the data is the tiny sample shipped in data/verl/sample/ (48 MATH-shaped
+problems split 36 train / 12 validation, 16 GSM8K-shaped as the test set), so
+``--trainer verl --dry-run`` on a fresh clone prints a command that runs as is.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "verl" / "sample"
 ENV_PREFIX = "POISE_VERL_"
 CONFIG_ENV = "POISE_TRAINER_CONFIG"
 
@@ -41,8 +47,15 @@ def _f(default, description: str):
 @dataclass(kw_only=True)
 class VerlConfig:
     model: str = _f("Qwen/Qwen2.5-Math-1.5B", "actor model: HF id or local path")
-    train_files: list = _f([], "training parquet files (python -m trainers.verl.data)")
-    val_files: list = _f([], "validation parquet files; their data_source names the splits")
+    train_files: list = _f([str(SAMPLE_DIR / "math_sample.parquet")],
+                           "training parquet files (python -m trainers.verl.data)")
+    val_files: list = _f([str(SAMPLE_DIR / "math_sample_val.parquet")],
+                         "validation parquet files held out from the training data "
+                         "(trainers.verl.data --val-fraction): the only numbers selection "
+                         "reads")
+    test_files: list = _f([str(SAMPLE_DIR / "gsm8k_sample.parquet")],
+                          "benchmark parquet files: scored at each validation, recorded as "
+                          "the 'test' split for reports, never read by selection")
     n_gpus_per_node: int = _f(8, "GPUs per node")
     gpus: list = _f([], "this node's GPU ids that verl jobs may use (one node only); "
                         "concurrent jobs (--width) each get n_gpus_per_node of "
@@ -95,6 +108,10 @@ class VerlConfig:
         for name in ("stall_timeout_s", "timeout_s"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (0: no limit), got {getattr(self, name)}")
+        both = sorted(set(map(str, self.val_files)) & set(map(str, self.test_files)))
+        if both:
+            problems.append(f"{both} are in both val_files and test_files: selection would "
+                            "read benchmark numbers")
         if self.rollout_n < 2:
             problems.append("rollout_n must be at least 2: group baselines need G >= 2")
         if self.ppo_mini_batch_size > self.train_batch_size:
@@ -229,6 +246,11 @@ def load_verl_config(path: str | Path | None = None, env=None) -> VerlConfig:
         if unknown:
             raise ConfigError(f"{path}: unknown keys {unknown}; known: {sorted(FIELDS)}")
         values.update({k: _coerce(k, v, str(path)) for k, v in data.items()})
+    for key in ("train_files", "val_files", "test_files"):
+        if key in values:  # relative to where POISE runs: the job's cwd is its run dir
+            values[key] = [f if "://" in str(f) or Path(str(f)).is_absolute()
+                           else str(Path(str(f)).expanduser().resolve())
+                           for f in values[key]]
     try:
         return VerlConfig(**values)
     except ConfigError as e:

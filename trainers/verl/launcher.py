@@ -124,7 +124,8 @@ def override_values(cfg: VerlConfig, plugin: Plugin, run_dir: Path, seed: int,
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu":
             cfg.log_prob_micro_batch_size_per_gpu,
         "data.train_files": list(cfg.train_files),
-        "data.val_files": list(cfg.val_files),
+        # verl validates on both; the metrics split them by data_source (val / test)
+        "data.val_files": list(cfg.val_files) + list(cfg.test_files),
         "data.train_batch_size": cfg.train_batch_size,
         "data.max_prompt_length": cfg.max_prompt_length,
         "data.max_response_length": cfg.max_response_length,
@@ -323,9 +324,9 @@ def preflight(cfg: VerlConfig) -> list[str]:
         if missing:
             problems.append(f"missing Python modules {missing} (pip install "
                             f"'verl[{cfg.rollout_name}]==0.9.1' math-verify)")
-        for name in ("train_files", "val_files"):
+        for name in ("train_files", "val_files", "test_files"):
             files = getattr(cfg, name)
-            if not files:
+            if not files and name != "test_files":
                 problems.append(f"{name} is empty (python -m trainers.verl.data)")
             absent = [f for f in files if not Path(f).expanduser().exists()]
             if absent:
@@ -377,8 +378,16 @@ def launch(plan: LaunchPlan, poll_s: float = 10.0, on_poll=None,
     tail.poll()
     return {"returncode": proc.returncode, "timed_out": timed_out, "stalled": stalled,
             "curves": tail.curves(),
-            "evaluation": tail.evaluation(plan.config.overall_weights),
+            "evaluation": tail.evaluation(plan.config.overall_weights,
+                                          test_sources(plan.config)),
             "log": str(log_path), "wall_seconds": time.time() - started}
+
+
+def test_sources(cfg: VerlConfig) -> set[str]:
+    """The data_source names of the benchmark sets (``test_files``)."""
+    from trainers.verl.data import sources_of
+
+    return {s for f in cfg.test_files for s in sources_of(f)}
 
 
 def data_warnings(cfg: VerlConfig) -> list[str]:

@@ -140,29 +140,47 @@ class MetricsTail:
                 out.append((step, val))
         return out
 
-    def evaluation(self, overall_weights: dict | None = None) -> dict | None:
-        """The last validation as an evaluation record; None before any validation."""
+    def evaluation(self, overall_weights: dict | None = None,
+                   test_sources: set[str] | frozenset = frozenset()) -> dict | None:
+        """The last validation as an evaluation record; None before any validation.
+        Sources in ``test_sources`` (the benchmarks) go to ``metrics["test"]`` only:
+        ``metrics["val"]``, the objectives and ``evals``, which selection reads, come
+        from the other sources (the validation split held out from training)."""
         vals = self.validations()
         if not vals:
             return None
         step, raw = vals[-1]
-        flat, how = self._flat(step, raw, overall_weights)
-        return {"backend": "verl", "step": step, "metrics": {"val": flat},
+        flat, test, how = self._flat(step, raw, overall_weights, test_sources)
+        metrics = {"val": flat, **({"test": test} if test else {})}
+        return {"backend": "verl", "step": step, "metrics": metrics,
                 "pass_at_k": how,
                 "objectives": {k: v for k, v in (("overall", flat.get("overall")),
                                                  ("neg_length", -flat["length"]
                                                   if "length" in flat else None))
                                if v is not None},
                 "curves": self.curves(),
-                "evals": [{"step": s, **self._flat(s, r, overall_weights)[0]}
+                "evals": [{"step": s, **self._flat(s, r, overall_weights, test_sources)[0]}
                           for s, r in vals]}
 
-    def _flat(self, step: int, raw: dict, overall_weights: dict | None
-              ) -> tuple[dict[str, float], str]:
+    def _flat(self, step: int, raw: dict, overall_weights: dict | None,
+              test_sources=frozenset()) -> tuple[dict[str, float], dict[str, float], str]:
         dump = Path(self.val_dir) / f"{step}.jsonl" if self.val_dir is not None else None
         exact = pass_at_k_from_dump(dump) if dump is not None and dump.is_file() else {}
         how = "unbiased, from verl's validation dump" if exact else "verl's bootstrap best@k"
-        return evaluation_metrics(raw, overall_weights, exact), how
+        val_raw, test_raw = split_by_source(raw, test_sources)
+        pick = lambda want: {k: v for k, v in exact.items()  # noqa: E731
+                             if (k.split("/", 1)[0] in test_sources) == want}
+        test = evaluation_metrics(test_raw, overall_weights, pick(True)) if test_raw else {}
+        return evaluation_metrics(val_raw, overall_weights, pick(False)), test, how
+
+
+def split_by_source(raw: dict[str, float], test_sources) -> tuple[dict, dict]:
+    """verl's validation metrics -> (those of the other sources, those of test_sources)."""
+    val, test = {}, {}
+    for key, value in raw.items():
+        parts = key.split("/")
+        (test if len(parts) > 1 and parts[1] in test_sources else val)[key] = value
+    return val, test
 
 
 def _is_number(v) -> bool:
