@@ -2,8 +2,8 @@
 who runs plain verl. The exported plugin is imported through ``VERL_USE_EXTERNAL_MODULES``
 in a fresh interpreter where every POISE package is blocked from import (and, in the slow
 test, in a clean virtualenv holding only torch and verl); its registries resolve, and the
-advantages, loss and gradient it gives through verl's own ``compute_advantage`` and
-``ppo_loss`` on random tensors equal the candidate's through POISE's local trainer."""
+advantages, loss and gradient it gives through verl's estimator registry (as
+``compute_advantage`` calls it) and verl's own ``ppo_loss`` on random tensors equal the candidate's through POISE's local trainer."""
 import os
 import subprocess
 import sys
@@ -46,7 +46,6 @@ from omegaconf import OmegaConf
 from verl import DataProto
 from verl.trainer.config import AlgoConfig
 from verl.trainer.ppo import core_algos
-from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.trainer.ppo.reward import get_custom_reward_fn
 from verl.workers.config.actor import ActorConfig, PolicyLossConfig
 from verl.workers.utils import losses
@@ -59,10 +58,15 @@ score = get_custom_reward_fn(OmegaConf.create({"reward": {"custom_reward_functio
     data_source="math", solution_str="so \\\\boxed{1/2}", ground_truth="0.5", extra_info={})
 assert score["score"] == 1.0, score
 t = torch.load(os.environ["INPUTS"])
+# what verl's compute_advantage does for a registered estimator (its module, ray_trainer,
+# imports the rollout server's packages, which a bare `pip install verl` lacks)
 data = DataProto.from_dict(tensors={"token_level_rewards": t["rewards"],
                                     "response_mask": t["mask"]},
                            non_tensors={"uid": np.array(t["uid"], dtype=object)})
-adv = compute_advantage(data, adv_estimator=name, config=AlgoConfig()).batch["advantages"]
+adv, _ = core_algos.get_adv_estimator_fn(name)(
+    token_level_rewards=data.batch["token_level_rewards"],
+    response_mask=data.batch["response_mask"], index=data.non_tensor_batch["uid"],
+    config=AlgoConfig())
 logp = t["logp"].clone().requires_grad_(True)
 cfg = ActorConfig(strategy="fsdp", rollout_n=4, ppo_micro_batch_size_per_gpu=4,
                   policy_loss=PolicyLossConfig(loss_mode=name), use_kl_loss=True,
@@ -177,14 +181,12 @@ def test_bad_exports_are_one_line_and_write_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_an_exported_candidate_runs_in_a_clean_virtualenv_with_verl_only(tmp_path):
-    """A virtualenv with torch==2.13.0 and verl==0.9.1 from the package index (plus
-    cachetools, below), nothing else (minutes: it installs verl's dependencies)."""
+    """A virtualenv with torch==2.13.0 and verl==0.9.1 from the package index, nothing
+    else (minutes: it installs verl's dependencies)."""
     out, plugin = _exported(tmp_path)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "torch==2.13.0"], check=True, timeout=1800)
-    # cachetools: verl 0.9.1's ray_trainer imports it but its base install does not
-    # require it (a GPU install gets it through vllm / sglang)
-    subprocess.run([*pip, "verl==0.9.1", "cachetools"], check=True, timeout=1800)
+    subprocess.run([*pip, "verl==0.9.1"], check=True, timeout=1800)
     _check_in_plain_verl(venv / "bin" / "python", out, plugin, tmp_path)

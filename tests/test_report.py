@@ -103,7 +103,7 @@ def _add_synthetic(home: Path, run_id: int) -> dict[str, int]:
                                        child_code, parents=[seed.id], status="evaluated",
                                        details={"round": 1, "genes": ["normalization=x"]})
         for s, fit in enumerate([0.5, 0.7, 0.9]):
-            a.add_evaluation(ids["three"], s, metrics={"val": {"overall": 40 + s,
+            a.add_evaluation(ids["three"], s, "verl", metrics={"val": {"overall": 40 + s,
                                                                "length": 9.0}},
                              fitness=fit, curves=curves(fit))
         a.add_reflection(ids["three"], "<img src=x onerror=alert(1)> lengths fell", ["len"])
@@ -201,6 +201,9 @@ def test_report_matches_the_archive(augmented):
     assert f"[{ci.ci_low:.3f}, {ci.ci_high:.3f}]" in row and ">3<" in row
     single = re.search(r"<tr data-candidate-id='\d+' class='baseline'>.*?</tr>", text).group(0)
     assert "n=1, no CI" in single
+    # which backend trained what: the tiny run's candidates locally, three-seeds on verl
+    assert "<td class='backend'>verl</td>" in row
+    assert "<td class='backend'>local</td>" in single
     # failures are drawn differently from evaluated nodes
     statuses = dict(re.findall(r'data-candidate-id="(\d+)" data-status="(\w+)"', text))
     assert statuses[str(ids["evil"])] == "failed_verification"

@@ -160,7 +160,7 @@ def _leaderboard_section(snap: RunSnapshot, board: list[Standing], png: bytes | 
         parts.append(f"<p class='note'>PNG: <code>{e(png_name)}</code>. 95% CI: Student t "
                      "interval over seeds; Δ: paired by seed against the seed baseline.</p>")
     seed = snap.seed_baseline
-    head = ["#", "candidate", "round", "parents", "fitness", "95% CI", "seeds",
+    head = ["#", "candidate", "round", "parents", "trained on", "fitness", "95% CI", "seeds",
             f"Δ vs {seed.name if seed else 'seed'}", "val Overall", "val length"]
     rows = [_board_row(i, s) for i, s in enumerate(board, 1)]
     parts.append(_table("leaderboard", head, rows) if rows else
@@ -181,7 +181,8 @@ def _board_row(rank: int, s: Standing) -> str:
     delta = "-" if s.vs_seed is None else e(ci_text(s.vs_seed, 3, signed=True))
     cls = " class='baseline'" if c.is_baseline else ""
     return (f"<tr data-candidate-id='{c.id}'{cls}><td>{rank}</td><td>{_link(c)}</td>"
-            f"<td>{c.round}</td><td>{_parents(c)}</td><td>{s.ci.mean:.3f}</td>"
+            f"<td>{c.round}</td><td>{_parents(c)}</td>"
+            f"<td class='backend'>{e(', '.join(c.backends))}</td><td>{s.ci.mean:.3f}</td>"
             f"<td>{ci}</td><td>{s.ci.n}</td><td>{delta}</td>"
             f"<td>{_val_mean(c, 'overall')}</td><td>{_val_mean(c, 'length')}</td></tr>")
 
@@ -242,7 +243,8 @@ def _candidate(snap: RunSnapshot, c: CandidateView, llm: dict | None = None) -> 
     parts = [f"<article class='candidate' id='cand-{c.id}' data-candidate-id='{c.id}'>",
              f"<h3>{e(c.name)} <small>#{c.id} · round {c.round}</small> {_badge(c.status)}"
              "</h3>",
-             f"<p>parents: {_parents(c) or 'none (a root)'} · fitness {fit}"
+             f"<p>parents: {_parents(c) or 'none (a root)'} · trained on "
+             f"{e(', '.join(c.backends) or '-')} · fitness {fit}"
              + (f" ({e(seeds)})" if len(c.seed_fitness) > 1 else "") + "</p>"]
     if genes:
         parts.append("<p class='genes'>" + " ".join(f"<code>{e(str(g))}</code>"

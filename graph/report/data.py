@@ -46,6 +46,11 @@ class CandidateView:
         return not self.parents or self.info.kind in BASELINE_KINDS
 
     @property
+    def backends(self) -> list[str]:
+        """The trainers of its evaluations (``local``: the CPU testbed, ``verl``)."""
+        return sorted({e.backend for e in self.evaluations})
+
+    @property
     def seed_fitness(self) -> dict[int, float]:
         return {e.seed: e.fitness for e in self.evaluations if e.fitness is not None}
 
