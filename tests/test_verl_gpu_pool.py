@@ -280,6 +280,26 @@ def test_on_a_cluster_there_is_no_local_pool(tmp_path, monkeypatch):
     assert _peak(runs) == 2
 
 
+def test_on_a_cluster_jobs_wait_for_the_cluster_gpus_they_need(tmp_path, monkeypatch):
+    """cluster_gpus 16, jobs of 8 GPUs x 1 node, width 3: two are submitted at once, the
+    third waits for one to end (verl would fail it rather than queue it)."""
+    fake = FakeVerl(sleep_s=0.3)
+    monkeypatch.setattr(backend, "train_candidate", fake)
+    ex = VerlExecutor(_yaml(tmp_path, "verl: {ray_address: 'http://head:8265', "
+                                      "cluster_gpus: 16, n_gpus_per_node: 8}\n"),
+                      max_parallel_jobs=3)
+    assert "as many as fit its 16 GPUs" in ex.describe()
+    outs = ex.train(_payloads(3, tmp_path), timeout_s=1)
+    assert all(o.result.ok for o in outs)
+    assert all(r["gpus"] is None for r in fake.runs)   # Ray places them: nothing pinned
+    assert _peak(fake.runs) == 2
+    assert ex.cluster.free() == list(range(16))
+    with pytest.raises(ConfigError, match="fewer than one job"):
+        VerlConfig(ray_address="http://head:8265", cluster_gpus=4, n_gpus_per_node=8)
+    with pytest.raises(ConfigError, match="for a Ray cluster"):
+        VerlConfig(cluster_gpus=8)
+
+
 def test_get_executor_keys_the_verl_executor_on_width(tmp_path):
     cfg = _yaml(tmp_path, "verl: {gpus: [0, 1], n_gpus_per_node: 1}\n")
     try:

@@ -363,9 +363,11 @@ class VerlExecutor:
     Hence Ray's job manager starts every submitted job, and verl 0.9.1 does not wait for
     GPUs either: its ResourcePoolManager compares the cluster's *available* GPUs with the
     job's ``n_gpus_per_node * nnodes`` before creating placement groups and raises when
-    too few are free, so a job that does not fit is a failed outcome (its log says
-    "Total available GPUs ... is less than total desired GPUs"), not a queued one. Keep
-    width <= the cluster's GPUs // (n_gpus_per_node * nnodes).
+    too few are free ("Total available GPUs ... is less than total desired GPUs"). So set
+    ``cluster_gpus`` (the GPUs POISE may use on the cluster): a job is submitted only when
+    its ``n_gpus_per_node * nnodes`` fit in what the run's running jobs leave, the others
+    wait here, first come first served. Without it every job up to ``--width`` is
+    submitted at once and one that does not fit fails.
 
     The payload's ``train_config`` / ``warm_config`` belong to the local trainer and are
     ignored: the verl trainer config file decides the budget. The candidate runs in
@@ -393,6 +395,11 @@ class VerlExecutor:
         self.max_parallel_jobs = max_parallel_jobs
         self.slots = threading.BoundedSemaphore(max_parallel_jobs)
         self.pool = None
+        self.cluster = None  # on a Ray cluster: GPU slots for the jobs' sizes, not pinned
+        if self.config.ray_address and self.config.cluster_gpus:
+            from trainers.verl.pool import GpuPool
+
+            self.cluster = GpuPool(list(range(self.config.cluster_gpus)))
         if not self.config.ray_address:
             gpus = self.config.gpus or visible_gpus()
             try:
@@ -403,7 +410,9 @@ class VerlExecutor:
     def describe(self) -> str:
         runs = f"verl GRPO runs of {self.config.model}, up to {self.max_parallel_jobs} at once"
         if self.config.ray_address:
-            return f"{runs}, submitted to the Ray cluster at {self.config.ray_address}"
+            budget = (f", as many as fit its {self.config.cluster_gpus} GPUs (the others "
+                      f"wait)" if self.cluster is not None else "")
+            return f"{runs}, submitted to the Ray cluster at {self.config.ray_address}{budget}"
         if self.pool is None:
             return f"{runs} on this node (no GPU visible: jobs are not pinned to GPUs)"
         return (f"{runs} on this node, {self.config.n_gpus_per_node} of GPUs "
@@ -453,8 +462,13 @@ class VerlExecutor:
 
         began = time.time()
         try:
-            lease = (self.pool.lease(self.config.n_gpus_per_node) if self.pool is not None
-                     else contextlib.nullcontext(None))
+            if self.pool is not None:
+                lease = self.pool.lease(self.config.n_gpus_per_node)
+            elif self.cluster is not None:  # a share of the cluster's GPUs, placed by Ray
+                lease = _unpinned(self.cluster.lease(self.config.n_gpus_per_node
+                                                     * self.config.nnodes))
+            else:
+                lease = contextlib.nullcontext(None)
             with lease as gpus:
                 if stop.is_set():
                     raise _Stopped("not started: the executor was interrupted")
@@ -475,6 +489,13 @@ class VerlExecutor:
 
     def close(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def _unpinned(lease):
+    """A cluster lease: it holds GPU slots but names no device (Ray places the job)."""
+    with lease:
+        yield None
 
 
 class _Stopped(Exception):

@@ -63,6 +63,10 @@ class VerlConfig:
                         "GPU visible here ($CUDA_VISIBLE_DEVICES if set, else "
                         "torch.cuda.device_count())")
     nnodes: int = _f(1, "nodes")
+    cluster_gpus: int = _f(0, "with ray_address: the cluster's GPUs POISE's jobs may use; "
+                              "a job is submitted only when its n_gpus_per_node x nnodes "
+                              "fit beside the running ones (the rest wait); 0: submit "
+                              "every job up to --width at once")
     ray_address: str = _f("", "Ray dashboard address (http://head:8265): submit with "
                               "`ray job submit`; empty: run on this node")
     workdir: str = _f("", "where plugins, metrics and checkpoints go (default "
@@ -112,6 +116,14 @@ class VerlConfig:
         if both:
             problems.append(f"{both} are in both val_files and test_files: selection would "
                             "read benchmark numbers")
+        if self.cluster_gpus < 0:
+            problems.append(f"cluster_gpus must be >= 0, got {self.cluster_gpus}")
+        elif self.cluster_gpus and not self.ray_address:
+            problems.append("cluster_gpus is for a Ray cluster (ray_address); on one node "
+                            "set gpus")
+        elif self.cluster_gpus and self.cluster_gpus < self.n_gpus_per_node * self.nnodes:
+            problems.append(f"cluster_gpus {self.cluster_gpus} is fewer than one job's "
+                            f"n_gpus_per_node x nnodes = {self.n_gpus_per_node * self.nnodes}")
         if self.rollout_n < 2:
             problems.append("rollout_n must be at least 2: group baselines need G >= 2")
         if self.ppo_mini_batch_size > self.train_batch_size:
