@@ -515,17 +515,26 @@ def test_dry_run_from_a_fresh_clone_prints_a_complete_command(tmp_path):
     assert f"data.train_files=['{train}']" in out or f"data.train_files=[{train}]" in out
     assert str(val) in out and str(test) in out and "-m verl.trainer.main_ppo" in out
     assert "is empty" not in out + proc.stderr
+    assert "fewer than train_batch_size" not in out + proc.stderr   # 140 >= 128 prompts
+
+
+def test_too_little_training_data_for_a_batch_is_said(parquet_files):
+    from trainers.verl.launcher import data_warnings
+
+    cfg = small_config(*parquet_files)            # 4 prompts, train_batch_size 16
+    assert any("hold 4 prompts, fewer than train_batch_size 16" in w
+               for w in data_warnings(cfg))
 
 
 def test_the_shipped_sample_is_what_the_recipe_makes(tmp_path):
     """data/verl/sample/*.parquet are trainers.verl.data's output for the shipped JSONL
-    (36 train / 12 held-out validation, seed 0; the test set whole), so they cannot
+    (140 train / 20 held-out validation, seed 0; the test set whole), so they cannot
     drift from the recipe."""
     sample = Path(__file__).resolve().parents[1] / "data" / "verl" / "sample"
     (train, n_train), (val, n_val) = verl_data.prepare_with_validation(
-        sample / "math_sample.jsonl", tmp_path, 0.25)
+        sample / "math_sample.jsonl", tmp_path, 0.125)
     test, n_test = verl_data.prepare(sample / "gsm8k_sample.jsonl", tmp_path, split="test")
-    assert (n_train, n_val, n_test) == (36, 12, 16)
+    assert (n_train, n_val, n_test) == (140, 20, 16)
     for made in (train, val, test):
         assert pq.read_table(made).to_pylist() == pq.read_table(sample / made.name).to_pylist()
     assert verl_data.sources_of(val) == ["math_sample_val"]

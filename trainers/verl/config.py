@@ -17,8 +17,8 @@ Example (verl.yaml)::
       ray_address: http://head:8265      # omit for one node
       overall_weights: {aime24/pass@32: 0.5, math500/acc@1: 0.5}
 
-Without a file the data is the tiny sample shipped in data/verl/sample/ (48 MATH-shaped
-problems split 36 train / 12 validation, 16 GSM8K-shaped as the test set), so
+Without a file the data is the tiny sample shipped in data/verl/sample/ (160 MATH-shaped
+problems split 140 train / 20 validation, 16 GSM8K-shaped as the test set), so
 ``--trainer verl --dry-run`` on a fresh clone prints a command that runs as is.
 """
 from __future__ import annotations

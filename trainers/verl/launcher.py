@@ -391,8 +391,24 @@ def test_sources(cfg: VerlConfig) -> set[str]:
 
 
 def data_warnings(cfg: VerlConfig) -> list[str]:
-    return [f"{name} is empty: make parquet files with python -m trainers.verl.data"
-            for name in ("train_files", "val_files") if not getattr(cfg, name)]
+    out = [f"{name} is empty: make parquet files with python -m trainers.verl.data"
+           for name in ("train_files", "val_files") if not getattr(cfg, name)]
+    rows = _rows(cfg.train_files)
+    if rows is not None and rows < cfg.train_batch_size:
+        out.append(f"train_files hold {rows} prompts, fewer than train_batch_size "
+                   f"{cfg.train_batch_size}: verl's dataloader drops the incomplete batch "
+                   "and has nothing to train on")
+    return out
+
+
+def _rows(files) -> int | None:
+    """Rows in these parquet files; None when one cannot be read here."""
+    try:
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    except Exception:  # noqa: BLE001 - on the cluster's filesystem, not parquet, ...
+        return None
 
 
 def _stop(proc: subprocess.Popen) -> None:
