@@ -314,9 +314,9 @@ def test_reward_grades_off_the_main_thread_like_verls_reward_loop():
 
 
 def test_without_math_verify_the_fallback_compares_normalized_strings(monkeypatch):
-    from trainers.verl import runtime
+    from trainers.verl import grading
 
-    monkeypatch.setattr(runtime, "GRADER", "string")
+    monkeypatch.setattr(grading, "GRADER", "string")
     assert compute_score("m", "\\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}")["acc"] == 1.0
     assert compute_score("m", "\\boxed{ 7 }.", "7")["acc"] == 1.0
     assert compute_score("m", "\\boxed{0.5}", "1/2")["score"] == 0.0   # strict: documented

@@ -108,14 +108,28 @@ def _uses_name(functions: dict[str, ast.FunctionDef], name: str) -> bool:
     return any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(fn))
 
 
-def runtime_text() -> str:
-    """trainers/verl/runtime.py without its docstring (the plugin has its own)."""
-    from trainers.verl import runtime
+INLINE_MARK = "from trainers.verl.grading import *"
 
-    text = inspect.getsource(runtime)
+
+def _without_docstring(module) -> str:
+    text = inspect.getsource(module)
     doc = ast.parse(text).body[0]
-    lines = text.splitlines(keepends=True)
-    return "".join(lines[doc.end_lineno:]).lstrip("\n")
+    return "".join(text.splitlines(keepends=True)[doc.end_lineno:]).lstrip("\n")
+
+
+def runtime_text() -> str:
+    """trainers/verl/runtime.py without its docstring (the plugin has its own), with
+    trainers/verl/grading.py inlined where runtime imports it: no POISE import left."""
+    from trainers.verl import grading, runtime
+
+    grading_text = _without_docstring(grading)
+    grading_text = grading_text[:grading_text.rindex("__all__ = [")].rstrip() + "\n"
+    lines = _without_docstring(runtime).splitlines(keepends=True)
+    marked = [i for i, line in enumerate(lines) if line.startswith(INLINE_MARK)]
+    if len(marked) != 1:
+        raise RuntimeError("trainers/verl/runtime.py must import grading exactly once")
+    lines[marked[0]] = grading_text
+    return "".join(lines)
 
 
 def runtime_contract() -> str:
