@@ -63,20 +63,15 @@ def export(source: str, out_dir: str | Path, trainer_config: str | None = None) 
     from trainers.verl.config import load_verl_config
     from trainers.verl.launcher import (group_warnings, hydra_value, override_values,
                                         to_overrides)
-    from trainers.verl.plugin import analyze, plugin_text, Plugin, PluginError
+    from trainers.verl.plugin import write_plugin
 
     cfg = load_verl_config(trainer_config)
-    analysis = analyze(source)
-    if analysis.problems:
-        raise PluginError(f"candidate {analysis.name!r} cannot train in verl: "
-                          + "; ".join(analysis.problems))
-    out = Path(out_dir).resolve()
-    module = analysis.registered
     settings = Settings(max_length=cfg.max_response_length,
                         total_steps=cfg.total_training_steps, run_token="export",
                         group_size=cfg.rollout_n)
-    plugin = Plugin(analysis=analysis, module=module, path=out / f"{module}.py",
-                    settings=settings)
+    out = Path(out_dir).resolve()
+    plugin = write_plugin(source, settings, out)  # refuses (PluginError) before writing
+    analysis, module = plugin.analysis, plugin.module
     env = {"VERL_USE_EXTERNAL_MODULES": module, "PYTHONPATH": str(out),
            "TOKENIZERS_PARALLELISM": "false"}
     values = override_values(cfg, plugin, out / "outputs", seed=0, env=env)
@@ -85,9 +80,7 @@ def export(source: str, out_dir: str | Path, trainer_config: str | None = None) 
     command = ["python3", "-m", "verl.trainer.main_ppo", *overrides]
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     warnings = list(analysis.warnings) + group_warnings(cfg, plugin)
-    out.mkdir(parents=True, exist_ok=True)
     files = {
-        plugin.path.name: plugin_text(source, analysis, settings),
         "overrides.txt": "\n".join(overrides) + "\n",
         "run.sh": ("#!/bin/sh\n# train the exported candidate with plain verl 0.9.1\n"
                    f"export {exports}\n" + " \\\n  ".join(
@@ -126,7 +119,8 @@ sh run.sh                      # python3 -m verl.trainer.main_ppo $(overrides.tx
 overrides one per line. They come from POISE's trainer config: model
 `{cfg.model}`, {cfg.n_gpus_per_node} GPU(s) x {cfg.nnodes} node(s), rollout.n =
 {cfg.rollout_n}, data.train_files = {hv(list(cfg.train_files))}, data.val_files =
-{hv(list(cfg.val_files))}: change the data paths to your parquet files (POISE's
+{hv(list(cfg.val_files) + list(cfg.test_files))} (the validation split, then the test
+sets): change the data paths to your parquet files (POISE's
 `python -m trainers.verl.data` writes them from a JSONL of problem / answer). On a Ray
 cluster, ship this directory as the job's `working_dir`.
 

@@ -20,6 +20,8 @@ from trainers.algorithm import Algorithm, Rollouts
 from trainers.verl.launcher import compose
 from trainers.verl.runtime import outcome_code
 
+from test_verl_adapter import BLOCK_POISE
+
 REPO = Path(__file__).resolve().parent.parent
 STANDINS = REPO / "tests" / "standins"
 G, B, T = 4, 5, 12
@@ -28,14 +30,6 @@ CANDIDATE = Genome.grpo().with_genes(gene("validity", "loss"),
                                      gene("normalization", "bernoulli"),
                                      gene("filtering", "zero_variance")).render()
 
-BLOCK_POISE = '''
-import sys
-class _NoPoise:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("trainers", "agents", "graph", "memory", "evals"):
-            raise ImportError("POISE import in an exported plugin: " + name)
-sys.meta_path.insert(0, _NoPoise())
-'''
 
 # In the plain-verl interpreter: registries, the reward loader, then the candidate's
 # numbers through verl's compute_advantage and ppo_loss on the test's random tensors.
