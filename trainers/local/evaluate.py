@@ -16,6 +16,7 @@ import torch
 from evals.metrics import OverallSpec, mean_pass_at_k
 from evals.tasks import (BOS, FAMILIES, HARD_FAMILY, OVERALL_WEIGHTS, PASS_K, Problem,
                          decode, encode, grade, heldout_set)
+from trainers.local import engine as fast_engine
 from trainers.local.model import TinyGPT, generate, left_pad
 
 OVERALL = OverallSpec(OVERALL_WEIGHTS)
@@ -33,16 +34,24 @@ class EvalConfig:
 
 
 def _rollout(model: TinyGPT, problems: list[Problem], cfg: EvalConfig, temperature: float,
-             generator: torch.Generator | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per problem: correct, valid, length (tokens incl. EOS)."""
+             generator: torch.Generator | None, engine: str = "fast", repeats: int = 1
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per problem: correct, valid, length (tokens incl. EOS). ``repeats``: runs of that
+    many consecutive problems are the same one (the fast engine prefills it once)."""
     correct, valid, length = [], [], []
     device = _device(model)
     for lo in range(0, len(problems), cfg.batch):
         chunk = problems[lo:lo + cfg.batch]
         ids, mask = left_pad([[BOS] + encode(p.prompt) for p in chunk], device=device)
-        gen = generate(model, ids, mask, cfg.max_response, temperature, generator)
-        for p, toks, term, n in zip(chunk, gen.tokens.cpu(), gen.terminated.cpu(),
-                                    gen.mask.sum(-1).cpu()):
+        if engine == "fast":
+            gen = fast_engine.generate(model, ids, mask, cfg.max_response, temperature,
+                                       generator,
+                                       group_size=repeats if cfg.batch % repeats == 0 else 1)
+        else:
+            gen = generate(model, ids, mask, cfg.max_response, temperature, generator)
+        for p, toks, term, n in zip(chunk, gen.tokens.cpu().tolist(),
+                                    gen.terminated.cpu().tolist(),
+                                    gen.mask.sum(-1).cpu().tolist()):
             g = grade(p, decode(toks), bool(term))
             correct.append(g.correct)
             valid.append(g.valid)
@@ -55,23 +64,25 @@ def _device(model: TinyGPT) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: TinyGPT, cfg: EvalConfig = EvalConfig()) -> dict[str, float]:
+def evaluate(model: TinyGPT, cfg: EvalConfig = EvalConfig(), engine: str = "fast"
+             ) -> dict[str, float]:
     """Flat metrics dict: ``<family>/acc@1``, ``<family>/valid``, ``<family>/length``,
     ``<hard>/pass@k``, ``<hard>/t1_length``, ``<hard>/t1_valid``, and the aggregates
-    ``overall``, ``acc@1``, ``valid``, ``length`` (means over families)."""
+    ``overall``, ``acc@1``, ``valid``, ``length`` (means over families). ``engine``: fast
+    (trainers/local/engine.py) or reference (trainers/local/model.py)."""
     was_training = model.training
     model.eval()
     out: dict[str, float] = {}
     for fam in FAMILIES:
         problems = heldout_set(fam.name, cfg.split, cfg.size)
-        c, v, n = _rollout(model, problems, cfg, 0.0, None)
+        c, v, n = _rollout(model, problems, cfg, 0.0, None, engine)
         out[f"{fam.name}/acc@1"] = 100 * c.mean()
         out[f"{fam.name}/valid"] = 100 * v.mean()
         out[f"{fam.name}/length"] = n.mean()
     hard = heldout_set(HARD_FAMILY, cfg.split, cfg.pass_problems)
     gen = torch.Generator(device=_device(model)).manual_seed(cfg.seed)
     repeated = [p for p in hard for _ in range(cfg.n_samples)]
-    c, v, n = _rollout(model, repeated, cfg, 1.0, gen)
+    c, v, n = _rollout(model, repeated, cfg, 1.0, gen, engine, cfg.n_samples)
     ks = [k for k in (1, 4, 8, 16, 32) if k <= cfg.n_samples]
     for k, val in mean_pass_at_k(c.reshape(len(hard), cfg.n_samples), ks).items():
         out[f"{HARD_FAMILY}/pass@{k}"] = 100 * val
