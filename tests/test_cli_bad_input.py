@@ -134,6 +134,16 @@ CASES = {
     "compare-home-under-a-file": Case(
         "trainers.local.compare", ["--algorithms", "grpo", "--out", "{dir}/out"],
         "Not a directory", "under_file"),
+    # trainers.local.bench: its modes' flags, and the TRL anchor without the trl extra
+    "bench-trl-no-extra": Case("trainers.local.bench", ["--out", "{dir}/out", "--trl"],
+                               "needs the optional trl extra",
+                               env={"POISE_TEST_HIDE_MODULES": "trl"}),
+    "bench-trl-not-grpo": Case("trainers.local.bench",
+                               ["--out", "{dir}/out", "--trl", "--algorithm", "dr_grpo"],
+                               "--trl compares GRPO"),
+    "bench-engines-no-seeds": Case("trainers.local.bench",
+                                   ["--out", "{dir}/out", "--engines", "--paired-seeds", "0"],
+                                   "--paired-seeds and --workers must be >= 1"),
 }
 
 

@@ -68,3 +68,45 @@ def test_failed_candidate_is_reported_not_fatal(tiny_warm, tiny_train_config, tm
     assert "overall_mean" in rows[0]
     assert "overall_mean" not in rows[1]
     assert "compute_advantages: raised RuntimeError: boom" in rows[1]["failures"][0]["error"]
+
+
+def test_bench_engines_trains_both_engines_side_by_side_and_resumes(tiny_warm,
+                                                                    tiny_train_config,
+                                                                    tmp_path, capsys):
+    warm, home, _ = tiny_warm
+    out = tmp_path / "eng"
+    argv = ["--out", str(out), "--home", str(home), "--engines", "--paired-seeds", "2",
+            "--workers", "2"]
+    report = bench.main(argv, train_config=tiny_train_config, warm_config=warm)
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    eng = saved["engines"]
+    assert set(eng) == {"reference", "fast"}
+    for e in eng.values():
+        assert [r["seed"] for r in e["per_seed"]] == [0, 1]
+        assert e["cpu_seconds_per_candidate_seed"] > 0 and e["peak_rss_mb"] > 0
+    assert saved["speedup_cpu_per_candidate_seed"] == pytest.approx(
+        eng["reference"]["cpu_seconds_per_candidate_seed"]
+        / eng["fast"]["cpu_seconds_per_candidate_seed"])
+    same = saved["same_learning"]
+    diffs = [b["overall"] - a["overall"] for a, b in zip(eng["reference"]["per_seed"],
+                                                          eng["fast"]["per_seed"])]
+    assert same["n"] == 2 and same["mean"] == pytest.approx(sum(diffs) / 2)
+    assert same["ci_low"] <= same["mean"] <= same["ci_high"]
+    printed = capsys.readouterr().out
+    assert "reference / fast" in printed and "same learning" in printed
+    runs = sorted((out / "engine-runs").glob("*.json"))
+    assert len(runs) == 4 and {p.name.split("-seed")[0] for p in runs} == {
+        "grpo.reference", "grpo.fast"}
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    bench.main(argv, train_config=tiny_train_config, warm_config=warm)  # resumes
+    assert [p.stat().st_mtime_ns for p in sorted((out / "engine-runs").glob("*.json"))] == stamps
+
+
+def test_bench_engines_bad_flags_exit_2(tmp_path, capsys):
+    for argv in (["--engines", "--paired-seeds", "0"], ["--engines", "--device", "cuda"]):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--out", str(tmp_path / "o")] + argv)
+        assert e.value.code == 2
+        assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -16,7 +16,7 @@ machines keep the CPU build of torch 2.13.0, so the lock pins `torch==2.13.0+cpu
 Installs use the lock as pip constraints, which pins every package that gets installed
 and leaves out extras not asked for:
 
-    pip install torch==2.13.0 && pip install -c constraints.txt -e ".[dev,verl,ray,tracking]"
+    pip install torch==2.13.0 && pip install -c constraints.txt -e ".[dev,verl,ray,tracking,trl]"
 
 `--check` (also a test, tests/test_lock.py) fails when a dependency of pyproject.toml (main
 or any extra) is not pinned in the lock, or pinned at a version outside its range, or when

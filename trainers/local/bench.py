@@ -2,6 +2,8 @@
 the GPU speed-up where there is a GPU.
 
     python -m trainers.local.bench --out DIR [--steps N] [--algorithm grpo] [--device auto]
+    python -m trainers.local.bench --out DIR --engines [--paired-seeds 5] [--workers 2]
+    python -m trainers.local.bench --out DIR --trl [--cycles 8]
 
 Prints a table and writes ``DIR/bench.json`` with ``cpu_seconds_per_candidate_seed``
 (default budget, evaluation included), ``tokens_per_second`` (sampling with the KV cache),
@@ -19,6 +21,20 @@ and ``bench.json`` give both side by side with the speed-ups (wall-clock: CPU on
 thread vs GPU; a GPU's work is not CPU time). Without CUDA, or with ``--device cpu``,
 ``bench.json`` has ``"gpu": null`` and ``"gpu_note"`` saying why no speed-up was
 measured: no number is made up. The GPU path has not been run on a GPU here.
+
+Engines: ``--engines`` trains the algorithm with the round-1 engine (``reference``,
+trainers/local/model.py) and the fast one (trainers/local/engine.py) in the same run,
+on the same seeds, as sandboxed jobs, and reports each engine's CPU-s per candidate-seed,
+peak RSS and final Overall, and the speed-up (reference CPU-s / fast CPU-s). With
+``--paired-seeds N`` it is also the same-learning check: seeds 0..N-1 on both engines,
+the paired Overall difference (fast - reference) with its 95% t interval. Its jobs are
+kept under ``DIR/engine-runs`` (a killed check resumes).
+
+TRL: ``--trl`` (the optional ``trl`` extra) trains GRPO on the same model, batch and
+optimizer with TRL's ``GRPOTrainer`` (trainers/local/trl_anchor.py, in a child process)
+and with POISE (both engines, sandboxed jobs), one after the other, and reports the CPU-s
+per GRPO cycle (one generation + its minibatch updates; the first cycle is a warm-up) of
+each, their ratios, and each process's peak RSS.
 """
 from __future__ import annotations
 
@@ -105,7 +121,41 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
     p.add_argument("--device", default="auto", metavar="DEV",
                    help="auto (default): also measure the GPU when CUDA is here; cpu: the "
                         "CPU only; cuda or cuda:N: that GPU (an error where there is none)")
+    p.add_argument("--engines", action="store_true",
+                   help="train on the reference and the fast engine side by side (CPU)")
+    p.add_argument("--paired-seeds", type=int, default=1, metavar="N",
+                   help="with --engines: seeds 0..N-1 on both engines, and the paired "
+                        "Overall difference with its 95%% CI (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="with --engines: sandboxed jobs at once (default 1)")
+    p.add_argument("--trl", action="store_true",
+                   help="GRPO with TRL's GRPOTrainer beside POISE's engines (the trl extra)")
+    p.add_argument("--cycles", type=int, default=8,
+                   help="with --trl: GRPO cycles per trainer (default 8; the first is a "
+                        "warm-up)")
     args = p.parse_args(argv)
+    if args.trl:
+        import importlib.util
+
+        from trainers.local.trl_anchor import MISSING
+
+        problem = ("--trl and --engines are separate modes" if args.engines else
+                   "--cycles must be >= 2" if args.cycles < 2 else
+                   "--trl compares GRPO: leave --algorithm at grpo"
+                   if args.algorithm != "grpo" else
+                   "--trl measures the CPU (use --device cpu or auto)"
+                   if args.device not in ("auto", "cpu") else
+                   MISSING if importlib.util.find_spec("trl") is None else None)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
+    if args.paired_seeds < 1 or args.workers < 1:
+        print("error: --paired-seeds and --workers must be >= 1", file=sys.stderr)
+        sys.exit(2)
+    if args.engines and args.device not in ("auto", "cpu"):
+        print("error: --engines measures the CPU engines (use --device cpu or auto)",
+              file=sys.stderr)
+        sys.exit(2)
     try:
         device = resolve_device(args.device)
     except DeviceError as e:
@@ -128,6 +178,10 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
     cfg = train_config or TrainConfig()
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
+    if args.engines:
+        return engines_main(console, args, label, source, home, cfg, warm)
+    if args.trl:
+        return trl_main(console, args, label, source, home, cfg, warm)
     with console.status("warm-start profile..."):
         profile = testbed_profile(model)
     tok_s, train_tok_s = throughput(model, cfg)
@@ -162,6 +216,166 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
                                                     indent=2))
     console.print(f"wrote {args.out / 'bench.json'}")
     return report
+
+
+def engines_main(console, args, label: str, source: str, home: Path, cfg: TrainConfig,
+                 warm: WarmStartConfig) -> dict:
+    """Both engines on seeds 0..N-1 in one run; the table, and ``DIR/bench.json``."""
+    from evals.stats import paired_diff_ci
+
+    seeds = list(range(args.paired_seeds))
+    jobs = [Job(f"{label}.{engine}", source, seed, str(home),
+                replace(cfg, engine=engine).as_dict(),
+                asdict(warm)) for engine in ENGINE_ORDER for seed in seeds]
+    console.rule(f"{label}: {len(jobs)} sandboxed runs ({', '.join(ENGINE_ORDER)} x seeds "
+                 f"{seeds[0]}..{seeds[-1]}), {args.workers} at once")
+    results = run_jobs(jobs, args.workers, args.out / "engine-runs")
+    bad = [r for r in results if r["status"] != "ok"]
+    if bad:
+        print(f"error: {label} failed in training: {bad[0]['error'][:500]}", file=sys.stderr)
+        sys.exit(1)
+    by = {e: results[i * len(seeds):(i + 1) * len(seeds)] for i, e in enumerate(ENGINE_ORDER)}
+    per_engine = {}
+    for engine, rs in by.items():
+        per_engine[engine] = {
+            "cpu_seconds_per_candidate_seed": _mean([r["cpu_seconds"] for r in rs]),
+            "train_cpu_seconds": _mean([r["train_cpu_seconds"] for r in rs]),
+            "eval_cpu_seconds": _mean([r["cpu_seconds"] - r["train_cpu_seconds"] for r in rs]),
+            "wall_seconds_per_candidate_seed": _mean([r["wall_s"] for r in rs]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            "final_overall": _mean([r["final"]["overall"] for r in rs]),
+            "per_seed": [{"seed": r["seed"], "cpu_seconds": r["cpu_seconds"],
+                          "overall": r["final"]["overall"]} for r in rs],
+        }
+    ref, fast = per_engine["reference"], per_engine["fast"]
+    report = {
+        "algorithm": label, "steps": cfg.steps, "seeds": seeds, "workers": args.workers,
+        "engines": per_engine,
+        "speedup_cpu_per_candidate_seed": ref["cpu_seconds_per_candidate_seed"]
+        / fast["cpu_seconds_per_candidate_seed"],
+        "speedup_train_cpu": ref["train_cpu_seconds"] / fast["train_cpu_seconds"],
+    }
+    if len(seeds) >= 2:
+        ci = paired_diff_ci([r["overall"] for r in ref["per_seed"]],
+                            [r["overall"] for r in fast["per_seed"]])
+        report["same_learning"] = {"metric": "final overall (val)", "diff": "fast - reference",
+                                   "mean": ci.mean, "ci_low": ci.ci_low, "ci_high": ci.ci_high,
+                                   "n": ci.n, "sd": ci.sd, "level": ci.level,
+                                   "zero_in_ci": not ci.excludes_zero}
+    print_engines(console, report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    console.print(f"wrote {args.out / 'bench.json'}")
+    return report
+
+
+ENGINE_ORDER = ("reference", "fast")
+
+
+def trl_main(console, args, label: str, source: str, home: Path, cfg: TrainConfig,
+             warm: WarmStartConfig) -> dict:
+    """CPU-s per GRPO cycle: POISE's engines (sandboxed) and TRL (a child process)."""
+    import subprocess
+    import tempfile
+
+    from trainers.local.evaluate import EvalConfig
+
+    k = args.cycles
+    tiny = EvalConfig(size=16, pass_problems=4)  # evaluation is not part of a cycle
+    short = replace(cfg, steps=k, eval_every=k, curve_eval=tiny, final_eval=tiny,
+                    cpu_budget=None)
+    poise = {}
+    for engine in ENGINE_ORDER:
+        job = Job(f"{label}.{engine}", source, args.seed, str(home),
+                  replace(short, engine=engine).as_dict(), asdict(warm))
+        with console.status(f"POISE ({engine} engine): {k} GRPO cycles, sandboxed..."):
+            r, = run_jobs([job], workers=1, quiet=True)
+        if r["status"] != "ok":
+            print(f"error: {label} failed in training: {r['error'][:500]}", file=sys.stderr)
+            sys.exit(1)
+        cpu = [row["cpu_seconds"] for row in r["curve"]]
+        poise[engine] = {"cpu_seconds_per_cycle": (cpu[-1] - cpu[0]) / (len(cpu) - 1),
+                         "peak_rss_mb": r["peak_rss_mb"],
+                         "mean_response_length": _mean([row["response_length"]
+                                                        for row in r["curve"]])}
+    with tempfile.TemporaryDirectory() as tmp, console.status(
+            f"TRL GRPOTrainer: {k} GRPO cycles on the CPU (child process)..."):
+        t = Path(tmp)
+        (t / "warm.json").write_text(json.dumps(asdict(warm)))
+        (t / "train.json").write_text(json.dumps(short.as_dict()))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+        done = subprocess.run(
+            [sys.executable, "-m", "trainers.local.trl_anchor", "--home", str(home), "--out",
+             str(t / "trl.json"), "--warm-config", str(t / "warm.json"), "--train-config",
+             str(t / "train.json"), "--seed", str(args.seed), "--cycles", str(k)],
+            env=env, capture_output=True, text=True)
+        if done.returncode != 0 or not (t / "trl.json").is_file():
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"error: the TRL run failed (exit {done.returncode}): {tail[:400]}",
+                  file=sys.stderr)
+            sys.exit(1 if done.returncode != 2 else 2)
+        trl = json.loads((t / "trl.json").read_text())
+    report = {
+        "mode": "trl", "algorithm": label, "cycles": k, "measured_cycles": k - 1,
+        "batch": {"prompts": cfg.prompts_per_step, "group_size": cfg.group_size,
+                  "max_response": cfg.max_response, "minibatch_updates": cfg.minibatches,
+                  "lr": cfg.lr},
+        "poise": poise, "trl": trl,
+        "speedup_vs_trl": {e: trl["cpu_seconds_per_cycle"] / v["cpu_seconds_per_cycle"]
+                           for e, v in poise.items()},
+    }
+    t = Table(title=f"CPU-s per GRPO cycle ({cfg.prompts_per_step} prompts x "
+                    f"{cfg.group_size}, <= {cfg.max_response} tokens, {cfg.minibatches} "
+                    f"updates; mean of {k - 1} cycles after a warm-up; one thread)")
+    for col in ("trainer", "CPU-s / cycle", "TRL / this", "peak RSS MB"):
+        t.add_column(col, justify="left" if col == "trainer" else "right")
+    t.add_row(f"TRL {trl['trl_version']} GRPOTrainer", f"{trl['cpu_seconds_per_cycle']:.3f}",
+              "x1.00", f"{trl['peak_rss_mb']:,.0f}")
+    for e, v in poise.items():
+        t.add_row(f"POISE ({e} engine)", f"{v['cpu_seconds_per_cycle']:.3f}",
+                  f"x{report['speedup_vs_trl'][e]:.2f}", f"{v['peak_rss_mb']:,.0f}")
+    console.print(t)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    console.print(f"wrote {args.out / 'bench.json'}")
+    return report
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def print_engines(console: Console, report: dict) -> None:
+    t = Table(title=f"{report['algorithm']}: reference vs fast engine, {report['steps']} steps, "
+                    f"seeds {report['seeds'][0]}..{report['seeds'][-1]} (CPU: one thread per job)")
+    t.add_column("metric")
+    for e in ENGINE_ORDER:
+        t.add_column(e, justify="right")
+    t.add_column("reference / fast", justify="right")
+    eng = report["engines"]
+    for k in ("cpu_seconds_per_candidate_seed", "train_cpu_seconds", "eval_cpu_seconds",
+              "wall_seconds_per_candidate_seed", "peak_rss_mb", "final_overall"):
+        a, b = eng["reference"][k], eng["fast"][k]
+        t.add_row(k, f"{a:,.1f}", f"{b:,.1f}", f"x{a / b:.2f}" if "seconds" in k else "")
+    console.print(t)
+    if "same_learning" in report:
+        s = report["same_learning"]
+        st = Table(title="same learning: final Overall per seed (val)")
+        st.add_column("seed")
+        for e in ENGINE_ORDER:
+            st.add_column(e, justify="right")
+        st.add_column("fast - reference", justify="right")
+        for a, b in zip(eng["reference"]["per_seed"], eng["fast"]["per_seed"]):
+            st.add_row(str(a["seed"]), f"{a['overall']:.2f}", f"{b['overall']:.2f}",
+                       f"{b['overall'] - a['overall']:+.2f}")
+        st.add_row("mean [95% CI]", f"{eng['reference']['final_overall']:.2f}",
+                   f"{eng['fast']['final_overall']:.2f}",
+                   f"{s['mean']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}]")
+        console.print(st)
+        console.print("the CI holds 0: no detectable difference in learning" if s["zero_in_ci"]
+                      else "[yellow]the CI excludes 0: the engines learn differently[/yellow]")
 
 
 def _job(console, label: str, source: str, seed: int, home: Path, cfg: TrainConfig,
