@@ -12,8 +12,9 @@ import pytest
 
 TINY = Path(__file__).parent / "data" / "tiny_context.json"
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["--candidates", "2", "--width", "2", "--screen-steps", "2", "--steps", "3",
-        "--promote", "1", "--promote-seeds", "2", "--seeds", "2", "--confirm-seeds", "3",
+ARGS = ["--candidates", "2", "--width", "2", "--screen-steps", "2", "--screen-seeds", "2",
+        "--steps", "3", "--promote", "1", "--promote-seeds", "2", "--rank-sample", "1",
+        "--seeds", "2", "--confirm-seeds", "3",
         "--baselines", "grpo,rloo",
         "--rediscovery", "--no-smoke", "--config", str(TINY), "--quiet"]
 
@@ -44,11 +45,23 @@ def test_campaign_writes_every_stage(campaign):
         cands = a.candidates(data["run_id"])
         assert len(cands) == 3 and a.run(data["run_id"]).status == "done"
         names = {c.name for c in cands if c.generation > 0}
+        # the screen trained every candidate, the seed baseline too, on 2 seeds
+        assert all(len(a.evaluations(c.id)) == 2 for c in cands)
+        screen = {c.name: c.fitness for c in cands}
     # promotion: one candidate from the search, 2 fresh seeds, val split
     prom = data["promote"]
     assert [r["name"] for r in prom["rows"]] == [prom["winner"]]
     assert prom["winner"] in names and prom["rows"][0]["seeds"] == 2
     assert prom["seeds"] == [1000, 1001]
+    # the random sample: the other candidate, trained like the promoted one, not eligible
+    [other] = names - {prom["winner"]}
+    assert [r["name"] for r in prom["sampled_rows"]] == [other]
+    for r in prom["rows"] + prom["sampled_rows"]:
+        assert r["seeds"] == 2 and r["screen_seeds"] == 2
+        assert r["screen_fitness"] == pytest.approx(screen[r["name"]])
+    rank = prom["screen_vs_promotion"]
+    assert rank["n"] == 2 and rank["names"] == [prom["winner"], other]
+    assert rank["rho"] is None and "need 3" in rank["note"]
     # test: the baselines asked for + the winner, paired fresh seeds, CIs vs GRPO
     test = data["test"]
     assert test["seeds"] == [2000, 2001] and test["confirm_seeds"] == [2002]
@@ -87,6 +100,21 @@ def test_campaign_writes_every_stage(campaign):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+def test_rank_correlation_is_spearmans_rho_or_says_why_not():
+    from scipy.stats import spearmanr
+
+    from graph.campaign.stages import rank_correlation
+
+    rows = [{"name": f"c{i}", "screen_fitness": s, "fitness": f}
+            for i, (s, f) in enumerate([(1.0, 10.0), (2.0, 30.0), (3.0, 20.0), (4.0, 40.0)])]
+    got = rank_correlation(rows)
+    assert got["n"] == 4 and got["rho"] == pytest.approx(0.8)
+    assert got["p"] == pytest.approx(spearmanr([1, 2, 3, 4], [10, 30, 20, 40]).pvalue)
+    flat = [dict(r, fitness=5.0) for r in rows]
+    assert rank_correlation(flat)["rho"] is None
+    assert "constant" in rank_correlation(flat)["note"]
+
+
 def test_rerun_resumes_without_training_again(campaign):
     tmp, _ = campaign
     cache = tmp / "home" / "campaign-cache"
@@ -104,6 +132,8 @@ def test_rerun_resumes_without_training_again(campaign):
     (["--seeds", "5", "--confirm-seeds", "4"], "--confirm-seeds must exceed --seeds (5)"),
     (["--margin", "-1"], "--margin must be a number >= 0"),
     (["--margin", "nan"], "--margin must be a number >= 0"),
+    (["--screen-seeds", "0"], "--screen-seeds must be at least 1"),
+    (["--rank-sample", "-1"], "--rank-sample must be 0 or more"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     r = _campaign(tmp_path, *args)

@@ -23,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--directive", required=True, help='e.g. "accurate" or "accurate and concise"')
     p.add_argument("--candidates", type=int, default=64, help="candidates to search (default 64)")
-    p.add_argument("--seeds", type=int, default=5, help="fresh test seeds (default 5)")
+    p.add_argument("--seeds", type=int, default=8, help="fresh test seeds (default 8)")
     p.add_argument("--confirm-seeds", type=int, default=0,
                    help="after the test stage, train GRPO, the winner and the best other "
                         "baseline up to this many paired test seeds in all (default 0: off); "
@@ -32,11 +32,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--home", default=None, help="POISE home (default $POISE_HOME or ./.poise)")
     p.add_argument("--screen-steps", type=int, default=40,
                    help="training steps of the search stage (default 40)")
+    p.add_argument("--screen-seeds", type=int, default=3,
+                   help="training seeds per candidate in the search stage; its fitness is "
+                        "their mean (default 3)")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps of promotion and test (default: the trainer's)")
     p.add_argument("--promote", type=int, default=4,
                    help="candidates promoted to the full budget (default 4)")
-    p.add_argument("--promote-seeds", type=int, default=3, help="seeds per promoted candidate")
+    p.add_argument("--promote-seeds", type=int, default=8,
+                   help="paired seeds per promoted candidate (default 8)")
+    p.add_argument("--rank-sample", type=int, default=4,
+                   help="screened candidates outside the promoted ones, drawn at random "
+                        "(seeded by the run) and trained at promotion too, for the "
+                        "screen-vs-promotion rank correlation (default 4; 0: off)")
     p.add_argument("--width", type=int, default=2, help="candidates per search round")
     p.add_argument("--seed", type=int, default=0, help="seed of the search (builtin agents)")
     p.add_argument("--baselines", default=None,
@@ -58,12 +66,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-smoke", action="store_true", help="skip the verifier's smoke run")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    for name in ("candidates", "seeds", "screen_steps", "promote", "promote_seeds", "width",
-                 "workers"):
+    for name in ("candidates", "seeds", "screen_steps", "screen_seeds", "promote",
+                 "promote_seeds", "width", "workers"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.seeds < 2:
         p.error("--seeds must be at least 2 for a paired CI")
+    if args.rank_sample < 0:
+        p.error("--rank-sample must be 0 or more")
     if not args.margin >= 0:
         p.error("--margin must be a number >= 0")
     if args.confirm_seeds and args.confirm_seeds <= args.seeds:

@@ -172,14 +172,20 @@ def write_report(out: Path, payload: dict) -> Path:
               *_mechanism_bullets(payload["mechanism"]["words"]), "",
               "```", payload["mechanism"]["math"], "```", "",
               "## Promotion (val, full budget)", "",
-              "| candidate | fitness | Overall | length | seeds |", "|---|---|---|---|---|"]
+              "| candidate | fitness | Overall | length | seeds | screening fitness |",
+              "|---|---|---|---|---|---|"]
     ref = payload["promote"].get("reference")
     if ref:
         lines.append(f"| grpo (reference, same seeds) | - | {ref['overall']:.1f} | "
-                     f"{ref['length']:.1f} | {len(payload['promote'].get('seeds', []))} |")
-    for r in payload["promote"]["rows"]:
-        lines.append(f"| {r['name']} | {r['fitness']:.1f} | {r['overall']:.1f} | "
-                     f"{r['length']:.1f} | {r['seeds']} |")
+                     f"{ref['length']:.1f} | {len(payload['promote'].get('seeds', []))} | - |")
+    for r, sampled in [(r, False) for r in payload["promote"]["rows"]] + [
+            (r, True) for r in payload["promote"].get("sampled_rows", [])]:
+        screen = (f"{r['screen_fitness']:.1f} ({r['screen_seeds']} seeds)"
+                  if "screen_fitness" in r else "-")
+        name = f"{r['name']} (random sample, not eligible)" if sampled else r["name"]
+        lines.append(f"| {name} | {r['fitness']:.1f} | {r['overall']:.1f} | "
+                     f"{r['length']:.1f} | {r['seeds']} | {screen} |")
+    lines += ["", rank_line(payload["promote"].get("screen_vs_promotion"))]
     if payload.get("rediscovery"):
         lines += ["", "## Rediscovery", ""]
         for k, v in payload["rediscovery"].items():
@@ -206,6 +212,16 @@ def write_report(out: Path, payload: dict) -> Path:
     return path
 
 
+def rank_line(rc: dict | None) -> str:
+    """The screen-vs-promotion rank correlation in one sentence."""
+    if not rc:
+        return "Screen vs promotion: not measured."
+    if rc.get("rho") is None:
+        return f"Screen vs promotion (Spearman, {rc['n']} candidates): {rc.get('note')}."
+    return (f"Screen vs promotion (Spearman's rho over the {rc['n']} promoted and sampled "
+            f"candidates): {rc['rho']:+.2f} (p = {rc['p']:.2f}).")
+
+
 def print_summary(payload: dict, console: Console) -> None:
     t = payload["test"]
     tab = Table(title=f"\"{payload['directive']}\": held-out test, paired seeds; deltas vs "
@@ -221,5 +237,6 @@ def print_summary(payload: dict, console: Console) -> None:
                     f"{r['mean_length']:.1f}", f"{r['validity']:.1f}", d("delta_vs_baseline_ci95"),
                     d("length_delta_vs_baseline_ci95"))
     console.print(tab)
+    console.print(rank_line(payload["promote"].get("screen_vs_promotion")))
     for line in verdict_lines(payload):
         console.print(line[2:])

@@ -83,6 +83,7 @@ def search(args, home: Path, state: State, console: Console) -> int:
         if run_id is None:
             request = RunRequest(home=str(home), directive=args.directive,
                                  candidates=args.candidates, steps=args.screen_steps,
+                                 seeds=getattr(args, "screen_seeds", 1),
                                  width=args.width, seed=args.seed, quiet=args.quiet,
                                  smoke=not args.no_smoke, config=args.config)
             holder = {}
@@ -134,26 +135,35 @@ def _run(jobs, args, home: Path, console: Console, stage: str) -> list[dict]:
 
 def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
             console: Console) -> dict:
-    """Stage 2: the best distinct candidates and GRPO at the full budget on val."""
+    """Stage 2: the best distinct candidates and GRPO at the full budget on val, plus a
+    fixed random sample of the other screened candidates (not eligible to win) for the
+    rank correlation between screening and promotion fitness."""
+    import random
+
     from memory.archive import Archive
     from trainers.baselines import baseline_source
     from trainers.source import code_hash
 
     with Archive(home) as a:
         board = a.leaderboard(run_id)
-        picked, seen = [], {code_hash(baseline_source("grpo"))}
-        for s in board:
+        distinct, seen = [], {code_hash(baseline_source("grpo"))}
+        for s in board:  # best first; one entry per distinct code
             c = a.candidate(s.candidate_id)
             h = code_hash(c.code or "")
             if c.generation == 0 or h in seen:
                 continue
             seen.add(h)
-            picked.append((c.name, c.code))
-            if len(picked) == args.promote:
-                break
+            distinct.append((c.name, c.code, s.fitness, s.seeds))
+    picked = [(n, code) for n, code, _, _ in distinct[:args.promote]]
     if not picked:
         raise CampaignError(f"run {run_id} has no evaluated candidate to promote")
-    entries = [("grpo", baseline_source("grpo"))] + picked
+    rest = distinct[args.promote:]
+    k = min(getattr(args, "rank_sample", 0), len(rest))
+    sampled = [(n, code) for n, code, _, _ in
+               sorted(random.Random(f"rank-sample:{run_id}").sample(rest, k),
+                      key=lambda d: -d[2])]
+    screen = {n: {"fitness": f, "seeds": seeds} for n, _, f, seeds in distinct}
+    entries = [("grpo", baseline_source("grpo"))] + picked + sampled
     seeds = list(range(PROMOTE_SEED_OFFSET, PROMOTE_SEED_OFFSET + args.promote_seeds))
     results = _run(_jobs(entries, seeds, home, _train_config(args, cfg, args.steps, "val"),
                          cfg.get("warm_config")), args, home, console, "promote")
@@ -161,22 +171,45 @@ def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
     if "grpo" not in by:
         raise CampaignError("GRPO failed in the promotion stage; nothing to compare with")
     ref = (_mean(by["grpo"], "overall"), _mean(by["grpo"], "length"))
-    rows = []
-    for label, _ in picked:
-        runs = by.get(label, [])
-        if not runs:
-            continue
-        fits = [fitness(spec, r["final"]["overall"], r["final"]["length"], ref) for r in runs]
-        rows.append({"name": label, "fitness": float(np.mean(fits)),
-                     "overall": _mean(runs, "overall"), "length": _mean(runs, "length"),
-                     "seeds": len(runs)})
+    rows, sample_rows = [], []
+    for group, out in ((picked, rows), (sampled, sample_rows)):
+        for label, _ in group:
+            runs = by.get(label, [])
+            if not runs:
+                continue
+            fits = [fitness(spec, r["final"]["overall"], r["final"]["length"], ref)
+                    for r in runs]
+            out.append({"name": label, "fitness": float(np.mean(fits)),
+                        "overall": _mean(runs, "overall"), "length": _mean(runs, "length"),
+                        "seeds": len(runs), "screen_fitness": screen[label]["fitness"],
+                        "screen_seeds": screen[label]["seeds"]})
     if not rows:
         raise CampaignError("every promoted candidate failed to train")
     rows.sort(key=lambda r: -r["fitness"])
     source = dict(picked)[rows[0]["name"]]
     return {"rows": rows, "winner": rows[0]["name"], "winner_source": source,
             "reference": {"overall": ref[0], "length": ref[1]}, "seeds": seeds,
+            "sampled_rows": sample_rows,
+            "screen_vs_promotion": rank_correlation(rows + sample_rows),
             "cpu_seconds": _cpu(results)}
+
+
+def rank_correlation(rows: list[dict]) -> dict:
+    """Spearman's rho between screening and promotion fitness over ``rows`` (the promoted
+    candidates and the random sample): how well the cheap screen ranks what the full
+    budget finds. Undefined (None, with the reason) under 3 candidates or when either
+    side is constant."""
+    from scipy.stats import spearmanr
+
+    screen = [r["screen_fitness"] for r in rows]
+    promo = [r["fitness"] for r in rows]
+    out = {"n": len(rows), "names": [r["name"] for r in rows], "rho": None, "p": None}
+    if len(rows) < 3:
+        return {**out, "note": f"undefined: {len(rows)} candidate(s), need 3"}
+    if len(set(screen)) < 2 or len(set(promo)) < 2:
+        return {**out, "note": "undefined: a constant fitness on one side"}
+    res = spearmanr(screen, promo)
+    return {**out, "rho": float(res.statistic), "p": float(res.pvalue)}
 
 
 def test_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
