@@ -343,3 +343,16 @@ def test_a_cuda_job_gets_an_rss_watchdog_instead_of_the_address_space_limit():
     assert hog.kind == "memory", (hog.kind, hog.error, hog.stdout_tail[-800:])
     assert "RSS watchdog" in hog.error and "memory limit of 1024 MB" in hog.error
     assert "\n" not in hog.error
+
+
+def test_the_cuda_warm_up_touches_both_engines_and_leaves_the_model_alone(tiny_warm):
+    """warm_up is a no-op on the CPU; the pass it makes on CUDA runs here on the CPU."""
+    import torch
+
+    from trainers.local.device import touch_kernels, warm_up
+
+    _, _, model = tiny_warm
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    warm_up(model, "cpu")
+    touch_kernels(model, "cpu")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

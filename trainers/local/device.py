@@ -177,20 +177,35 @@ def warm_up(model, device) -> None:
     the sandbox guard): CUDA context, cuBLAS, sampling, autograd, Adam. A no-op on CPU."""
     if not is_cuda(device):
         return
+    setup_cuda(device)
+    touch_kernels(model, device)
+    import torch
+
+    torch.cuda.synchronize(torch.device(device))
+
+
+def touch_kernels(model, device) -> None:
+    """One tiny pass of everything training runs, on ``device``: both engines' sampling
+    and trained forwards, backward, clipping, Adam (``model`` is copied, not changed)."""
     import copy
 
     import torch
 
     from evals.tasks import BOS, encode
+    from trainers.local import engine
     from trainers.local.model import generate, left_pad, response_logprobs
 
-    setup_cuda(device)
     probe = copy.deepcopy(model).to(device).train()
-    ids, mask = left_pad([[BOS] + encode("1+2="), [BOS] + encode("3+4=")], device=device)
+    # two groups of two rows: the fast engine's shared prefill, compaction and buckets too
+    ids, mask = left_pad([[BOS] + encode(p) for p in ("1+2=", "1+2=", "33+4=", "33+4=")],
+                         device=device)
     gen = generate(probe, ids, mask, 2, 1.0, torch.Generator(device=device).manual_seed(0))
     logp = response_logprobs(probe, ids, mask, gen.tokens, gen.mask)
+    fast = engine.generate(probe, ids, mask, 3, 1.0,
+                           torch.Generator(device=device).manual_seed(0), group_size=2)
+    logp = logp.sum() + engine.response_logprobs(probe, ids, mask, fast.tokens, fast.mask,
+                                                 group_size=2).sum()
     opt = torch.optim.Adam(probe.parameters(), lr=0.0)
-    (-(logp.sum())).backward()
+    (-logp).backward()
     torch.nn.utils.clip_grad_norm_(probe.parameters(), 1.0)
     opt.step()
-    torch.cuda.synchronize(torch.device(device))
