@@ -11,8 +11,8 @@ default of the commands) is ``cuda`` when torch sees a CUDA device, else ``cpu``
 none is a ``DeviceError`` (the commands print it as one line and exit with code 2 before
 anything is written).
 
-On CPU nothing changes: the same ops in the same order, so results are bit-identical to
-the code before devices existed (tests/test_golden_run.py). On CUDA:
+On CPU nothing changes: the same ops in the same order, so the reference engine's
+results are those of the code before devices existed (tests/test_golden_run.py). On CUDA:
 
 - ``setup_cuda`` asks torch for deterministic kernels (``use_deterministic_algorithms``
   with ``warn_only``: an op without a deterministic CUDA kernel warns instead of

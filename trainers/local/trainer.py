@@ -15,8 +15,14 @@ Training runs on one device (``train(..., device=)``, default: the start model's
 policy, the frozen reference, the KV cache, the sampler's generator and every tensor
 the hooks receive (``Rollouts``, log-probs, advantages, mask) live there; only grading
 (decoding the sampled tokens to text) happens on the CPU. A hook that returns a tensor
-on another device is a contract failure naming the hook. On CPU the computation is the
-one it always was (bit-identical); the CUDA path has not been run on a GPU here.
+on another device is a contract failure naming the hook. On CPU the reference engine
+computes what it always did (tests/test_golden_run.py); the CUDA path has not been run
+on a GPU here.
+
+``cfg.engine`` picks how sampling and the trained forwards are computed: ``fast``
+(trainers/local/engine.py, the default) or ``reference`` (the round-1 code in
+trainers/local/model.py). Both compute the same functions of the same weights
+(tests/test_engine.py); the fast one samples in another order, so a seed's samples differ.
 """
 from __future__ import annotations
 
