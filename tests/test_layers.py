@@ -163,3 +163,21 @@ def test_the_home_is_resolved_in_one_place(monkeypatch, tmp_path):
     assert resolve_home() == resolve_home("") == tmp_path / "env"
     monkeypatch.setenv("POISE_HOME", "")
     assert resolve_home() == resolve_home(None) == Path(".poise")
+
+
+def test_every_parse_goes_through_the_parse_lock():
+    """CPython 3.11's AST conversion is not thread-safe (python/cpython#106905: "AST
+    constructor recursion depth mismatch", seen in CI when two verl launches wrote their
+    plugins at once), so only trainers/source.py may call ``ast.parse`` (under its lock);
+    everything else calls ``parse_source``."""
+    offenders = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == ROOT / "trainers" / "source.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr == "parse" and isinstance(node.func.value, ast.Name)
+                        and node.func.value.id == "ast"):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == [], offenders

@@ -113,7 +113,7 @@ INLINE_MARK = "from trainers.verl.grading import *"
 
 def _without_docstring(module) -> str:
     text = inspect.getsource(module)
-    doc = ast.parse(text).body[0]
+    doc = parse_source(text).body[0]  # under the parse lock: launches run in threads
     return "".join(text.splitlines(keepends=True)[doc.end_lineno:]).lstrip("\n")
 
 
@@ -138,7 +138,7 @@ def runtime_contract() -> str:
     from trainers.verl import runtime
 
     text = inspect.getsource(runtime)
-    doc = ast.parse(text).body[0]
+    doc = parse_source(text).body[0]  # under the parse lock: launches run in threads
     raw = "".join(text.splitlines(keepends=True)[doc.lineno - 1:doc.end_lineno])
     body = raw.strip()[3:-3]
     start = body.find("The hook contract under verl")
