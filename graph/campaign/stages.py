@@ -83,7 +83,7 @@ def search(args, home: Path, state: State, console: Console) -> int:
         if run_id is None:
             request = RunRequest(home=str(home), directive=args.directive,
                                  candidates=args.candidates, steps=args.screen_steps,
-                                 seeds=getattr(args, "screen_seeds", 1),
+                                 seeds=args.screen_seeds,
                                  width=args.width, seed=args.seed, quiet=args.quiet,
                                  smoke=not args.no_smoke, config=args.config)
             holder = {}
@@ -158,7 +158,7 @@ def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
     if not picked:
         raise CampaignError(f"run {run_id} has no evaluated candidate to promote")
     rest = distinct[args.promote:]
-    k = min(getattr(args, "rank_sample", 0), len(rest))
+    k = min(args.rank_sample, len(rest))
     sampled = [(n, code) for n, code, _, _ in
                sorted(random.Random(f"rank-sample:{run_id}").sample(rest, k),
                       key=lambda d: -d[2])]

@@ -43,6 +43,7 @@ import json
 import os
 import resource
 import sys
+from statistics import fmean
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -57,9 +58,10 @@ from evals.tasks import BOS, PromptStream, encode  # noqa: E402
 from trainers.source import CandidateError, resolve_algorithm  # noqa: E402
 from trainers.local.device import (DeviceError, cuda_available, is_cuda,  # noqa: E402
                                    resolve_device, setup_cuda)
+from trainers.local.engine import ENGINES, select  # noqa: E402
 from trainers.local.evaluate import testbed_profile  # noqa: E402
 from trainers.local.jobs import Job, run_jobs  # noqa: E402
-from trainers.local.model import generate, left_pad, response_logprobs  # noqa: E402
+from trainers.local.model import left_pad  # noqa: E402
 from trainers.local.trainer import TrainConfig  # noqa: E402
 from trainers.local.warmstart import (WarmStartConfig, checkpoint_path, default_home,  # noqa: E402
                                       load_or_build)
@@ -76,8 +78,9 @@ def peak_rss_mb() -> float:
 def throughput(model, cfg: TrainConfig, repeats: int = 3, device: str = "cpu"
                ) -> tuple[float, float]:
     """(sampled tokens / s, trained tokens / s) on training-shaped batches, on the
-    model's ``device``: per CPU-second on the CPU (one thread), per wall-clock second
-    (synchronized) on CUDA."""
+    model's ``device``, with the engine the trainer uses (``cfg.engine``): per CPU-second
+    on the CPU (one thread), per wall-clock second (synchronized) on CUDA."""
+    generate, response_logprobs = select(cfg.engine)
     stream = PromptStream(seed=999)
     gen_tok = gen_t = train_tok = train_t = 0.0
     opt = torch.optim.Adam(model.parameters(), lr=0.0)  # lr 0: measure, do not change
@@ -94,11 +97,11 @@ def throughput(model, cfg: TrainConfig, repeats: int = 3, device: str = "cpu"
         ids, mask = left_pad([[BOS] + encode(p.prompt) for p in probs], device=device)
         t0 = clock()
         g = generate(model, ids, mask, cfg.max_response, 1.0,
-                     torch.Generator(device=device).manual_seed(r))
+                     torch.Generator(device=device).manual_seed(r), group_size=cfg.group_size)
         gen_t += clock() - t0
         gen_tok += float(g.mask.sum())
         t0 = clock()
-        logp = response_logprobs(model, ids, mask, g.tokens, g.mask)
+        logp = response_logprobs(model, ids, mask, g.tokens, g.mask, group_size=cfg.group_size)
         loss = -(logp.sum() / g.mask.sum())
         opt.zero_grad()
         loss.backward()
@@ -211,10 +214,7 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
         report["gpu"] = None
         report["gpu_note"] = CPU_ONLY_NOTE if cuda_available() else NO_GPU_NOTE
     print_report(console, report, profile)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps({**report, "warm_start_profile": profile},
-                                                    indent=2))
-    console.print(f"wrote {args.out / 'bench.json'}")
+    _write(console, args.out, {**report, "warm_start_profile": profile})
     return report
 
 
@@ -226,24 +226,24 @@ def engines_main(console, args, label: str, source: str, home: Path, cfg: TrainC
     seeds = list(range(args.paired_seeds))
     jobs = [Job(f"{label}.{engine}", source, seed, str(home),
                 replace(cfg, engine=engine).as_dict(),
-                asdict(warm)) for engine in ENGINE_ORDER for seed in seeds]
-    console.rule(f"{label}: {len(jobs)} sandboxed runs ({', '.join(ENGINE_ORDER)} x seeds "
+                asdict(warm)) for engine in ENGINES for seed in seeds]
+    console.rule(f"{label}: {len(jobs)} sandboxed runs ({', '.join(ENGINES)} x seeds "
                  f"{seeds[0]}..{seeds[-1]}), {args.workers} at once")
     results = run_jobs(jobs, args.workers, args.out / "engine-runs")
     bad = [r for r in results if r["status"] != "ok"]
     if bad:
         print(f"error: {label} failed in training: {bad[0]['error'][:500]}", file=sys.stderr)
         sys.exit(1)
-    by = {e: results[i * len(seeds):(i + 1) * len(seeds)] for i, e in enumerate(ENGINE_ORDER)}
+    by = {e: results[i * len(seeds):(i + 1) * len(seeds)] for i, e in enumerate(ENGINES)}
     per_engine = {}
     for engine, rs in by.items():
         per_engine[engine] = {
-            "cpu_seconds_per_candidate_seed": _mean([r["cpu_seconds"] for r in rs]),
-            "train_cpu_seconds": _mean([r["train_cpu_seconds"] for r in rs]),
-            "eval_cpu_seconds": _mean([r["cpu_seconds"] - r["train_cpu_seconds"] for r in rs]),
-            "wall_seconds_per_candidate_seed": _mean([r["wall_s"] for r in rs]),
+            "cpu_seconds_per_candidate_seed": fmean([r["cpu_seconds"] for r in rs]),
+            "train_cpu_seconds": fmean([r["train_cpu_seconds"] for r in rs]),
+            "eval_cpu_seconds": fmean([r["cpu_seconds"] - r["train_cpu_seconds"] for r in rs]),
+            "wall_seconds_per_candidate_seed": fmean([r["wall_s"] for r in rs]),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
-            "final_overall": _mean([r["final"]["overall"] for r in rs]),
+            "final_overall": fmean([r["final"]["overall"] for r in rs]),
             "per_seed": [{"seed": r["seed"], "cpu_seconds": r["cpu_seconds"],
                           "overall": r["final"]["overall"]} for r in rs],
         }
@@ -263,13 +263,8 @@ def engines_main(console, args, label: str, source: str, home: Path, cfg: TrainC
                                    "n": ci.n, "sd": ci.sd, "level": ci.level,
                                    "zero_in_ci": not ci.excludes_zero}
     print_engines(console, report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
-    console.print(f"wrote {args.out / 'bench.json'}")
+    _write(console, args.out, report)
     return report
-
-
-ENGINE_ORDER = ("reference", "fast")
 
 
 def trl_main(console, args, label: str, source: str, home: Path, cfg: TrainConfig,
@@ -285,18 +280,13 @@ def trl_main(console, args, label: str, source: str, home: Path, cfg: TrainConfi
     short = replace(cfg, steps=k, eval_every=k, curve_eval=tiny, final_eval=tiny,
                     cpu_budget=None)
     poise = {}
-    for engine in ENGINE_ORDER:
-        job = Job(f"{label}.{engine}", source, args.seed, str(home),
-                  replace(short, engine=engine).as_dict(), asdict(warm))
-        with console.status(f"POISE ({engine} engine): {k} GRPO cycles, sandboxed..."):
-            r, = run_jobs([job], workers=1, quiet=True)
-        if r["status"] != "ok":
-            print(f"error: {label} failed in training: {r['error'][:500]}", file=sys.stderr)
-            sys.exit(1)
+    for engine in ENGINES:
+        r = _job(console, f"{label}.{engine}", source, args.seed, home,
+                 replace(short, engine=engine), warm, "cpu")
         cpu = [row["cpu_seconds"] for row in r["curve"]]
         poise[engine] = {"cpu_seconds_per_cycle": (cpu[-1] - cpu[0]) / (len(cpu) - 1),
                          "peak_rss_mb": r["peak_rss_mb"],
-                         "mean_response_length": _mean([row["response_length"]
+                         "mean_response_length": fmean([row["response_length"]
                                                         for row in r["curve"]])}
     with tempfile.TemporaryDirectory() as tmp, console.status(
             f"TRL GRPOTrainer: {k} GRPO cycles on the CPU (child process)..."):
@@ -337,21 +327,21 @@ def trl_main(console, args, label: str, source: str, home: Path, cfg: TrainConfi
         t.add_row(f"POISE ({e} engine)", f"{v['cpu_seconds_per_cycle']:.3f}",
                   f"x{report['speedup_vs_trl'][e]:.2f}", f"{v['peak_rss_mb']:,.0f}")
     console.print(t)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
-    console.print(f"wrote {args.out / 'bench.json'}")
+    _write(console, args.out, report)
     return report
 
 
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
+def _write(console: Console, out: Path, report: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    console.print(f"wrote {out / 'bench.json'}")
 
 
 def print_engines(console: Console, report: dict) -> None:
     t = Table(title=f"{report['algorithm']}: reference vs fast engine, {report['steps']} steps, "
                     f"seeds {report['seeds'][0]}..{report['seeds'][-1]} (CPU: one thread per job)")
     t.add_column("metric")
-    for e in ENGINE_ORDER:
+    for e in ENGINES:
         t.add_column(e, justify="right")
     t.add_column("reference / fast", justify="right")
     eng = report["engines"]
@@ -364,7 +354,7 @@ def print_engines(console: Console, report: dict) -> None:
         s = report["same_learning"]
         st = Table(title="same learning: final Overall per seed (val)")
         st.add_column("seed")
-        for e in ENGINE_ORDER:
+        for e in ENGINES:
             st.add_column(e, justify="right")
         st.add_column("fast - reference", justify="right")
         for a, b in zip(eng["reference"]["per_seed"], eng["fast"]["per_seed"]):
@@ -381,7 +371,7 @@ def print_engines(console: Console, report: dict) -> None:
 def _job(console, label: str, source: str, seed: int, home: Path, cfg: TrainConfig,
          warm: WarmStartConfig, device: str) -> dict:
     """One sandboxed training run on ``device``; a failure ends the command (exit 1)."""
-    with console.status(f"one {label} run at the default budget on {device} (sandboxed)..."):
+    with console.status(f"one {label} run of {cfg.steps} steps on {device} (sandboxed)..."):
         result, = run_jobs([Job(label, source, seed, str(home), cfg.as_dict(), asdict(warm),
                                 device)], workers=1, quiet=True)
     if result["status"] != "ok":

@@ -27,11 +27,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from evals.tasks import EOS, PAD
+from trainers.local import model as reference
 from trainers.local.model import Generation, TinyGPT, positions_for
 
 COMPACT_BELOW = 0.75     # compact the decode batch when fewer than this share are alive
 BUCKET_OVERHEAD = 96     # a bucket's fixed cost, in padded tokens (per-op overhead)
 MAX_BUCKETS = 6
+ENGINES = ("reference", "fast")
+
+
+def select(name: str):
+    """(generate, response_logprobs) of engine ``name``, both taking ``group_size`` (the
+    reference engine ignores it: it recomputes every row's prompt)."""
+    if name == "fast":
+        return generate, response_logprobs
+    if name != "reference":
+        raise ValueError(f"unknown engine {name!r} (one of {', '.join(ENGINES)})")
+
+    def ref_generate(*args, group_size: int = 1, **kwargs):
+        return reference.generate(*args, **kwargs)
+
+    def ref_logprobs(*args, group_size: int = 1, **kwargs):
+        return reference.response_logprobs(*args, **kwargs)
+    return ref_generate, ref_logprobs
 
 
 def unique_prompts(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int
@@ -104,19 +122,18 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
     next_pos = prompt_mask.long().sum(-1)
     rows = torch.arange(n, device=dev)          # original row of each live row
     alive = torch.ones(n, dtype=torch.bool, device=dev)
-    out = Generation(torch.full((n, max_new), PAD, dtype=torch.long, device=dev),
-                     torch.zeros(n, max_new, device=dev), torch.zeros(n, max_new, device=dev),
-                     torch.zeros(n, max_new, device=dev), alive)
-    segment: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # since the last flush
-    seg_start = used = 0
+    # tokens, mask, logp, entropy: (N, max_new), written once per segment of steps
+    outs = (torch.full((n, max_new), PAD, dtype=torch.long, device=dev),
+            *(torch.zeros(n, max_new, device=dev) for _ in range(3)))
+    segment: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # steps since the last flush
+    done = 0                                                    # steps flushed
 
-    def flush():  # write the segment's steps for the current rows (one write per field)
-        nonlocal segment, seg_start
+    def flush():  # the segment's steps for the current rows, one write per field
+        nonlocal segment, done
         if segment:
-            for dst, col in zip((out.tokens, out.mask, out.logp, out.entropy),
-                                zip(*segment)):
-                dst[rows, seg_start:seg_start + len(segment)] = torch.stack(col, 1)
-        seg_start += len(segment)
+            for dst, col in zip(outs, zip(*segment)):
+                dst[rows, done:done + len(segment)] = torch.stack(col, 1)
+        done += len(segment)
         segment = []
 
     for step in range(max_new):
@@ -128,7 +145,6 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
         lp = logprobs.gather(-1, tok[:, None]).squeeze(-1) * af
         tok = torch.where(alive, tok, torch.full_like(tok, PAD))
         segment.append((tok, af, lp, ent))
-        used = step + 1
         alive = alive & (tok != EOS)
         live = int(alive.sum())
         if live == 0 or step == max_new - 1:
@@ -149,10 +165,8 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
         logits = model.ln_f(x[:, -1]) @ model.tok.weight.T
         next_pos = next_pos + 1
     flush()
-    tokens, masks, logps, ents = out.tokens, out.mask, out.logp, out.entropy
-    tokens, masks = tokens[:, :used], masks[:, :used]
-    return Generation(tokens, masks, logps[:, :used], ents[:, :used],
-                      (tokens == EOS).any(-1))
+    tokens, masks, logps, ents = (o[:, :done] for o in outs)
+    return Generation(tokens, masks, logps, ents, (tokens == EOS).any(-1))
 
 
 def _sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -207,7 +221,8 @@ def length_buckets(lengths: list[int], overhead: int = BUCKET_OVERHEAD,
     n = len(lengths)
     if n == 0:
         return []
-    # cost[b][i]: best cost of the first i rows in b buckets
+    # after round b, best[i] / cuts[i]: the cheapest split of the first i rows into at
+    # most b buckets, cut only where the length changes
     inf = float("inf")
     best = [0.0] + [inf] * n
     cuts: list[list[int]] = [[]] + [[] for _ in range(n)]

@@ -16,8 +16,8 @@ import torch
 from evals.metrics import OverallSpec, mean_pass_at_k
 from evals.tasks import (BOS, FAMILIES, HARD_FAMILY, OVERALL_WEIGHTS, PASS_K, Problem,
                          decode, encode, grade, heldout_set)
-from trainers.local import engine as fast_engine
-from trainers.local.model import TinyGPT, generate, left_pad
+from trainers.local import engine as engines
+from trainers.local.model import TinyGPT, left_pad
 
 OVERALL = OverallSpec(OVERALL_WEIGHTS)
 
@@ -40,15 +40,13 @@ def _rollout(model: TinyGPT, problems: list[Problem], cfg: EvalConfig, temperatu
     many consecutive problems are the same one (the fast engine prefills it once)."""
     correct, valid, length = [], [], []
     device = _device(model)
+    generate, _ = engines.select(engine)
+    shared = repeats if cfg.batch % repeats == 0 else 1  # a batch must not split a run
     for lo in range(0, len(problems), cfg.batch):
         chunk = problems[lo:lo + cfg.batch]
         ids, mask = left_pad([[BOS] + encode(p.prompt) for p in chunk], device=device)
-        if engine == "fast":
-            gen = fast_engine.generate(model, ids, mask, cfg.max_response, temperature,
-                                       generator,
-                                       group_size=repeats if cfg.batch % repeats == 0 else 1)
-        else:
-            gen = generate(model, ids, mask, cfg.max_response, temperature, generator)
+        gen = generate(model, ids, mask, cfg.max_response, temperature, generator,
+                       group_size=shared)
         for p, toks, term, n in zip(chunk, gen.tokens.cpu().tolist(),
                                     gen.terminated.cpu().tolist(),
                                     gen.mask.sum(-1).cpu().tolist()):

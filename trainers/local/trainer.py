@@ -37,8 +37,7 @@ import torch
 from evals.metrics import auc
 from evals.tasks import BOS, PromptStream, decode, encode, grade
 from trainers.algorithm import Algorithm, CandidateError, Rollouts
-from trainers.local import engine as fast_engine
-from trainers.local import model as reference_engine
+from trainers.local import engine as engines
 from trainers.local.evaluate import EvalConfig, evaluate
 from trainers.local.model import TinyGPT, left_pad
 
@@ -126,25 +125,6 @@ def _on_device(hook: str, out: torch.Tensor, device: torch.device) -> torch.Tens
     return out
 
 
-ENGINES = ("fast", "reference")
-
-
-def _engine(name: str, group_size: int):
-    """(generate, response_logprobs) of an engine; the fast one shares each group's
-    prompt."""
-    if name == "reference":
-        return reference_engine.generate, reference_engine.response_logprobs
-    if name != "fast":
-        raise ValueError(f"unknown engine {name!r} (one of {', '.join(ENGINES)})")
-
-    def gen(*a, **k):
-        return fast_engine.generate(*a, **k, group_size=group_size)
-
-    def logp(*a, **k):
-        return fast_engine.response_logprobs(*a, **k, group_size=group_size)
-    return gen, logp
-
-
 def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainConfig(),
           progress: Callable = NullProgress(), device: str | torch.device | None = None
           ) -> TrainResult:
@@ -153,7 +133,7 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
     CandidateError if a hook breaks the contract (wrong shape, NaN, no gradient, a
     tensor on the wrong device)."""
     t_start = time.process_time()
-    gen_fn, logp_fn = _engine(cfg.engine, cfg.group_size)
+    gen_fn, logp_fn = engines.select(cfg.engine)
     device = torch.device(device) if device is not None else next(start.parameters()).device
     start = start.to(device)
     policy = copy.deepcopy(start).train()
@@ -170,7 +150,7 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
         problems = [p for p in stream.next_batch(cfg.prompts_per_step) for _ in range(g)]
         ids, pmask = left_pad([[BOS] + encode(p.prompt) for p in problems], device=device)
         policy.eval()
-        gen = gen_fn(policy, ids, pmask, cfg.max_response, 1.0, sampler)
+        gen = gen_fn(policy, ids, pmask, cfg.max_response, 1.0, sampler, group_size=g)
         policy.train()
         batch = build_rollouts(problems, gen, g, cfg.max_response, step, cfg.steps)
         rewards = _on_device("shape_reward", algo.shape_reward(batch), device)  # (N,)
@@ -178,14 +158,14 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
                          device)
         adv = (adv.unsqueeze(-1) if adv.dim() == 1 else adv) * gen.mask  # (N, T)
         with torch.no_grad():
-            ref_logp = logp_fn(ref, ids, pmask, gen.tokens, gen.mask)
+            ref_logp = logp_fn(ref, ids, pmask, gen.tokens, gen.mask, group_size=g)
         loss_metrics: dict[str, list[float]] = {}
         grad_norms = []
         groups = torch.arange(cfg.prompts_per_step, device=device)
         for mb_groups in groups.chunk(cfg.minibatches):
             idx = (mb_groups.unsqueeze(-1) * g + torch.arange(g, device=device)).reshape(-1)
-            logp = logp_fn(policy, ids[idx], pmask[idx], gen.tokens[idx],
-                                     gen.mask[idx])
+            logp = logp_fn(policy, ids[idx], pmask[idx], gen.tokens[idx], gen.mask[idx],
+                           group_size=g)
             loss, metrics = algo.policy_loss(logp, gen.logp[idx], adv[idx], gen.mask[idx],
                                              batch.select(idx), ref_logp=ref_logp[idx])
             _on_device("policy_loss", loss, device)
@@ -221,11 +201,13 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
         row["cpu_seconds"] = train_cpu
         curve.append(row)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            evals.append({"step": step + 1, **evaluate(policy, cfg.curve_eval, engine=cfg.engine)})
+            evals.append({"step": step + 1,
+                          **evaluate(policy, cfg.curve_eval, engine=cfg.engine)})
         progress(step + 1, cfg.steps, row)
         if cfg.cpu_budget is not None and train_cpu >= cfg.cpu_budget:
             if not evals or evals[-1]["step"] != step + 1:
-                evals.append({"step": step + 1, **evaluate(policy, cfg.curve_eval, engine=cfg.engine)})
+                evals.append({"step": step + 1,
+                          **evaluate(policy, cfg.curve_eval, engine=cfg.engine)})
             break
     final = evaluate(policy, cfg.final_eval, engine=cfg.engine)
     return TrainResult(

@@ -80,7 +80,7 @@ def to_hf(model: TinyGPT):
 def char_tokenizer():
     """The task vocabulary as a fast tokenizer: one token per character, <bos> first."""
     _hf()
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(VOCAB)}
@@ -88,8 +88,6 @@ def char_tokenizer():
     tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"<pad>|<bos>|<eos>|."), "isolated")
     tk.post_processor = processors.TemplateProcessing(
         single="<bos> $A", special_tokens=[("<bos>", BOS)])
-    from tokenizers import decoders
-
     tk.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>",
                                    pad_token="<pad>", padding_side="left")
@@ -108,15 +106,11 @@ def run_trl(start: TinyGPT, seed: int, cycles: int, prompts_per_step: int = 16,
     torch.set_num_threads(1)
     stream = PromptStream(seed)
     problems = [p for _ in range(cycles) for p in stream.next_batch(prompts_per_step)]
-    by_prompt = {}
-    rows = []
-    for i, p in enumerate(problems):
-        rows.append({"prompt": p.prompt, "pid": i})
-        by_prompt[i] = p
+    rows = [{"prompt": p.prompt, "pid": i} for i, p in enumerate(problems)]
     tok = char_tokenizer()
 
     def correct(prompts, completions, completion_ids, pid, **_):
-        return [float(grade(by_prompt[i], text, EOS in ids or len(ids) < max_response).correct)
+        return [float(grade(problems[i], text, EOS in ids or len(ids) < max_response).correct)
                 for text, ids, i in zip(completions, completion_ids, pid)]
 
     stamps: list[float] = []
