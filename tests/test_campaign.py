@@ -86,7 +86,9 @@ def test_campaign_writes_every_stage(campaign):
         assert "score" in v and v["known_genes"] >= 3 and len(v["closest"]) == 2
     comp = data["compute"]
     assert comp["total_cpu_s"] > 0 and comp["test_cpu_s"] > 0 and comp["search_wall_s"] > 0
+    assert comp["promote_wall_s"] > 0 and comp["test_wall_s"] > 0
     md = (out / "campaign.md").read_text()
+    assert "Wall time: search" in md
     assert "Held-out test split" in md and "Rediscovery" in md and "Lineage" in md
     # the verdict in words, from the winner's paired CIs (every tiny score is 0: no
     # difference in Overall, a CI of zero width, "not worse" within the margin)

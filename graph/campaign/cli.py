@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -100,6 +101,15 @@ def main(argv=None) -> int:
         return 130
 
 
+def _timed(state, key: str, stage, *args):
+    """Run one stage and add its wall time to ``state[key]`` (summed over resumes)."""
+    began = time.time()
+    try:
+        return stage(*args)
+    finally:
+        state.set(key, state.get(key, 0.0) + time.time() - began)
+
+
 def _main(args, console: Console) -> int:
     from memory.archive import Archive
 
@@ -119,8 +129,9 @@ def _main(args, console: Console) -> int:
         spec = ObjectiveSpec.model_validate(a.run(run_id).config["objective"])
         search_cpu = sum(e.wall_time or 0.0 for c in a.candidates(run_id)
                          for e in a.evaluations(c.id))
-    prom = promote(args, home, run_id, spec, cfg, console)
-    test = test_stage(args, home, (prom["winner"], prom["winner_source"]), cfg, console)
+    prom = _timed(state, "promote_wall_s", promote, args, home, run_id, spec, cfg, console)
+    test = _timed(state, "test_wall_s", test_stage, args, home,
+                  (prom["winner"], prom["winner_source"]), cfg, console)
     redis = rediscovery(args, home, run_id, spec, cfg, console) if args.rediscovery else None
     lines = {f"{k} (screening)": v["score"] for k, v in (redis or {}).items()
              if isinstance(v, dict) and "score" in v}
@@ -128,7 +139,8 @@ def _main(args, console: Console) -> int:
     compute = {"search_cpu_s": search_cpu, "promote_cpu_s": prom["cpu_seconds"],
                "test_cpu_s": test["cpu_seconds"],
                "rediscovery_cpu_s": (redis or {}).get("cpu_seconds", 0.0),
-               "search_wall_s": state.get("search_wall_s", 0.0)}
+               **{k: state.get(k, 0.0) for k in ("search_wall_s", "promote_wall_s",
+                                                  "test_wall_s")}}
     compute["total_cpu_s"] = sum(v for k, v in compute.items() if k.endswith("cpu_s"))
     payload = {"directive": args.directive, "objective": spec.describe(),
                "command": "python -m graph.campaign " + shlex.join(args.argv),

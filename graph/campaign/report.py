@@ -205,8 +205,9 @@ def write_report(out: Path, payload: dict) -> Path:
               f"CPU-seconds: search {comp['search_cpu_s']:.0f}, promotion "
               f"{comp['promote_cpu_s']:.0f}, test {comp['test_cpu_s']:.0f}, rediscovery "
               f"{comp['rediscovery_cpu_s']:.0f}; total {comp['total_cpu_s']:.0f} "
-              f"({comp['total_cpu_s'] / 3600:.2f} CPU-hours). Search wall time "
-              f"{comp['search_wall_s']:.0f} s.", "", "![best so far](best_so_far.png)", ""]
+              f"({comp['total_cpu_s'] / 3600:.2f} CPU-hours). Wall time: search "
+              f"{comp['search_wall_s']:.0f} s, promotion {comp.get('promote_wall_s', 0):.0f} s"
+              f", test {comp.get('test_wall_s', 0):.0f} s.", "", "![best so far](best_so_far.png)", ""]
     path = out / "campaign.md"
     path.write_text("\n".join(lines))
     return path
