@@ -88,6 +88,16 @@ class Context:
                        "train: cpu, cuda or cuda:N, resolved from --device (auto: cuda "
                        "when available) when the run starts; saved, so --resume keeps it "
                        "(trainers/local/device.py)"})
+    selection: str = field(default="gpucb", metadata={
+        "description": "parent selection rule: gpucb (a Gaussian process over the archive, "
+                       "memory/gpucb.py), potential (round 1's per-node posterior) or "
+                       "greedy (best fitness); --selection; a resumed run keeps its own"})
+    selection_config: dict = field(default_factory=dict, metadata={
+        "description": "the rule's settings (GPUCBConfig / SelectionConfig fields); a new "
+                       "run saves every value it selects with"})
+    from_runs: list = field(default_factory=list, metadata={
+        "description": "runs whose evaluated candidates this run starts from (--from-run; "
+                       "graph/imports.py): copied with their results, not re-trained"})
     preset: str | None = field(default=None, metadata={
         "description": "'gpu' when warm_config and train_overrides hold the GPU preset "
                        "(chosen on CUDA unless --config gives a warm_config); None: the "

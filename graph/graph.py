@@ -52,7 +52,8 @@ from memory.schema import (DUPLICATE, EVALUATED, FAILED_CODING, FAILED_EVALUATIO
                            CandidateDetails)
 from memory.evidence import DUPLICATE_SIMILARITY
 from memory.cards import candidate_card
-from memory.selection import select_parent_ids
+from graph import imports
+from memory.selection import directive_objectives, rule_config, select_parent_ids
 from trainers.executors import Executor, get_executor
 
 SEED_NAME = "grpo"
@@ -149,7 +150,8 @@ def _rng(state: CandidateState, ctx: Context) -> random.Random:
 
 @guarded
 def select_parent(state: CandidateState, runtime: Runtime[Context]) -> dict:
-    """Round 0: the seed baseline. Later: descendant-potential selection.
+    """Round 0: the seed baseline. Later: the run's selection rule (memory.selection:
+    GP-UCB by default), over the directive's objectives.
 
     A round reads the run's archive as it stood when the round began (earlier rounds
     only): a sibling slot archived first, by the luck of timing or because the run was
@@ -165,7 +167,9 @@ def select_parent(state: CandidateState, runtime: Runtime[Context]) -> dict:
     seed = ctx.seed * 100_003 + rnd * 101 + state["slot"]
     pid = state.get("pinned") or select_parent_ids(
         archive, state["run_id"], k=1, seed=seed, exclude=state.get("vetoed") or (),
-        below_generation=rnd)[0]
+        below_generation=rnd, rule=ctx.selection,
+        config=rule_config(ctx.selection, ctx.selection_config),
+        objectives=directive_objectives(state.get("objective")))[0]
     parent = archive.candidate(pid)
     return {"parent_ids": [pid], "parent_code": parent.code,
             "parent_signature": parent.info.signature,
@@ -179,7 +183,8 @@ def retrieve_evidence(state: CandidateState, runtime: Runtime[Context]) -> dict:
     ctx = runtime.context
     archive = archive_for(ctx.home)
     pid = state["parent_ids"][0]
-    own = archive.reflections(pid)
+    own = archive.reflections(pid) or archive.reflections(imports.origin_id(
+        archive.candidate(pid)))   # an imported copy: its original's reflections
     query = own[-1].text if own else state["directive"]
     # Skip this round's siblings (see select_parent): each has one reflection at most.
     hits = [h for h in archive.similar_reflections(query, k=5 + ctx.width)
@@ -501,6 +506,10 @@ def round_end(state: RunState, runtime: Runtime[Context]
             "overall": sum(f["overall"] for f in finals) / len(finals),
             "length": sum(f["length"] for f in finals) / len(finals),
             "final": finals[0]}
+        if ctx.from_runs:  # on another budget or testbed: the copies follow the new seed
+            imports.import_candidates(archive_for(ctx.home), state["run_id"], ctx.from_runs,
+                                      ObjectiveSpec.model_validate(state["objective"]),
+                                      update["reference"], seed_id=seed[0]["id"], rebase=True)
     if ctx.steer:
         return Command(goto="steer", update=update)
     done = len([c for c in state.get("finished", []) if c["round"] > 0])

@@ -34,4 +34,6 @@ class RunRequest:
     tracking_uri: str | None = None   # MLflow tracking URI (--tracking-uri)
     replay: int | None = None         # re-execute this recorded run offline
     replay_to: str | None = None      # the replay's home (default <home>/replays/run-N)
+    selection: str | None = None      # gpucb | potential | greedy (None: gpucb; a resume: saved)
+    from_runs: list[int] | None = None  # start from these runs' evaluated candidates
     device: str | None = None         # auto | cpu | cuda[:N]; None: cpu (a resume: saved)

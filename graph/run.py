@@ -22,8 +22,20 @@ from graph.runner import UsageError, run
 from trainers.home import resolve_home
 
 
+def _run_ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected run ids like 3 or 3,5, got {text!r}"
+                                         ) from None
+    if not ids or min(ids) < 1:
+        raise argparse.ArgumentTypeError(f"expected run ids like 3 or 3,5, got {text!r}")
+    return ids
+
+
 def parse_args(argv=None) -> RunRequest:
     from memory.cli import Parser  # one-line errors, exit code 2
+    from memory.selection import RULES
 
     p = Parser(prog="python -m graph.run", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,6 +86,15 @@ def parse_args(argv=None) -> RunRequest:
     p.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="with --logger mlflow: the tracking URI (default "
                         "$MLFLOW_TRACKING_URI, else the file store <home>/mlruns)")
+    p.add_argument("--selection", choices=RULES, default=None,
+                   help="parent selection: gpucb (default: a Gaussian process over the "
+                        "archive predicts each lineage's descendant gain), potential "
+                        "(round 1's rule) or greedy (best fitness); settings via --config "
+                        "selection_config")
+    p.add_argument("--from-run", dest="from_runs", type=_run_ids, default=None,
+                   metavar="RUN_ID[,RUN_ID]", help="start from these earlier runs' evaluated "
+                   "candidates (code, results, reflections), copied without re-training; "
+                   "the seed GRPO is re-trained only if their budget or testbed differ")
     p.add_argument("--device", default=None, metavar="DEV",
                    help="where the local trainer trains: auto (default: cuda when "
                         "available, else cpu), cpu, cuda or cuda:N; on CUDA the GPU preset "
@@ -100,6 +121,8 @@ def parse_args(argv=None) -> RunRequest:
     if args.resume is None and args.directive is None and not args.dry_run \
             and args.replay is None:
         p.error("--directive is required (or --resume RUN_ID)")
+    if args.from_runs and (args.resume is not None or args.replay is not None):
+        p.error("--from-run starts a new run: it takes no --resume or --replay")
     if args.ray_address and args.executor == "process":
         p.error("--ray-address needs --executor ray")
     flags = vars(args)

@@ -153,6 +153,7 @@ class CandidateDetails(BaseModel):
     evidence: list[int] = []          # ids of the reflections the scientist was shown
     references: list[int] = []        # ids of the candidates it was shown as references
     crossover_with: str | None = None  # an LLM crossover's other parent, by name
+    origin: dict | None = None        # a --from-run copy: {run, candidate, name} it came from
     judge: list[dict] = []            # per verification: the consistency judge, its error
     verify_spans: list[list[float]] = []   # wall-clock (start, end) of verification steps
     smoke_spans: list[list[float]] = []    # ... of the verifier's smoke training

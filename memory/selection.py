@@ -1,8 +1,16 @@
-"""Parent selection by "descendant potential".
+"""Parent selection: which evaluated candidate the next proposal builds on.
 
-A pure function over a small node list (``Node``: id, parent ids, fitness or None,
-status, objectives, generation, signature), so it is testable without a database;
-``nodes_from_archive`` adapts an ``Archive``.
+Pure functions over a small node list (``Node``: id, parent ids, fitness or None, each
+seed's fitness, status, objectives, generation, signature), so they are testable without
+a database; ``nodes_from_archive`` adapts an ``Archive``. Three rules (``RULES``):
+
+- ``gpucb`` (the default): a Gaussian process over what candidates are predicts each
+  one's discounted top-K descendant gain from the whole archive, with the seeds' noise;
+  UCB mixed with smoothed fitness, diversity and a Pareto term (``memory.gpucb``).
+- ``potential``: round 1's rule, a separate Normal posterior per node (below).
+- ``greedy``: the highest mean fitness (the ablation's floor).
+
+The rest of this docstring is the ``potential`` rule.
 
 Only evaluated nodes with a finite fitness are eligible parents (a node that failed
 verification, training or evaluation never is). For an eligible node i:
@@ -26,7 +34,8 @@ verification, training or evaluation never is). For an eligible node i:
     div_i       = mean over the other eligible j of the Jaccard distance between the
                   signatures of i and j (genes, or the identifiers of its code)
     par_i       = 1 / L_i where L_i is i's non-dominated layer (1 = Pareto front) over
-                  the objectives all eligible nodes share; 0 unless there are >= 2
+                  the directive's objectives (``objectives``; None: all the eligible
+                  nodes share); 0 unless there are >= 2
 
     V_i = f_i + lam * potential_i + w_div * div_i + w_par * par_i
 
@@ -40,13 +49,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
 from memory.schema import EVALUATED, FAILED
+from memory.terms import children, descendant_depths, diversity, pareto_layers
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,12 @@ class Node:
     objectives: Mapping[str, float] = field(default_factory=dict)   # higher is better
     generation: int = 0
     signature: frozenset[str] = frozenset()
+    seed_fitness: tuple[float, ...] = ()     # each evaluation's fitness (empty: one, ``fitness``)
+    genes: bool = False                      # ``signature`` is a genome's genes
+    text: str = ""                           # name, proposal and code (gpucb's embedding)
+
+
+RULES = ("gpucb", "potential", "greedy")
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,9 @@ class SelectionConfig:
     w_div: float = 0.1           # weight of the diversity term
     w_par: float = 0.2           # weight of the Pareto term (>= 2 objectives only)
     temperature: float = 0.1     # softmax temperature of the draw; 0 = greedy
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -88,26 +106,43 @@ class Score:
     pareto: float
 
 
+def rule_config(rule: str, values: Mapping | None = None):
+    """The settings object of ``rule`` (``GPUCBConfig`` / ``SelectionConfig``; None for
+    greedy, which has none) from a partial dict; unknown keys are a ValueError."""
+    from memory.gpucb import GPUCBConfig
+
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; choose one of {', '.join(RULES)}")
+    values = dict(values or {})
+    cls = {"gpucb": GPUCBConfig, "potential": SelectionConfig}.get(rule)
+    known = {f.name for f in fields(cls)} if cls else set()
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"selection_config: {unknown} are not settings of the {rule!r} "
+                         f"rule; it has {sorted(known) or 'none'}")
+    return cls(**values) if cls else None
+
+
 def eligible(node: Node) -> bool:
     """Evaluated with a finite fitness: the only nodes that may parent."""
     return (node.status == EVALUATED and node.fitness is not None
             and math.isfinite(node.fitness))
 
 
-def score_nodes(nodes: Sequence[Node], config: SelectionConfig = SelectionConfig()
-                ) -> list[Score]:
-    """V for every eligible node, sorted by id."""
+def score_nodes(nodes: Sequence[Node], config: SelectionConfig = SelectionConfig(),
+                objectives: Sequence[str] | None = None) -> list[Score]:
+    """V for every eligible node under the ``potential`` rule, sorted by id."""
     pool = sorted((n for n in nodes if eligible(n)), key=lambda n: n.id)
     if not pool:
         return []
     norm = _normalized_fitness(pool)
     by_id = {n.id: n for n in nodes}
-    children = _children(nodes)
-    pareto = _pareto_layers(pool)
+    kids = children(nodes)
+    pareto = pareto_layers(pool, objectives)
     scores = []
     for node in pool:
-        mu, sd = _posterior(node, norm, by_id, children, config)
-        div = _diversity(node, pool)
+        mu, sd = _posterior(node, norm, by_id, kids, config)
+        div = diversity(node, pool)
         par = 1.0 / pareto[node.id] if pareto else 0.0
         value = (norm[node.id] + config.lam * (mu + config.beta * sd)
                  + config.w_div * div + config.w_par * par)
@@ -116,29 +151,48 @@ def score_nodes(nodes: Sequence[Node], config: SelectionConfig = SelectionConfig
 
 
 def select_parents(nodes: Sequence[Node], k: int = 1, *, seed: int = 0,
-                   config: SelectionConfig = SelectionConfig(),
-                   exclude: Collection[int] = ()) -> list[int]:
+                   config=None, exclude: Collection[int] = (), rule: str = "gpucb",
+                   objectives: Sequence[str] | None = None, embedder=None) -> list[int]:
     """Up to ``k`` distinct parent ids (fewer if fewer nodes are eligible).
 
+    ``rule``: one of ``RULES``; ``config`` its settings (``GPUCBConfig`` for gpucb,
+    ``SelectionConfig`` for potential; None: the defaults). ``objectives``: the keys of
+    ``Node.objectives`` the directive optimizes (the Pareto term's; None: all shared).
     ``exclude``: ids that may not parent (a person's veto). They still count as
-    evidence: their fitness enters the normalization and their ancestors' posteriors.
-    Raises ValueError when no node is eligible (evaluate the seeds first)."""
-    scores = score_nodes(nodes, config)
-    if not scores:
+    evidence: their fitness enters the normalization and their ancestors' gains.
+    Raises ValueError when no node is eligible (evaluate the seed algorithms first)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; choose one of {', '.join(RULES)}")
+    pool = sorted((n for n in nodes if eligible(n)), key=lambda n: n.id)
+    if not pool:
         raise ValueError("no eligible parent: no node is evaluated with a fitness "
                          "(evaluate the seed algorithms first)")
     excluded = set(exclude)
-    scores = [s for s in scores if s.id not in excluded]
-    if not scores:
+    if all(n.id in excluded for n in pool):
         raise ValueError("no eligible parent: every evaluated node is excluded "
                          f"({sorted(excluded)})")
-    k = min(k, len(scores))
-    ids = np.array([s.id for s in scores])
-    values = np.array([s.value for s in scores])
-    if config.temperature <= 0:
+    if rule == "greedy":
+        temperature = 0.0
+        scored = [(n.id, float(np.mean(n.seed_fitness) if n.seed_fitness else n.fitness))
+                  for n in pool]
+    elif rule == "gpucb":
+        from memory.gpucb import GPUCBConfig, score
+        cfg = config or GPUCBConfig()
+        temperature = cfg.temperature
+        scored = [(s.id, s.value) for s in score(nodes, pool, objectives=objectives,
+                                                 config=cfg, embedder=embedder)]
+    else:
+        cfg = config or SelectionConfig()
+        temperature = cfg.temperature
+        scored = [(s.id, s.value) for s in score_nodes(nodes, cfg, objectives)]
+    scored = [(i, v) for i, v in scored if i not in excluded]
+    k = min(k, len(scored))
+    ids = np.array([i for i, _ in scored])
+    values = np.array([v for _, v in scored])
+    if temperature <= 0:
         order = np.lexsort((ids, -values))
         return [int(i) for i in ids[order[:k]]]
-    logits = (values - values.max()) / config.temperature
+    logits = (values - values.max()) / temperature
     p = np.exp(logits)
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(ids), size=k, replace=False, p=p / p.sum())
@@ -155,32 +209,11 @@ def _normalized_fitness(pool: Sequence[Node]) -> dict[int, float]:
     return {n.id: (n.fitness - lo) / (hi - lo) for n in pool}
 
 
-def _children(nodes: Sequence[Node]) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for n in sorted(nodes, key=lambda n: n.id):
-        for p in dict.fromkeys(n.parents):
-            out.setdefault(p, []).append(n.id)
-    return out
-
-
-def _descendant_depths(root: int, children: Mapping[int, list[int]]) -> dict[int, int]:
-    """Shortest depth of every descendant of ``root`` (BFS; safe on a bad cycle)."""
-    depth: dict[int, int] = {}
-    queue = deque([(root, 0)])
-    while queue:
-        node, d = queue.popleft()
-        for child in children.get(node, ()):
-            if child != root and child not in depth:
-                depth[child] = d + 1
-                queue.append((child, d + 1))
-    return depth
-
-
 def _posterior(node: Node, norm: Mapping[int, float], by_id: Mapping[int, Node],
                children: Mapping[int, list[int]], c: SelectionConfig) -> tuple[float, float]:
     precision = 1.0 / c.tau ** 2
     weighted = 0.0
-    for d_id, depth in _descendant_depths(node.id, children).items():
+    for d_id, depth in descendant_depths(node.id, children).items():
         d = by_id[d_id]
         if d_id in norm:
             delta = norm[d_id] - norm[node.id]
@@ -192,41 +225,6 @@ def _posterior(node: Node, norm: Mapping[int, float], by_id: Mapping[int, Node],
         precision += w
         weighted += w * delta
     return weighted / precision, precision ** -0.5
-
-
-def _diversity(node: Node, pool: Sequence[Node]) -> float:
-    others = [n for n in pool if n.id != node.id]
-    if not others or not node.signature:
-        return 0.0
-    return float(np.mean([_jaccard_distance(node.signature, n.signature) for n in others]))
-
-
-def _jaccard_distance(a: frozenset[str], b: frozenset[str]) -> float:
-    union = len(a | b)
-    return 1.0 - len(a & b) / union if union else 0.0
-
-
-def _pareto_layers(pool: Sequence[Node]) -> dict[int, int]:
-    """Non-dominated layer (1 = front) per node over the shared objectives; {} when
-    fewer than two objectives are shared."""
-    keys = sorted(set.intersection(*(set(n.objectives) for n in pool)))
-    if len(keys) < 2:
-        return {}
-    points = {n.id: np.array([float(n.objectives[k]) for k in keys]) for n in pool}
-    layers: dict[int, int] = {}
-    remaining = set(points)
-    layer = 1
-    while remaining:
-        front = {i for i in remaining
-                 if not any(_dominates(points[j], points[i]) for j in remaining if j != i)}
-        layers.update({i: layer for i in front})
-        remaining -= front
-        layer += 1
-    return layers
-
-
-def _dominates(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool(np.all(a >= b) and np.any(a > b))
 
 
 # ----------------------------------------------------------------------------- archive
@@ -241,8 +239,9 @@ def code_signature(code: str | None) -> frozenset[str]:
 
 def nodes_from_archive(archive, run_id: int | None = None) -> list[Node]:
     """Nodes for ``run_id`` (or the whole archive). Objectives are the means over the
-    candidate's evaluations; the signature is ``Candidate.info.genes`` when the candidate
-    has one, else the identifiers of its code."""
+    candidate's evaluations, ``seed_fitness`` their fitnesses; the signature is
+    ``Candidate.info.genes`` when the candidate has one, else the identifiers of its code;
+    ``text`` is its name, proposal and code."""
     nodes = []
     parents: dict[int, list[int]] = {}
     for edge in archive.edges(run_id):
@@ -258,14 +257,24 @@ def nodes_from_archive(archive, run_id: int | None = None) -> list[Node]:
             id=c.id, parents=tuple(parents.get(c.id, ())), fitness=c.fitness,
             status=c.status, generation=c.generation,
             objectives={k: float(np.mean(v)) for k, v in objectives.items()},
-            signature=frozenset(map(str, genes)) if genes else code_signature(c.code)))
+            signature=frozenset(map(str, genes)) if genes else code_signature(c.code),
+            seed_fitness=tuple(float(ev.fitness) for ev in evals
+                               if ev.fitness is not None and math.isfinite(ev.fitness)),
+            genes=bool(genes), text=f"{c.name}\n{c.proposal}\n{c.code or ''}"))
     return nodes
 
 
+def directive_objectives(objective: Mapping | None) -> tuple[str, ...]:
+    """The ``Node.objectives`` keys a run's objective optimizes: Overall, and -length
+    only when the objective has a length term (never under "accurate")."""
+    weight = float((objective or {}).get("length_weight", 0.0) or 0.0)
+    return ("overall", "neg_length") if weight > 0 else ("overall",)
+
+
 def select_parent_ids(archive, run_id: int | None = None, k: int = 1, *, seed: int = 0,
-                      config: SelectionConfig = SelectionConfig(),
-                      exclude: Collection[int] = (),
-                      below_generation: int | None = None) -> list[int]:
+                      config=None, exclude: Collection[int] = (),
+                      below_generation: int | None = None, rule: str = "gpucb",
+                      objectives: Sequence[str] | None = None) -> list[int]:
     """``select_parents`` over the archive's candidates of ``run_id`` (with
     ``below_generation``, only those of earlier rounds: a round reads the archive as it
     stood when the round began, whatever its siblings archived meanwhile).
@@ -282,7 +291,8 @@ def select_parent_ids(archive, run_id: int | None = None, k: int = 1, *, seed: i
     ranked = [replace(n, id=rank[n.id], parents=tuple(rank[p] for p in n.parents if p in rank))
               for n in nodes]
     try:
-        picked = select_parents(ranked, k, seed=seed, config=config,
+        picked = select_parents(ranked, k, seed=seed, config=config, rule=rule,
+                                objectives=objectives,
                                 exclude=[rank[i] for i in exclude if i in rank])
     except ValueError as e:  # say it in archive ids, not ranks
         if "excluded" not in str(e):

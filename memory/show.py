@@ -73,6 +73,10 @@ def render(record: dict) -> Group:
             f"{c['code_hash'] or '-'}")
     if c["error"]:
         head += f"\n[red]error:[/red] {escape(c['error'])}"
+    origin = (c.get("details") or {}).get("origin")
+    if origin:
+        head += (f"\ncopied from run #{origin.get('run')} (#{origin.get('candidate')} "
+                 f"{escape(str(origin.get('name')))}) by --from-run, not re-trained")
     path = " <- ".join(f"{escape(p['name'])} #{p['id']} ({_fmt(p['fitness'])})"
                        for p in record["lineage_path"])
     parts = [Panel(head, title="candidate"), Panel(path, title="lineage (to the root)"),

@@ -106,7 +106,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, message):
 
 
 def test_time_shares_count_overlapping_spans_once():
-    from graph.runner import _covered
+    from graph.summary import _covered
     assert _covered([[0, 2], [1, 3], [5, 6]], 0, 10) == 4
     assert _covered([[0, 2], [8, 12]], 1, 10) == 3  # clipped to the window
     assert _covered([], 0, 1) == 0

@@ -1,4 +1,4 @@
-"""Parent selection ("descendant potential") on synthetic archives, plus the archive
+"""Parent selection's round-1 rule ("descendant potential", rule="potential") on synthetic archives, plus the archive
 adapter on a real SQLite archive."""
 import re
 from collections import Counter
@@ -35,7 +35,7 @@ def test_an_improving_lineage_beats_a_high_scoring_dead_end():
     assert s[6].fitness > s[2].fitness                  # H has the better fitness ...
     assert s[2].mu > 0 > s[6].mu                        # ... but P's descendants improve
     assert s[2].value > s[6].value
-    best = select_parents(improving_vs_dead_end(), 1, config=GREEDY)[0]
+    best = select_parents(improving_vs_dead_end(), 1, config=GREEDY, rule="potential")[0]
     assert best in {2, 3, 4, 5}                         # the improving lineage
 
 
@@ -45,7 +45,7 @@ def test_unexplored_nodes_get_the_exploration_bonus_and_get_tried():
     s = scores(nodes)
     assert s[5].sd == pytest.approx(SelectionConfig().tau)
     assert s[1].sd < s[5].sd and s[5].value > s[1].value
-    picks = Counter(select_parents(nodes, 1, seed=seed)[0] for seed in range(200))
+    picks = Counter(select_parents(nodes, 1, seed=seed, rule="potential")[0] for seed in range(200))
     assert set(picks) == {1, 2, 3, 4, 5}                # sampling tries every node
     assert picks[5] > picks[1]
 
@@ -56,7 +56,7 @@ def test_failed_nodes_are_never_parents():
              Node(5, (1,), float("nan"))]
     assert set(scores(nodes)) == {1}
     for seed in range(50):
-        assert select_parents(nodes, 3, seed=seed) == [1]
+        assert select_parents(nodes, 3, seed=seed, rule="potential") == [1]
 
 
 def test_failed_descendants_lower_the_potential():
@@ -76,10 +76,10 @@ def test_deeper_improvements_count_less():
 
 def test_deterministic_under_a_seed():
     nodes = improving_vs_dead_end()
-    runs = {tuple(select_parents(nodes, 3, seed=7)) for _ in range(5)}
+    runs = {tuple(select_parents(nodes, 3, seed=7, rule="potential")) for _ in range(5)}
     assert len(runs) == 1
-    assert len({tuple(select_parents(nodes, 3, seed=s)) for s in range(20)}) > 1
-    assert len(set(select_parents(nodes, 3, seed=7))) == 3          # without replacement
+    assert len({tuple(select_parents(nodes, 3, seed=s, rule="potential")) for s in range(20)}) > 1
+    assert len(set(select_parents(nodes, 3, seed=7, rule="potential"))) == 3          # without replacement
 
 
 def test_pareto_term_only_with_two_or_more_objectives():
@@ -116,11 +116,11 @@ def test_random_archives_only_yield_eligible_distinct_parents(spec, seed):
     ok = {n.id for n in nodes if n.status == "evaluated"}
     if not ok:
         with pytest.raises(ValueError):
-            select_parents(nodes, 2, seed=seed)
+            select_parents(nodes, 2, seed=seed, rule="potential")
         return
-    picked = select_parents(nodes, 2, seed=seed)
+    picked = select_parents(nodes, 2, seed=seed, rule="potential")
     assert set(picked) <= ok and len(picked) == len(set(picked)) == min(2, len(ok))
-    assert picked == select_parents(nodes, 2, seed=seed)
+    assert picked == select_parents(nodes, 2, seed=seed, rule="potential")
 
 
 def test_adapter_reads_nodes_from_the_archive(tmp_path):

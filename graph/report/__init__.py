@@ -246,6 +246,11 @@ def _candidate(snap: RunSnapshot, c: CandidateView, llm: dict | None = None) -> 
              f"<p>parents: {_parents(c) or 'none (a root)'} · trained on "
              f"{e(', '.join(c.backends) or '-')} · fitness {fit}"
              + (f" ({e(seeds)})" if len(c.seed_fitness) > 1 else "") + "</p>"]
+    if c.info.origin:
+        o = c.info.origin
+        parts.append(f"<p class='origin'>copied from run {e(str(o.get('run')))} (#"
+                     f"{e(str(o.get('candidate')))} {e(str(o.get('name')))}) by --from-run, "
+                     "with its results: not re-trained in this run</p>")
     if genes:
         parts.append("<p class='genes'>" + " ".join(f"<code>{e(str(g))}</code>"
                                                      for g in genes) + "</p>")

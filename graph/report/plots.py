@@ -42,6 +42,7 @@ STATUS_STYLE = {
 }
 IN_PROGRESS = ("o", "#ffffff", "#888888", "in progress")
 BASELINE_EDGE, BEST_EDGE = "#000000", "#e0a100"
+IMPORTED_EDGE = "#7a5195"                 # a --from-run copy
 CURVE_TITLES = {"reward": "reward", "accuracy": "train accuracy", "entropy": "entropy",
                 "response_length": "response length (tokens)",
                 "validity": "validity rate", "kl_to_start": "KL to start"}
@@ -136,6 +137,8 @@ def _draw_node(ax, c: CandidateView, xy, cmap: ScalarMappable, best: int | None)
     lw = 1.2
     if c.is_baseline:
         edge, lw = BASELINE_EDGE, 2.8
+    if c.info.origin:                   # copied from an earlier run (--from-run)
+        edge, lw = IMPORTED_EDGE, 2.4
     if c.id == best:
         edge, lw = BEST_EDGE, 3.2
     (node,) = ax.plot(*xy, marker=marker, markersize=19, markerfacecolor=fill,
@@ -143,6 +146,8 @@ def _draw_node(ax, c: CandidateView, xy, cmap: ScalarMappable, best: int | None)
     node.set_gid(NODE_ID.format(c.id))
     node.set_url(f"#cand-{c.id}")                   # SVG: a click opens its section
     name = c.name if len(c.name) <= 20 else c.name[:19] + "…"
+    if c.info.origin:
+        name += f" (run {c.info.origin.get('run')})"
     if c.ranked:
         what = f"{c.fitness:.2f}"
     else:
@@ -169,6 +174,10 @@ def _legend(cands: list[CandidateView], best: int | None) -> list[Line2D]:
     handles.append(Line2D([], [], marker="o", linestyle="none", markersize=10,
                           markerfacecolor="#ffffff", markeredgecolor=BASELINE_EDGE,
                           markeredgewidth=2.8, label="baseline (seed GRPO)"))
+    if any(c.info.origin for c in cands):
+        handles.append(Line2D([], [], marker="o", linestyle="none", markersize=10,
+                              markerfacecolor="#ffffff", markeredgecolor=IMPORTED_EDGE,
+                              markeredgewidth=2.4, label="copied from an earlier run"))
     if best is not None:
         handles.append(Line2D([], [], marker="o", linestyle="none", markersize=10,
                               markerfacecolor="#ffffff", markeredgecolor=BEST_EDGE,
