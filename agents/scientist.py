@@ -88,22 +88,25 @@ def propose(model: Any | None, directive: str, evidence: Sequence[dict], *,
             parent_signature: str | None, reference_signatures: Sequence[str],
             rng: Any, parent_code: str = "", parent_summary: str = "",
             references: Sequence[Any] = (), taken_names: Iterable[str] = (),
-            budget: Any = None, backend: str = "") -> Proposal:
+            budget: Any = None, backend: str = "", excluded_genes: Sequence[str] = ()
+            ) -> Proposal:
     """The scientist's proposal for a child of the parent: the LLM's (``model``) from
     the parent's code and summary, the evidence and the archive ``references``; without
     a model, the builtin draw from the parent's genome (GRPO's when it has none), the
     evidence and the reference genomes, under ``rng``. The proposal's ``evidence_shown``
-    and ``references_shown`` say which reflections and candidates the scientist saw."""
+    and ``references_shown`` say which reflections and candidates the scientist saw.
+    ``excluded_genes``: catalog genes (slot=kind, or "paper") the builtin draw may not use."""
     if model is not None:
         return propose_llm(model, parent_code, parent_summary, directive, evidence,
                            references, taken_names=taken_names, budget=budget,
                            backend=backend)
     from agents.builtin import scientist as builtin
-    from agents.builtin.genes import Genome
+    from agents.builtin.genes import Genome, excluded_kinds
 
     parent = Genome.from_signature(parent_signature) if parent_signature else Genome.grpo()
     refs = [Genome.from_signature(sig) for sig in reference_signatures]
-    proposal = builtin.propose(parent, directive, evidence, refs, rng)
+    proposal = builtin.propose(parent, directive, evidence, refs, rng,
+                               excluded=excluded_kinds(excluded_genes))
     return proposal.model_copy(update={"evidence_shown": _ids(evidence, "reflection_id")})
 
 

@@ -95,6 +95,10 @@ class Context:
     selection_config: dict = field(default_factory=dict, metadata={
         "description": "the rule's settings (GPUCBConfig / SelectionConfig fields); a new "
                        "run saves every value it selects with"})
+    exclude_genes: list = field(default_factory=list, metadata={
+        "description": "catalog genes (slot=kind, or 'paper' for the original system's "
+                       "three mechanisms) the builtin scientist may not use: an ablation "
+                       "(--without-genes)"})
     from_runs: list = field(default_factory=list, metadata={
         "description": "runs whose evaluated candidates this run starts from (--from-run; "
                        "graph/imports.py): copied with their results, not re-trained"})

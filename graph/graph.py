@@ -229,7 +229,7 @@ def scientist(state: CandidateState, runtime: Runtime[Context]) -> dict:
         proposal = propose(model, state["directive"], state["evidence"],
                            parent_signature=state.get("parent_signature"),
                            reference_signatures=state.get("references", []),
-                           rng=_rng(state, ctx), **llm)
+                           rng=_rng(state, ctx), excluded_genes=ctx.exclude_genes, **llm)
     return {"proposal": proposal.state()}
 
 

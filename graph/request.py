@@ -35,5 +35,6 @@ class RunRequest:
     replay: int | None = None         # re-execute this recorded run offline
     replay_to: str | None = None      # the replay's home (default <home>/replays/run-N)
     selection: str | None = None      # gpucb | potential | greedy (None: gpucb; a resume: saved)
+    exclude_genes: list[str] | None = None  # catalog genes the builtin scientist may not use
     from_runs: list[int] | None = None  # start from these runs' evaluated candidates
     device: str | None = None         # auto | cpu | cuda[:N]; None: cpu (a resume: saved)

@@ -33,6 +33,17 @@ def _run_ids(text: str) -> list[int]:
     return ids
 
 
+def gene_names_arg(text: str) -> list[str]:
+    from agents.builtin.genes import excluded_kinds
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        excluded_kinds(names)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).split("; the catalog")[0]) from None
+    return names
+
+
 def parse_args(argv=None) -> RunRequest:
     from memory.cli import Parser  # one-line errors, exit code 2
     from memory.selection import RULES
@@ -95,6 +106,10 @@ def parse_args(argv=None) -> RunRequest:
                    metavar="RUN_ID[,RUN_ID]", help="start from these earlier runs' evaluated "
                    "candidates (code, results, reflections), copied without re-training; "
                    "the seed GRPO is re-trained only if their budget or testbed differ")
+    p.add_argument("--without-genes", dest="exclude_genes", type=gene_names_arg, default=None,
+                   metavar="GENES", help="an ablation: catalog genes the builtin scientist "
+                   "may not use, comma-separated slot=kind, or 'paper' (validity masking, "
+                   "analytic variance, correctness-gated length)")
     p.add_argument("--device", default=None, metavar="DEV",
                    help="where the local trainer trains: auto (default: cuda when "
                         "available, else cpu), cpu, cuda or cuda:N; on CUDA the GPU preset "
@@ -121,6 +136,9 @@ def parse_args(argv=None) -> RunRequest:
     if args.resume is None and args.directive is None and not args.dry_run \
             and args.replay is None:
         p.error("--directive is required (or --resume RUN_ID)")
+    if args.exclude_genes and args.model not in (None, "builtin"):
+        p.error("--without-genes removes genes from the builtin scientist's catalog; an LLM "
+                "scientist writes free-form code (drop --model)")
     if args.from_runs and (args.resume is not None or args.replay is not None):
         p.error("--from-run starts a new run: it takes no --resume or --replay")
     if args.ray_address and args.executor == "process":

@@ -85,6 +85,10 @@ def prepare(request: RunRequest):
     ctx.models = resolved_models(ctx)   # saved: a resume or a replay uses the same roles
     ctx.selection = request.selection or ctx.selection
     ctx.from_runs = list(dict.fromkeys(request.from_runs or ctx.from_runs or []))
+    ctx.exclude_genes = list(request.exclude_genes or ctx.exclude_genes or [])
+    if ctx.exclude_genes and ctx.models.get("scientist", "builtin") != "builtin":
+        raise UsageError("--without-genes removes genes from the builtin scientist's "
+                         "catalog; an LLM scientist writes free-form code (drop --model)")
     try:
         config = rule_config(ctx.selection, ctx.selection_config)
         ctx.selection_config = config.as_dict() if config else {}  # every value, saved

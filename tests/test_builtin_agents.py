@@ -437,3 +437,32 @@ def test_analyst_handles_short_and_non_finite_curves():
     d = diagnose(healthy_curve(grad_norm=lambda t, i: float("nan") if i == 7 else 1.0),
                  EVALS, FINAL, BASE)
     assert "instability" in d.tags and "non-finite" in d.text
+
+
+def test_a_catalog_ablation_never_proposes_the_removed_genes():
+    """--without-genes paper: no draw (mutation, crossover, unbiased jump) carries validity
+    masking, analytic/Bayesian variance or the gated length penalty, and the search still
+    proposes novel genomes; an unknown name is refused."""
+    import random
+
+    from agents.builtin.genes import BASELINE_GENOMES, PAPER_GENES, Genome, excluded_kinds
+    from agents.builtin.scientist import propose
+
+    removed = excluded_kinds(["paper"])
+    assert removed == {tuple(g.split("=")) for g in PAPER_GENES}
+    refs = [Genome.grpo(), *BASELINE_GENOMES.values()]
+    seen = set()
+    for seed in range(150):
+        p = propose(Genome.grpo(), "accurate and concise", [], refs, random.Random(seed),
+                    excluded=removed)
+        assert not {(g.slot, g.kind) for g in p.genome.genes()} & removed
+        seen.add(p.genome.signature())
+    assert len(seen) > 50
+    # without the ablation the same draws do reach the paper's genes
+    reached = {(g.slot, g.kind) for seed in range(150) for g in propose(
+        Genome.grpo(), "accurate and concise", [], refs, random.Random(seed)).genome.genes()}
+    assert reached & removed
+    with pytest.raises(ValueError, match="unknown gene 'reward=bogus'"):
+        excluded_kinds(["reward=bogus"])
+    with pytest.raises(ValueError, match="leaves the slot empty"):
+        excluded_kinds(["kl=none", "kl=k3"])

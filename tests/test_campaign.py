@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--candidates", "2", "--width", "2", "--screen-steps", "2", "--screen-seeds", "2",
         "--steps", "3", "--promote", "1", "--promote-seeds", "2", "--rank-sample", "1",
         "--seeds", "2", "--confirm-seeds", "3",
-        "--baselines", "grpo,rloo",
+        "--baselines", "grpo,rloo", "--selection", "greedy", "--without-genes", "paper",
         "--rediscovery", "--no-smoke", "--config", str(TINY), "--quiet"]
 
 
@@ -89,6 +89,15 @@ def test_campaign_writes_every_stage(campaign):
     assert comp["promote_wall_s"] > 0 and comp["test_wall_s"] > 0
     md = (out / "campaign.md").read_text()
     assert "Wall time: search" in md
+    # the ablation settings reach the search run, and the report says them
+    assert "Search: parent selection `greedy`; catalog without paper." in md
+    from agents.builtin.genes import PAPER_GENES
+    from memory.archive import Archive
+    with Archive(tmp / "home") as a:
+        ctx = a.run(data["run_id"]).config["context"]
+        assert ctx["selection"] == "greedy" and ctx["exclude_genes"] == ["paper"]
+        genes = {g.split("(")[0] for c in a.candidates(data["run_id"]) for g in c.info.genes or []}
+        assert genes and not genes & set(PAPER_GENES)
     assert "Held-out test split" in md and "Rediscovery" in md and "Lineage" in md
     # the verdict in words, from the winner's paired CIs (every tiny score is 0: no
     # difference in Overall, a CI of zero width, "not worse" within the margin)
@@ -136,6 +145,8 @@ def test_rerun_resumes_without_training_again(campaign):
     (["--margin", "nan"], "--margin must be a number >= 0"),
     (["--screen-seeds", "0"], "--screen-seeds must be at least 1"),
     (["--rank-sample", "-1"], "--rank-sample must be 0 or more"),
+    (["--selection", "best"], "invalid choice: 'best'"),
+    (["--without-genes", "kl=bogus"], "unknown gene 'kl=bogus'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     r = _campaign(tmp_path, *args)

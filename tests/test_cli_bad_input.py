@@ -58,6 +58,15 @@ CASES = {
     "run-unknown-run-id": Case("graph.run", ["--resume", "42"], "no run 42", "archive"),
     "run-resume-no-home": Case("graph.run", ["--resume", "1"], "no run 1", "missing"),
     "run-corrupt-archive": Case("graph.run", DIRECTIVE, "cannot read the archive", "corrupt"),
+    "run-unknown-gene": Case("graph.run", [*DIRECTIVE, "--without-genes", "validity=bogus"],
+                             "unknown gene 'validity=bogus'"),
+    "run-genes-with-llm": Case("graph.run", [*DIRECTIVE, "--without-genes", "paper",
+                                             "--model", "openai:gpt-4.1-mini"],
+                               "--without-genes removes genes from the builtin",
+                               env={"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL":
+                                    f"http://127.0.0.1:{CLOSED}/v1"}),
+    "run-selection-setting": Case("graph.run", [*DIRECTIVE, "--config", "{dir}/sel.json"],
+                                  "not settings of the 'gpucb' rule"),
     "run-model-no-key": Case("graph.run", [*DIRECTIVE, "--model", "openai:gpt-4.1-mini"],
                              "needs OPENAI_API_KEY"),
     "run-model-server-down": Case(
@@ -187,6 +196,7 @@ def _setup(name: str, case: Case, base: Path) -> tuple[Path, Path, list[str]]:
         home.mkdir()
         (home / "archive.db").write_bytes(b"\x00garbage, not SQLite\xff" * 500)
     (case_dir / "cfg.json").write_text('{"bogus": 1}')
+    (case_dir / "sel.json").write_text('{"selection_config": {"bogus": 1}}')
     args = [a.format(home=home, dir=case_dir) for a in case.args]
     if case.module == "trainers.local.compare":
         args += ["--home", str(home)] if case.home == "under_file" else []

@@ -212,6 +212,32 @@ SLOT_TITLES = {"reward": "Reward", "validity": "Validity", "baseline": "Baseline
                "schedule": "Schedule"}
 
 
+# The original system's discoveries, as catalog kinds: validity masking (of the group
+# statistics or of the loss), analytic-variance scaling (and its Bayesian cousin) and the
+# correctness-gated length penalty. ``--without-genes paper`` removes them for an ablation.
+PAPER_GENES = ("validity=stats", "validity=loss", "normalization=bernoulli",
+               "normalization=beta", "reward=gated_length")
+
+
+def excluded_kinds(names) -> frozenset[tuple[str, str]]:
+    """``slot=kind`` names (or ``paper`` for ``PAPER_GENES``) as (slot, kind) pairs; an
+    unknown one, or one that would leave a slot empty, is a ValueError."""
+    out = set()
+    for name in names:
+        name = name.strip()
+        for item in (PAPER_GENES if name == "paper" else [name]):
+            slot, _, kind = item.partition("=")
+            if slot not in CATALOG or kind not in CATALOG[slot]:
+                known = ", ".join(f"{s}={k}" for s in SLOTS for k in CATALOG[s])
+                raise ValueError(f"unknown gene {item!r} (slot=kind, or 'paper'); the "
+                                 f"catalog has {known}")
+            out.add((slot, kind))
+    for slot in SLOTS:
+        if all((slot, k) in out for k in CATALOG[slot]):
+            raise ValueError(f"excluding every {slot} gene leaves the slot empty")
+    return frozenset(out)
+
+
 def spec(slot: str, kind: str) -> GeneSpec:
     if slot not in CATALOG:
         raise KeyError(f"unknown slot {slot!r}; slots: {', '.join(SLOTS)}")

@@ -126,6 +126,7 @@ class Preferences:
     reasons: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     exploit: bool = False
     revert: bool = False
+    excluded: frozenset = frozenset()   # (slot, kind) the catalog lacks (an ablation)
 
     def add(self, rule: Rule, weight: float, reason: str) -> None:
         if rule.value is not None:
@@ -274,7 +275,8 @@ def _tweak_weight(prefs: Preferences, g: Gene) -> float:
 def mutate_gene(rng: random.Random, prefs: Preferences, current: Gene) -> Gene:
     """A different gene for ``current``'s slot: another kind, or one parameter moved."""
     slot = current.slot
-    options = [k for k in CATALOG[slot] if k != current.kind]
+    options = [k for k in CATALOG[slot]
+               if k != current.kind and (slot, k) not in prefs.excluded]
     weights = [_kind_weight(prefs, slot, k) for k in options]
     tweak = _tweak_weight(prefs, current)
     choice = _weighted(rng, options + ["<tweak>"], weights + [tweak])
@@ -287,6 +289,12 @@ def mutate_gene(rng: random.Random, prefs: Preferences, current: Gene) -> Gene:
     params = dict(current.params)
     params[p.name] = _draw_value(rng, prefs, slot, p, current=params[p.name])
     return gene(slot, current.kind, **params)
+
+
+def _changeable(prefs: Preferences, g: Gene) -> bool:
+    """Another kind is allowed in g's slot, or one of g's parameters can move."""
+    return any(k != g.kind and (g.slot, k) not in prefs.excluded for k in CATALOG[g.slot]) \
+        or any(len(p.values) > 1 for p in g.spec.params)
 
 
 def _slot_weight(prefs: Preferences, genome: Genome, slot: str) -> float:
@@ -320,10 +328,10 @@ def mutate(rng: random.Random, prefs: Preferences, parent: Genome,
            n_changes: int | None = None, biased: bool = True) -> Genome:
     if n_changes is None:
         n_changes = 1 if prefs.exploit else 1 + (rng.random() < 0.35) + (rng.random() < 0.1)
-    neutral = Preferences()
+    neutral = Preferences(excluded=prefs.excluded)
     p = prefs if biased else neutral
     slots = {s: getattr(parent, s) for s in SLOTS}
-    remaining = list(SLOTS)
+    remaining = [s for s in SLOTS if _changeable(p, slots[s])]
     for _ in range(min(n_changes, len(remaining))):
         slot = _weighted(rng, remaining, [_slot_weight(p, parent, s) for s in remaining])
         remaining.remove(slot)
@@ -337,7 +345,7 @@ def crossover(rng: random.Random, prefs: Preferences, a: Genome, b: Genome) -> G
     for s in differ:
         ga, gb = getattr(a, s), getattr(b, s)
         edge = prefs.kind_score(s, gb.kind) - prefs.kind_score(s, ga.kind)
-        if rng.random() < 1.0 / (1.0 + math.exp(-edge)):
+        if rng.random() < 1.0 / (1.0 + math.exp(-edge)) and (s, gb.kind) not in prefs.excluded:
             slots[s] = gb
     if len(differ) >= 2:  # a child that is one of its parents is no crossover
         taken = [s for s in differ if slots[s] == getattr(b, s)]
@@ -354,11 +362,13 @@ def crossover(rng: random.Random, prefs: Preferences, a: Genome, b: Genome) -> G
 
 def propose(parent: Genome | None, directive: str, reflections: list[dict],
             archive_refs: list[Genome], rng: random.Random, *,
-            max_tries: int = MAX_TRIES) -> Proposal:
+            max_tries: int = MAX_TRIES, excluded: frozenset = frozenset()) -> Proposal:
     """A novel genome, by mutation of ``parent`` (GRPO if None) or crossover with an
-    archive reference, with a hypothesis that states the change and the evidence."""
+    archive reference, with a hypothesis that states the change and the evidence.
+    ``excluded``: (slot, kind) pairs no child may carry (``genes.excluded_kinds``)."""
     base = parent or Genome.grpo()
     prefs = preferences(base, directive, reflections)
+    prefs.excluded = frozenset(excluded)
     seen = {g.signature() for g in archive_refs} | {base.signature()}
     mates = _distinct([g for g in archive_refs if g.signature() != base.signature()])
     pool = [base] + mates if parent is not None else _distinct(list(archive_refs))
@@ -374,7 +384,8 @@ def propose(parent: Genome | None, directive: str, reflections: list[dict],
             child = mutate(rng, prefs, base, None if biased else 3 + rng.randrange(3),
                            biased)
             kind, parents = "mutation", [base]
-        if child.signature() not in seen:
+        if child.signature() not in seen and not any(
+                (g.slot, g.kind) in prefs.excluded for g in child.genes()):
             return _proposal(child, kind, parents, prefs, directive)
     raise NoNovelProposal(f"no novel genome in {2 * max_tries} draws around "
                           f"{base.slug()}: every draw is already among the "

@@ -16,6 +16,8 @@ from evals.objective import ObjectiveSpec
 from graph.campaign.report import plot_best_so_far, print_summary, verdicts, write_report
 from graph.campaign.stages import (CampaignError, State, lineage, load_config, mechanism,
                                    promote, rediscovery, search, test_stage)
+from graph.run import gene_names_arg
+from memory.selection import RULES
 from trainers.home import resolve_home
 
 
@@ -63,6 +65,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--job-timeout", type=float, default=None, metavar="S",
                    help="wall-clock and CPU limit of each sandboxed training run in "
                         "promotion, test and rediscovery (default: 600 s + 20 s per step)")
+    p.add_argument("--selection", choices=RULES, default="gpucb",
+                   help="the search's parent selection rule (default gpucb; potential, "
+                        "greedy: the selection ablation)")
+    p.add_argument("--without-genes", dest="exclude_genes", type=gene_names_arg, default=None,
+                   metavar="GENES", help="the catalog ablation: genes the builtin scientist "
+                   "may not use (slot=kind, comma-separated, or 'paper')")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--no-smoke", action="store_true", help="skip the verifier's smoke run")
     args = p.parse_args(argv)

@@ -142,6 +142,9 @@ def write_report(out: Path, payload: dict) -> Path:
     lines = [f"# Campaign: \"{payload['directive']}\"", "",
              f"Objective: {payload['objective']}", "",
              f"Command: `{payload['command']}`", "",
+             f"Search: parent selection `{payload['args'].get('selection', 'gpucb')}`; "
+             "catalog " + (f"without {', '.join(payload['args']['exclude_genes'])}"
+                           if payload["args"].get("exclude_genes") else "complete") + ".", "",
              "## Verdict (held-out test split)", "", *verdict_lines(payload), "",
              "## Held-out test split "
              f"({len(t['seeds'])} paired seeds {t['seeds'][0]}..{t['seeds'][-1]}"

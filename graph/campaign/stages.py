@@ -85,6 +85,7 @@ def search(args, home: Path, state: State, console: Console) -> int:
                                  candidates=args.candidates, steps=args.screen_steps,
                                  seeds=args.screen_seeds,
                                  width=args.width, seed=args.seed, quiet=args.quiet,
+                                 selection=args.selection, exclude_genes=args.exclude_genes,
                                  smoke=not args.no_smoke, config=args.config)
             holder = {}
 
