@@ -2,6 +2,8 @@
 real genomes' gene strings, and on LLM-style code nodes with the bundled embedding model."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memory.gpucb import GPUCBConfig, gene_tokens, score
 from memory.selection import (Node, directive_objectives, eligible, score_nodes,
@@ -158,3 +160,28 @@ def test_settings_are_recorded_and_the_rule_is_checked():
     assert GPUCBConfig().as_dict()["top_k"] == 3
     with pytest.raises(ValueError, match="unknown selection rule 'best'"):
         select_parents(improving_vs_dead_end(), rule="best")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["evaluated", "failed_verification", "pending"]),
+                          st.lists(st.floats(0, 100), min_size=1, max_size=3),
+                          st.integers(0, 50), st.sampled_from(sorted(
+                              {"kl=none", "filtering=zero_variance", "validity=mask",
+                               "aggregation=token_mean", "normalization=none"}))),
+                min_size=1, max_size=20),
+       st.integers(0, 2**31 - 1))
+def test_random_archives_yield_eligible_distinct_parents_deterministically(spec, seed):
+    nodes = [node(i, (p % i,) if i else (), seeds if s == "evaluated" else [],
+                  genes(**{g.split("=")[0]: g}), status=s)
+             for i, (s, seeds, p, g) in enumerate(spec)]
+    ok = {n.id for n in nodes if n.status == "evaluated"}
+    if not ok:
+        with pytest.raises(ValueError):
+            select_parents(nodes, 2, seed=seed)
+        return
+    picked = select_parents(nodes, 2, seed=seed)
+    assert set(picked) <= ok and len(picked) == len(set(picked)) == min(2, len(ok))
+    assert picked == select_parents(nodes, 2, seed=seed)
+    for s in score(nodes, sorted((n for n in nodes if n.id in ok), key=lambda n: n.id),
+                   objectives=("overall",)):
+        assert np.isfinite([s.value, s.mu, s.sd, s.fitness]).all() and s.sd >= 0
