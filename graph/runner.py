@@ -482,7 +482,9 @@ def _stream(app, state, config, ctx: Context, console: Console, quiet: bool) -> 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     total = ctx.candidates + 1
-    done = len(app.get_state(config).values.get("finished", [])) if state is None else 0
+    saved = app.get_state(config).values if state is None else state
+    done = len(saved.get("finished", [])) if state is None else 0
+    rnd = saved.get("round", 0)   # the round in flight, from round_end's updates
     best: float | None = None
     run_id = config["metadata"]["run_id"]
     spend = _spend(ctx, run_id)
@@ -499,8 +501,9 @@ def _stream(app, state, config, ctx: Context, console: Console, quiet: bool) -> 
                 _log_progress(console, (update or {}).get("verl_progress"))
                 continue
             for node, value in (update or {}).items():
-                where = "round ?" if not ns else ns[0].split(":")[0]
-                bar.update(task, description=f"{node} ({where}); best {_fmt(best)}{spend}")
+                if node == "round_end" and isinstance(value, dict) and "round" in value:
+                    rnd = value["round"]
+                bar.update(task, description=f"{node} (round {rnd}); best {_fmt(best)}{spend}")
                 if node == "archive" and value:
                     spend = _spend(ctx, run_id)
                     for c in value.get("finished", []):

@@ -31,6 +31,11 @@ def test_compare_writes_table_json_and_plots_and_resumes(tiny_warm, tiny_train_c
         assert (out / png).stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "dOverall" in printed and "sign_flip" in printed
+    assert "final val metrics" in printed              # the table says the split it scores
+    from rich.console import Console
+    recorded = Console(record=True, width=400)
+    compare.print_table(rows, recorded, "test")
+    assert "final test metrics" in recorded.export_text()
     runs = sorted((out / "runs").glob("*.json"))
     assert len(runs) == 6
     stamps = [p.stat().st_mtime_ns for p in runs]
@@ -110,3 +115,4 @@ def test_bench_engines_bad_flags_exit_2(tmp_path, capsys):
         assert e.value.code == 2
         assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+

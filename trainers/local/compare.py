@@ -94,10 +94,10 @@ def _ci(ci) -> dict:
             "text": format_ci(ci) if np.isfinite(ci.ci_low) else f"{ci.mean:+.1f} [n=1]"}
 
 
-def print_table(rows: list[dict], console: Console) -> None:
+def print_table(rows: list[dict], console: Console, split: str = "val") -> None:
     base = rows[0]["algorithm"]
-    t = Table(title=f"Embedded testbed: final val metrics (mean over seeds); deltas vs {base}, "
-                    "paired 95% CI", show_lines=False)
+    t = Table(title=f"Embedded testbed: final {split} metrics (mean over seeds); deltas vs "
+                    f"{base}, paired 95% CI", show_lines=False)
     for col in ["algorithm", "seeds", "Overall", *[f.name for f in FAMILIES],
                 f"{HARD_FAMILY} pass@{PASS_K}", "AUC", "length", "valid%", "validAUC",
                 "dOverall", "dAUC", "dLength", "dValidAUC", "CPU-s/seed"]:
@@ -299,7 +299,7 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
     results = run_jobs(jobs, args.workers, args.out / "runs", quiet=args.quiet,
                        timeout_s=args.timeout)
     rows = summarize(results, labels, seeds)
-    print_table(rows, console)
+    print_table(rows, console, args.split)
     if args.loggers:
         where = track(results, args.out, args.loggers, args.tracking_uri,
                       {"algorithms": ",".join(labels), "split": args.split,
