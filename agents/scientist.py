@@ -88,14 +88,15 @@ def propose(model: Any | None, directive: str, evidence: Sequence[dict], *,
             parent_signature: str | None, reference_signatures: Sequence[str],
             rng: Any, parent_code: str = "", parent_summary: str = "",
             references: Sequence[Any] = (), taken_names: Iterable[str] = (),
-            budget: Any = None, backend: str = "", excluded_genes: Sequence[str] = ()
-            ) -> Proposal:
+            budget: Any = None, backend: str = "", excluded_genes: Sequence[str] = (),
+            compose_rate: float = 0.0) -> Proposal:
     """The scientist's proposal for a child of the parent: the LLM's (``model``) from
     the parent's code and summary, the evidence and the archive ``references``; without
     a model, the builtin draw from the parent's genome (GRPO's when it has none), the
     evidence and the reference genomes, under ``rng``. The proposal's ``evidence_shown``
     and ``references_shown`` say which reflections and candidates the scientist saw.
-    ``excluded_genes``: catalog genes (slot=kind, or "paper") the builtin draw may not use."""
+    ``excluded_genes``: catalog genes (slot=kind, or "paper") the builtin draw may not use;
+    ``compose_rate``: how often its reward / normalization mutations compose expressions."""
     if model is not None:
         return propose_llm(model, parent_code, parent_summary, directive, evidence,
                            references, taken_names=taken_names, budget=budget,
@@ -106,7 +107,8 @@ def propose(model: Any | None, directive: str, evidence: Sequence[dict], *,
     parent = Genome.from_signature(parent_signature) if parent_signature else Genome.grpo()
     refs = [Genome.from_signature(sig) for sig in reference_signatures]
     proposal = builtin.propose(parent, directive, evidence, refs, rng,
-                               excluded=excluded_kinds(excluded_genes))
+                               excluded=excluded_kinds(excluded_genes),
+                               compose=compose_rate)
     return proposal.model_copy(update={"evidence_shown": _ids(evidence, "reflection_id")})
 
 

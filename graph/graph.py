@@ -229,7 +229,8 @@ def scientist(state: CandidateState, runtime: Runtime[Context]) -> dict:
         proposal = propose(model, state["directive"], state["evidence"],
                            parent_signature=state.get("parent_signature"),
                            reference_signatures=state.get("references", []),
-                           rng=_rng(state, ctx), excluded_genes=ctx.exclude_genes, **llm)
+                           rng=_rng(state, ctx), excluded_genes=ctx.exclude_genes,
+                           compose_rate=ctx.compose_rate, **llm)
     return {"proposal": proposal.state()}
 
 

@@ -36,5 +36,6 @@ class RunRequest:
     replay_to: str | None = None      # the replay's home (default <home>/replays/run-N)
     selection: str | None = None      # gpucb | potential | greedy (None: gpucb; a resume: saved)
     exclude_genes: list[str] | None = None  # catalog genes the builtin scientist may not use
+    compose_rate: float | None = None  # P(a builtin mutation composes); None: 0.3 (a resume: saved)
     from_runs: list[int] | None = None  # start from these runs' evaluated candidates
     device: str | None = None         # auto | cpu | cuda[:N]; None: cpu (a resume: saved)

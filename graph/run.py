@@ -44,6 +44,16 @@ def gene_names_arg(text: str) -> list[str]:
     return names
 
 
+def rate_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1]")
+    return value
+
+
 def parse_args(argv=None) -> RunRequest:
     from memory.cli import Parser  # one-line errors, exit code 2
     from memory.selection import RULES
@@ -110,6 +120,10 @@ def parse_args(argv=None) -> RunRequest:
                    metavar="GENES", help="an ablation: catalog genes the builtin scientist "
                    "may not use, comma-separated slot=kind, or 'paper' (validity masking, "
                    "analytic variance, correctness-gated length)")
+    p.add_argument("--compose-rate", type=rate_arg, default=None, metavar="P",
+                   help="how often the builtin scientist's reward / normalization mutation "
+                   "composes a new expression from primitives instead of drawing a catalog "
+                   "gene (default 0.3; 0: the catalog only)")
     p.add_argument("--device", default=None, metavar="DEV",
                    help="where the local trainer trains: auto (default: cuda when "
                         "available, else cpu), cpu, cuda or cuda:N; on CUDA the GPU preset "

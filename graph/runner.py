@@ -86,6 +86,11 @@ def prepare(request: RunRequest):
     ctx.selection = request.selection or ctx.selection
     ctx.from_runs = list(dict.fromkeys(request.from_runs or ctx.from_runs or []))
     ctx.exclude_genes = list(request.exclude_genes or ctx.exclude_genes or [])
+    if request.compose_rate is not None:
+        ctx.compose_rate = request.compose_rate
+    if not (isinstance(ctx.compose_rate, (int, float)) and 0 <= ctx.compose_rate <= 1):
+        raise UsageError(f"compose_rate must be a probability in [0, 1], got "
+                         f"{ctx.compose_rate!r}")
     if ctx.exclude_genes and ctx.models.get("scientist", "builtin") != "builtin":
         raise UsageError("--without-genes removes genes from the builtin scientist's "
                          "catalog; an LLM scientist writes free-form code (drop --model)")
@@ -131,6 +136,11 @@ def _prepare_resume(request: RunRequest, home: Path, archive):
     ctx.home = str(home)
     if "selection" not in run.config.get("context", {}):
         ctx.selection = "potential"   # a run from before GP-UCB keeps the rule it began with
+    if "compose_rate" not in run.config.get("context", {}):
+        ctx.compose_rate = 0.0        # nor did its scientist compose expressions
+    if request.compose_rate not in (None, ctx.compose_rate):
+        raise UsageError(f"run {run_id} composes with rate {ctx.compose_rate:g}; a resumed "
+                         "run keeps its own (start a new run for --compose-rate)")
     if request.selection not in (None, ctx.selection):
         raise UsageError(f"run {run_id} selects parents with {ctx.selection!r}; a resumed run "
                          f"keeps its rule (start a new run for --selection {request.selection})")

@@ -6,7 +6,8 @@ each seed's fitness; ``signature``: the genes; ``text``: name, proposal and code
 the eligible nodes (evaluated, finite fitness) of the pool:
 
 **Features.** A genome is a binary vector over the tokens ``slot=kind`` and
-``slot=kind.param=value`` of its genes, so two genomes that differ in one parameter share
+``slot=kind.param=value`` of its genes (and ``slot=kind.param:token`` per token of a composed
+expression), so two genomes that differ in one parameter share
 the kind token and ``||x_i - x_j||^2`` counts the tokens they do not share. When any node
 has no genes (LLM-written code), every node is instead the all-MiniLM-L6-v2 embedding
 (unit norm) of its ``text``: ``||x_i - x_j||^2 = 2 (1 - cos)``.
@@ -96,13 +97,18 @@ class GPScore:
 
 
 def gene_tokens(signature: frozenset[str]) -> set[str]:
-    """``slot=kind`` and ``slot=kind.param=value`` for each gene ``slot=kind(p=v,...)``."""
+    """``slot=kind`` and ``slot=kind.param=value`` for each gene ``slot=kind(p=v,...)``;
+    a composed expression (a value of several tokens) adds ``slot=kind.param:token`` per
+    distinct token, so two expressions that share primitives and operators are near."""
     out = set()
     for gene in signature:
         head, _, rest = gene.partition("(")
         out.add(head)
         for pair in filter(None, rest.rstrip(")").split(",")):
             out.add(f"{head}.{pair.strip()}")
+            name, _, value = pair.strip().partition("=")
+            if " " in value:
+                out.update(f"{head}.{name}:{tok}" for tok in value.split())
     return out
 
 

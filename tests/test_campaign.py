@@ -16,6 +16,7 @@ ARGS = ["--candidates", "2", "--width", "2", "--screen-steps", "2", "--screen-se
         "--steps", "3", "--promote", "1", "--promote-seeds", "2", "--rank-sample", "1",
         "--seeds", "2", "--confirm-seeds", "3",
         "--baselines", "grpo,rloo", "--selection", "greedy", "--without-genes", "paper",
+        "--compose-rate", "1", "--seed", "3",
         "--rediscovery", "--no-smoke", "--config", str(TINY), "--quiet"]
 
 
@@ -90,12 +91,24 @@ def test_campaign_writes_every_stage(campaign):
     md = (out / "campaign.md").read_text()
     assert "Wall time: search" in md
     # the ablation settings reach the search run, and the report says them
-    assert "Search: parent selection `greedy`; catalog without paper." in md
+    assert ("Search: parent selection `greedy`; catalog without paper; composition rate 1."
+            in md)
+    # composed mechanisms: counted over the search, shown with math and code when promoted
+    composed = data["composed"]
+    assert composed["candidates"] == 3 and "## Composed mechanisms" in md
+    assert f"{composed['with_composed']} of the search's 3 candidates" in md
+    # search seed 3's two candidates both carry a composed reward; both reach promotion
+    # (one promoted, one sampled), so the report shows their math and code
+    assert composed["with_composed"] == 2 and len(composed["promoted"]) == 2
+    for c in composed["promoted"]:
+        assert c["name"] in names and c["code"] and c["code"].strip() in md
+        assert all(g["catalog_match"] is None and f"`{g['math']}`" in md for g in c["genes"])
     from agents.builtin.genes import PAPER_GENES
     from memory.archive import Archive
     with Archive(tmp / "home") as a:
         ctx = a.run(data["run_id"]).config["context"]
         assert ctx["selection"] == "greedy" and ctx["exclude_genes"] == ["paper"]
+        assert ctx["compose_rate"] == 1.0
         genes = {g.split("(")[0] for c in a.candidates(data["run_id"]) for g in c.info.genes or []}
         assert genes and not genes & set(PAPER_GENES)
     assert "Held-out test split" in md and "Rediscovery" in md and "Lineage" in md
@@ -147,6 +160,7 @@ def test_rerun_resumes_without_training_again(campaign):
     (["--rank-sample", "-1"], "--rank-sample must be 0 or more"),
     (["--selection", "best"], "invalid choice: 'best'"),
     (["--without-genes", "kl=bogus"], "unknown gene 'kl=bogus'"),
+    (["--compose-rate", "-1"], "'-1' is not a probability in [0, 1]"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     r = _campaign(tmp_path, *args)

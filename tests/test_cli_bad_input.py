@@ -65,6 +65,10 @@ CASES = {
                                "--without-genes removes genes from the builtin",
                                env={"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL":
                                     f"http://127.0.0.1:{CLOSED}/v1"}),
+    "run-compose-rate": Case("graph.run", [*DIRECTIVE, "--compose-rate", "1.5"],
+                             "'1.5' is not a probability in [0, 1]"),
+    "run-compose-rate-config": Case("graph.run", [*DIRECTIVE, "--config", "{dir}/rate.json"],
+                                    "compose_rate must be a probability in [0, 1], got 3"),
     "run-selection-setting": Case("graph.run", [*DIRECTIVE, "--config", "{dir}/sel.json"],
                                   "not settings of the 'gpucb' rule"),
     "run-model-no-key": Case("graph.run", [*DIRECTIVE, "--model", "openai:gpt-4.1-mini"],
@@ -197,6 +201,7 @@ def _setup(name: str, case: Case, base: Path) -> tuple[Path, Path, list[str]]:
         (home / "archive.db").write_bytes(b"\x00garbage, not SQLite\xff" * 500)
     (case_dir / "cfg.json").write_text('{"bogus": 1}')
     (case_dir / "sel.json").write_text('{"selection_config": {"bogus": 1}}')
+    (case_dir / "rate.json").write_text('{"compose_rate": 3}')
     args = [a.format(home=home, dir=case_dir) for a in case.args]
     if case.module == "trainers.local.compare":
         args += ["--home", str(home)] if case.home == "under_file" else []

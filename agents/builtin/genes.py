@@ -12,6 +12,7 @@ trainers/baselines/ (tests/test_builtin_agents.py).
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass, fields, replace
 from typing import Iterator, Union
@@ -27,6 +28,8 @@ class Param:
     name: str
     values: tuple[Value, ...]   # the allowed values, ordered low to high for numbers
     default: Value
+    site: str = ""              # an expression of this site (agents/builtin/expr.py)
+                                # instead of a value from ``values``
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,12 @@ for _s in (
           "r = 1[correct] - {penalty} * 1[invalid]",
           "separates a broken format from a wrong but well-formed answer, so the policy "
           "is pushed to keep the format", Param("penalty", (0.25, 0.5, 1.0), 0.5)),
+    _spec("reward", "expr", "rx",
+          "composed reward r = {f}, built by the builtin scientist from primitives",
+          "r = {f}",
+          "is a reward composed from primitives (correctness, validity, L/L_max, step, "
+          "group success rate), not a catalog gene",
+          Param("f", ("correct",), "correct", site="reward")),
     _spec("reward", "overlong", "ol",
           "DAPO soft overlong penalty: linear from 0 to -1 over the last {cache} of the "
           "response budget",
@@ -146,6 +155,13 @@ for _s in (
           "(r_i - b_i) / (sqrt(m(1-m)(a+b)/(a+b+1)) + 1e-6)",
           "shrinks each group's success rate toward the batch's, so small groups get a "
           "calibrated scale", Param("strength", (1.0, 2.0, 4.0), 2.0)),
+    _spec("normalization", "expr", "nx",
+          "advantage divided by a composed group scale s_g = {f}, floored at 0.05, built "
+          "by the builtin scientist from primitives",
+          "A_i = (r_i - b_i) / max(s_g, 0.05),  s_g = {f}",
+          "is an advantage scale composed from group statistics (reward std, success "
+          "rate p, p(1-p), reward range, step), not a catalog gene",
+          Param("f", ("std",), "std", site="scale")),
     # ------------------------------------------------------------------ group filtering
     _spec("filtering", "none", "", "every group is kept", "", "keeps every group"),
     _spec("filtering", "zero_variance", "zf",
@@ -238,6 +254,47 @@ def excluded_kinds(names) -> frozenset[tuple[str, str]]:
     return frozenset(out)
 
 
+# Catalog genes the expression grammar can write, as (slot, kind) -> the expression of
+# the gene with these parameters (agents/builtin/expr.py). A composed gene equal to one
+# of them on the probes is that catalog gene, not an invention.
+AS_EXPRESSION = {
+    ("reward", "plain"): lambda p: "correct",
+    ("reward", "gated_length"): lambda p: f"mul correct onem mul {p['alpha']:g} lfrac",
+    ("reward", "uniform_length"): lambda p: f"sub correct mul {p['alpha']:g} lfrac",
+    ("reward", "format_penalty"): lambda p: f"sub correct mul {p['penalty']:g} onem valid",
+    ("normalization", "group_std"): lambda p: "std",
+    ("normalization", "none"): lambda p: "1",
+    ("normalization", "bernoulli"): lambda p: "sqrt pq" if p["prior"] == 1.0 else None,
+}
+EXPRESSION_SITES = {"reward": "reward", "normalization": "scale"}
+
+
+def as_expression(g: "Gene") -> str | None:
+    """``g`` as an expression text of its slot's site, or None when the grammar cannot
+    write it (or the slot takes no expression)."""
+    if g.composed:
+        return g["f"]
+    fn = AS_EXPRESSION.get((g.slot, g.kind))
+    return fn(dict(g.params)) if fn else None
+
+
+def catalog_match(g: "Gene", excluded=frozenset()) -> "Gene | None":
+    """The catalog gene (kinds in ``excluded`` left out) whose expression has composed
+    gene ``g``'s ``expr.shape`` (the same signal up to the shifts and scales GRPO's
+    normalization undoes), or None: ``g`` is new to the catalog."""
+    from agents.builtin import expr
+
+    site = EXPRESSION_SITES[g.slot]
+    mine = expr.shape(expr.parse(g["f"], site), site)
+    for other in all_genes(g.slot):
+        if other.composed or (other.slot, other.kind) in excluded:
+            continue
+        text = as_expression(other)
+        if text is not None and expr.shape(expr.parse(text, site), site) == mine:
+            return other
+    return None
+
+
 def spec(slot: str, kind: str) -> GeneSpec:
     if slot not in CATALOG:
         raise KeyError(f"unknown slot {slot!r}; slots: {', '.join(SLOTS)}")
@@ -261,10 +318,21 @@ class Gene:
         if names != tuple(p.name for p in s.params):
             raise ValueError(f"gene {self.slot}.{self.kind} needs parameters "
                              f"{[p.name for p in s.params]}, got {list(names)}")
+        canonical = []
         for name, value in self.params:
-            if value not in s.param(name).values:
+            site = s.param(name).site
+            if site:  # an expression: parsed, simplified and written canonically
+                from agents.builtin import expr
+
+                try:
+                    value = expr.unparse(expr.simplify(expr.parse(value, site)))
+                except expr.ExprError as e:
+                    raise ValueError(f"gene {self.slot}.{self.kind}: {name}: {e}") from None
+            elif value not in s.param(name).values:
                 raise ValueError(f"gene {self.slot}.{self.kind}: {name}={value!r} is not "
                                  f"one of {s.param(name).values}")
+            canonical.append((name, value))
+        object.__setattr__(self, "params", tuple(canonical))
 
     @property
     def spec(self) -> GeneSpec:
@@ -285,14 +353,30 @@ class Gene:
             return self.kind
         return f"{self.kind}({','.join(f'{n}={_fmt(v)}' for n, v in self.params)})"
 
+    @property
+    def composed(self) -> bool:
+        """The gene carries an expression the scientist composed (agents/builtin/expr.py)."""
+        return any(p.site for p in self.spec.params)
+
+    def _shown(self) -> dict[str, Value]:
+        """Parameter values for the texts: an expression as infix math."""
+        out = dict(self.params)
+        for p in self.spec.params:
+            if p.site:
+                from agents.builtin import expr
+
+                out[p.name] = expr.infix(expr.parse(out[p.name], p.site),
+                                         {"lfrac": "L/L_max"})
+        return out
+
     def words(self) -> str:
-        return self.spec.words.format(**dict(self.params))
+        return self.spec.words.format(**self._shown())
 
     def math(self) -> str:
-        return self.spec.math.format(**dict(self.params))
+        return self.spec.math.format(**self._shown())
 
     def effect(self) -> str:
-        return self.spec.effect.format(**dict(self.params))
+        return self.spec.effect.format(**self._shown())
 
 
 def gene(slot: str, kind: str, **params: Value) -> Gene:
@@ -432,7 +516,9 @@ class Genome:
             if g == r:
                 continue
             abbrev = g.spec.abbrev or g.kind.replace("_", "")
-            if g.kind == r.kind:  # same mechanism, other values: name the first change
+            if g.composed:  # an expression: a short stable digest of it
+                abbrev += hashlib.sha1(g.label().encode()).hexdigest()[:4]
+            elif g.kind == r.kind:  # same mechanism, other values: name the first change
                 abbrev += next(_compact(v) for (_, v), (_, rv) in zip(g.params, r.params)
                                if v != rv)
             elif s == "schedule":
@@ -483,5 +569,5 @@ BASELINE_GENOMES: dict[str, Genome] = {
     "rloo": Genome.grpo().with_genes(gene("baseline", "loo"), gene("normalization", "none")),
 }
 
-__all__ = ["SLOTS", "CATALOG", "SCHEDULE_TARGETS", "Param", "GeneSpec", "Gene", "Genome",
+__all__ = ["SLOTS", "CATALOG", "as_expression", "catalog_match", "EXPRESSION_SITES", "SCHEDULE_TARGETS", "Param", "GeneSpec", "Gene", "Genome",
            "gene", "all_genes", "spec", "BASELINE_GENOMES"]

@@ -138,6 +138,10 @@ def _shape_reward(genome: "Genome", constants: list[str]) -> str:
         constants.append(f"FORMAT_PENALTY = {r['penalty']!r}")
         lines += [f"    penalty = {_coef(genome, 'format_penalty', 'FORMAT_PENALTY')}",
                   "    return batch.correct.float() - penalty * (~batch.valid).float()  # (N,)"]
+    elif r.kind == "expr":
+        from agents.builtin import expr
+
+        lines += expr.render_reward(expr.parse(r["f"], "reward"))
     elif r.kind == "overlong":
         constants.append(f"OVERLONG_CACHE_FRACTION = {r['cache']!r}")
         lines += [
@@ -187,7 +191,7 @@ def _compute_advantages(genome: "Genome", constants: list[str]) -> str:
     else:  # pragma: no cover
         raise ValueError(f"no renderer for baseline gene {base_kind!r}")
     # scale (N,) and advantage
-    if norm_kind != "none":
+    if norm_kind not in ("none", "expr"):
         constants.append("EPS = 1e-6")
     if norm_kind == "group_std":
         lines += [
@@ -205,6 +209,12 @@ def _compute_advantages(genome: "Genome", constants: list[str]) -> str:
             "    adv = centered / (std + EPS)                                      # (N,)"]
     elif norm_kind == "none":
         lines.append("    adv = rewards - base                                              # (N,)")
+    elif norm_kind == "expr":
+        from agents.builtin import expr
+
+        constants.append(f"SCALE_FLOOR = {expr.SCALE_FLOOR!r}")
+        lines += expr.render_scale(expr.parse(genome.normalization["f"], "scale"))
+        lines.append("    adv = (rewards - base) / scale[group]                             # (N,)")
     elif norm_kind in ("bernoulli", "beta"):
         lines += ["    succ = w * batch.correct.to(rewards.dtype)  # (N,) successes that count",
                   "    k = rewards.new_zeros(g).index_add_(0, group, succ)  # (B,)"]

@@ -13,6 +13,11 @@ The search is random under the caller's ``random.Random`` and biased, never scri
   or the same kind with one parameter moved (toward the preferred direction, if any).
 - crossover takes each differing slot from one of two archive genomes, the second
   parent's gene with probability sigmoid(score difference).
+- composition: with probability ``compose`` (the run's ``compose_rate``) a mutation of
+  the reward or normalization slot writes a new expression over primitives instead
+  (agents/builtin/expr.py: one or two random edits of the current gene's expression);
+  one with the signal of a catalog gene the search may draw is redrawn, so what comes
+  out is a mechanism the catalog does not hold.
 - novelty: a genome whose signature is the parent's or any archive reference's is
   redrawn, up to ``max_tries`` times, then with larger unbiased jumps; ``NoNovelProposal``
   if even those all collide.
@@ -27,8 +32,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from agents.builtin.genes import (CATALOG, SCHEDULE_TARGETS, SLOT_TITLES, SLOTS, Gene,
-                                  Genome, gene)
+from agents.builtin import expr
+from agents.builtin.genes import (CATALOG, EXPRESSION_SITES, SCHEDULE_TARGETS, SLOT_TITLES,
+                                  SLOTS, Gene, Genome, as_expression, catalog_match, gene)
 from agents.proposal import Proposal  # what propose returns: kind, genome and parents set
 
 CROSSOVER_RATE = 0.3
@@ -127,6 +133,7 @@ class Preferences:
     exploit: bool = False
     revert: bool = False
     excluded: frozenset = frozenset()   # (slot, kind) the catalog lacks (an ablation)
+    compose: float = 0.0                # P(a reward / normalization mutation composes)
 
     def add(self, rule: Rule, weight: float, reason: str) -> None:
         if rule.value is not None:
@@ -272,13 +279,42 @@ def _tweak_weight(prefs: Preferences, g: Gene) -> float:
     return (2.0 if prefs.exploit else 1.0) * math.exp(KIND_TEMPERATURE * min(pull, 6.0))
 
 
+def _composable(prefs: Preferences, slot: str) -> bool:
+    return prefs.compose > 0 and slot in EXPRESSION_SITES \
+        and (slot, "expr") not in prefs.excluded
+
+
+def compose_gene(rng: random.Random, prefs: Preferences, current: Gene) -> Gene | None:
+    """A composed gene for ``current``'s slot: 1-2 expression mutations (agents/builtin/
+    expr.py) of current's expression (the site's plainest one when the grammar cannot
+    write current), admissible, a different signal than current's and than every
+    catalog gene the search may draw (``catalog_match``). None when 60 draws fail."""
+    site = EXPRESSION_SITES[current.slot]
+    start = expr.parse(as_expression(current) or CATALOG[current.slot]["expr"].params[0]
+                       .default, site)
+
+    def known(node) -> bool:
+        return catalog_match(gene(current.slot, "expr", f=expr.unparse(node)),
+                             prefs.excluded) is not None
+
+    node = expr.compose(rng, start, site, reject=known, changes=1 + (rng.random() < 0.5))
+    return None if node is None else gene(current.slot, "expr", f=expr.unparse(node))
+
+
 def mutate_gene(rng: random.Random, prefs: Preferences, current: Gene) -> Gene:
-    """A different gene for ``current``'s slot: another kind, or one parameter moved."""
+    """A different gene for ``current``'s slot: another kind, or one parameter moved;
+    in a slot that takes expressions, with probability ``prefs.compose`` (0.6 when
+    current is composed) a composed gene (``compose_gene``)."""
     slot = current.slot
-    options = [k for k in CATALOG[slot]
-               if k != current.kind and (slot, k) not in prefs.excluded]
+    if _composable(prefs, slot) and rng.random() < (0.6 if current.composed
+                                                    else prefs.compose):
+        composed = compose_gene(rng, prefs, current)
+        if composed is not None:
+            return composed
+    options = [k for k in CATALOG[slot] if k != current.kind
+               and (slot, k) not in prefs.excluded and k != "expr"]
     weights = [_kind_weight(prefs, slot, k) for k in options]
-    tweak = _tweak_weight(prefs, current)
+    tweak = 0.0 if current.composed else _tweak_weight(prefs, current)
     choice = _weighted(rng, options + ["<tweak>"], weights + [tweak])
     if choice != "<tweak>":
         return _new_kind_gene(rng, prefs, slot, choice)
@@ -293,8 +329,9 @@ def mutate_gene(rng: random.Random, prefs: Preferences, current: Gene) -> Gene:
 
 def _changeable(prefs: Preferences, g: Gene) -> bool:
     """Another kind is allowed in g's slot, or one of g's parameters can move."""
-    return any(k != g.kind and (g.slot, k) not in prefs.excluded for k in CATALOG[g.slot]) \
-        or any(len(p.values) > 1 for p in g.spec.params)
+    return any(k != g.kind and (g.slot, k) not in prefs.excluded and k != "expr"
+               for k in CATALOG[g.slot]) \
+        or any(len(p.values) > 1 for p in g.spec.params) or _composable(prefs, g.slot)
 
 
 def _slot_weight(prefs: Preferences, genome: Genome, slot: str) -> float:
@@ -328,7 +365,7 @@ def mutate(rng: random.Random, prefs: Preferences, parent: Genome,
            n_changes: int | None = None, biased: bool = True) -> Genome:
     if n_changes is None:
         n_changes = 1 if prefs.exploit else 1 + (rng.random() < 0.35) + (rng.random() < 0.1)
-    neutral = Preferences(excluded=prefs.excluded)
+    neutral = Preferences(excluded=prefs.excluded, compose=prefs.compose)
     p = prefs if biased else neutral
     slots = {s: getattr(parent, s) for s in SLOTS}
     remaining = [s for s in SLOTS if _changeable(p, slots[s])]
@@ -362,13 +399,17 @@ def crossover(rng: random.Random, prefs: Preferences, a: Genome, b: Genome) -> G
 
 def propose(parent: Genome | None, directive: str, reflections: list[dict],
             archive_refs: list[Genome], rng: random.Random, *,
-            max_tries: int = MAX_TRIES, excluded: frozenset = frozenset()) -> Proposal:
+            max_tries: int = MAX_TRIES, excluded: frozenset = frozenset(),
+            compose: float = 0.0) -> Proposal:
     """A novel genome, by mutation of ``parent`` (GRPO if None) or crossover with an
     archive reference, with a hypothesis that states the change and the evidence.
-    ``excluded``: (slot, kind) pairs no child may carry (``genes.excluded_kinds``)."""
+    ``excluded``: (slot, kind) pairs no child may carry (``genes.excluded_kinds``);
+    ``compose``: the probability that a reward or normalization mutation composes a new
+    expression from primitives instead of drawing a catalog gene (0: catalog only)."""
     base = parent or Genome.grpo()
     prefs = preferences(base, directive, reflections)
     prefs.excluded = frozenset(excluded)
+    prefs.compose = float(compose)
     seen = {g.signature() for g in archive_refs} | {base.signature()}
     mates = _distinct([g for g in archive_refs if g.signature() != base.signature()])
     pool = [base] + mates if parent is not None else _distinct(list(archive_refs))
@@ -410,15 +451,19 @@ def _proposal(child: Genome, kind: str, parents: list[Genome], prefs: Preference
             "combine.")
     for s in changes:
         old, new = getattr(first, s), getattr(child, s)
-        sentences.append(f"{SLOT_TITLES[s]}: {old.label()} -> {new.label()}; this "
+        shown = f"composed [{new.math()}]" if new.composed else new.label()
+        sentences.append(f"{SLOT_TITLES[s]}: {old.label()} -> {shown}; this "
                          f"{new.effect()}.")
         why = prefs.why(new)
         rationale += [f"{s}: {r}" for r in why]
-        if not why:
+        if new.composed and new != old:
+            rationale.append(f"{s}: composed from primitives, an expression mutation of "
+                             f"{old.label()} (not a catalog gene)")
+        elif not why:
             rationale.append(f"{s}: exploration (no evidence for or against)")
     goal = directive.strip() or "the default objective"
     because = "; ".join(dict.fromkeys(r.split(": ", 1)[1] for r in rationale
-                                      if "exploration" not in r))
+                                      if "exploration" not in r and "composed" not in r))
     sentences.append(f"Hypothesis: the child beats its parent on {goal!r}"
                      + (f" ({because})." if because else ", an untested direction."))
     return Proposal(name=child.slug(), hypothesis=" ".join(sentences),
@@ -428,4 +473,4 @@ def _proposal(child: Genome, kind: str, parents: list[Genome], prefs: Preference
 
 
 __all__ = ["Proposal", "propose", "preferences", "Preferences", "mutate", "crossover",
-           "mutate_gene", "NoNovelProposal", "TAG_RULES", "DIRECTIVE_RULES"]
+           "mutate_gene", "compose_gene", "NoNovelProposal", "TAG_RULES", "DIRECTIVE_RULES"]

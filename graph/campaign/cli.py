@@ -14,9 +14,9 @@ from rich.console import Console
 import graph.campaign as package
 from evals.objective import ObjectiveSpec
 from graph.campaign.report import plot_best_so_far, print_summary, verdicts, write_report
-from graph.campaign.stages import (CampaignError, State, lineage, load_config, mechanism,
-                                   promote, rediscovery, search, test_stage)
-from graph.run import gene_names_arg
+from graph.campaign.stages import (CampaignError, State, composed, lineage, load_config,
+                                   mechanism, promote, rediscovery, search, test_stage)
+from graph.run import gene_names_arg, rate_arg
 from memory.selection import RULES
 from trainers.home import resolve_home
 
@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--without-genes", dest="exclude_genes", type=gene_names_arg, default=None,
                    metavar="GENES", help="the catalog ablation: genes the builtin scientist "
                    "may not use (slot=kind, comma-separated, or 'paper')")
+    p.add_argument("--compose-rate", type=rate_arg, default=None, metavar="P",
+                   help="how often the builtin scientist composes a new reward / "
+                   "normalization expression from primitives (default 0.3; 0: catalog only)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--no-smoke", action="store_true", help="skip the verifier's smoke run")
     args = p.parse_args(argv)
@@ -158,6 +161,8 @@ def _main(args, console: Console) -> int:
                                              if k != "winner_source"},
                "test": test, "lineage": lineage(home, run_id, prom["winner"]),
                "mechanism": mechanism(home, run_id, prom["winner"]),
+               "composed": composed(home, run_id, [r["name"] for r in prom["rows"]
+                                                   + prom.get("sampled_rows", [])]),
                "rediscovery": redis, "compute": compute,
                "verdicts": verdicts(test, args.margin)}
     (args.out / "campaign.json").write_text(json.dumps(payload, indent=2, default=str))

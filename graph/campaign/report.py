@@ -144,7 +144,8 @@ def write_report(out: Path, payload: dict) -> Path:
              f"Command: `{payload['command']}`", "",
              f"Search: parent selection `{payload['args'].get('selection', 'gpucb')}`; "
              "catalog " + (f"without {', '.join(payload['args']['exclude_genes'])}"
-                           if payload["args"].get("exclude_genes") else "complete") + ".", "",
+                           if payload["args"].get("exclude_genes") else "complete")
+             + f"; composition rate {_rate(payload['args'].get('compose_rate'))}.", "",
              "## Verdict (held-out test split)", "", *verdict_lines(payload), "",
              "## Held-out test split "
              f"({len(t['seeds'])} paired seeds {t['seeds'][0]}..{t['seeds'][-1]}"
@@ -189,6 +190,7 @@ def write_report(out: Path, payload: dict) -> Path:
         lines.append(f"| {name} | {r['fitness']:.1f} | {r['overall']:.1f} | "
                      f"{r['length']:.1f} | {r['seeds']} | {screen} |")
     lines += ["", rank_line(payload["promote"].get("screen_vs_promotion"))]
+    lines += composed_lines(payload.get("composed"))
     if payload.get("rediscovery"):
         lines += ["", "## Rediscovery", ""]
         for k, v in payload["rediscovery"].items():
@@ -214,6 +216,30 @@ def write_report(out: Path, payload: dict) -> Path:
     path = out / "campaign.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _rate(rate) -> str:
+    return "0.3 (the default)" if rate is None else f"{rate:g}"
+
+
+def composed_lines(comp: dict | None) -> list[str]:
+    """The promoted (and sampled) candidates whose mechanism the scientist composed from
+    primitives rather than drew from the catalog: math and code."""
+    if not comp:
+        return []
+    lines = ["", "## Composed mechanisms", "",
+             f"{comp['with_composed']} of the search's {comp['candidates']} candidates carry "
+             "a gene composed from primitives (agents/builtin/expr.py); "
+             f"{len(comp['promoted'])} of them reached promotion."]
+    for c in comp["promoted"]:
+        lines += ["", f"### {c['name']}", ""]
+        for g in c["genes"]:
+            same = (f"computes the signal of the catalog's {g['slot']}={g['catalog_match']}"
+                    if g["catalog_match"] else "no catalog gene computes this signal")
+            lines.append(f"- {g['slot']}: `{g['math']}` ({same}; expression "
+                         f"`{g['expression']}`)")
+        lines += ["", "```python", c["code"].rstrip(), "```"]
+    return lines
 
 
 def rank_line(rc: dict | None) -> str:

@@ -86,6 +86,7 @@ def search(args, home: Path, state: State, console: Console) -> int:
                                  seeds=args.screen_seeds,
                                  width=args.width, seed=args.seed, quiet=args.quiet,
                                  selection=args.selection, exclude_genes=args.exclude_genes,
+                                 compose_rate=args.compose_rate,
                                  smoke=not args.no_smoke, config=args.config)
             holder = {}
 
@@ -349,6 +350,29 @@ def lineage(home: Path, run_id: int, name: str) -> list[dict]:
             path = path[::-1]
         return [{"id": c.id, "name": c.name, "generation": c.generation,
                  "fitness": c.fitness} for c in path]
+
+
+def composed(home: Path, run_id: int, names: list[str]) -> dict:
+    """How many of the run's candidates carry a gene the builtin scientist composed from
+    primitives, and for each of ``names`` (the promoted and sampled ones) that does: its
+    composed genes' math, whether a catalog gene computes the same signal, and its code."""
+    from agents.builtin.genes import Genome, catalog_match
+    from memory.archive import Archive
+
+    with Archive(home) as a:
+        cands = a.candidates(run_id)
+    total, shown = 0, []
+    for cand in cands:
+        sig = cand.info.signature
+        genes = [g for g in Genome.from_signature(sig).genes() if g.composed] if sig else []
+        total += bool(genes)
+        if genes and cand.name in names:
+            match = [catalog_match(g) for g in genes]
+            shown.append({"name": cand.name, "code": cand.code or "",
+                          "genes": [{"slot": g.slot, "expression": g["f"], "math": g.math(),
+                                     "catalog_match": m.label() if m else None}
+                                    for g, m in zip(genes, match)]})
+    return {"candidates": len(cands), "with_composed": total, "promoted": shown}
 
 
 def mechanism(home: Path, run_id: int, name: str) -> dict:
