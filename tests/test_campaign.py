@@ -149,6 +149,56 @@ def test_rerun_resumes_without_training_again(campaign):
     assert sorted(p.name for p in cache.iterdir()) == before  # every run came from cache
 
 
+def test_the_plan_is_registered_before_training_and_followed(campaign):
+    from datetime import datetime, timezone
+
+    from memory.archive import Archive
+
+    tmp, _ = campaign
+    out = tmp / "out"
+    plan = json.loads((out / "plan.json").read_text())
+    data = json.loads((out / "campaign.json").read_text())
+    with Archive(tmp / "home") as a:
+        started = a.run(data["run_id"]).started
+    registered = datetime.strptime(plan["registered_at"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=timezone.utc)
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=timezone.utc)
+    assert registered <= started.replace(microsecond=0)  # before the search began
+    assert plan["search"] == {"candidates": 2, "width": 2, "steps": 2,
+                              "seeds_per_candidate": 2, "search_seed": 3,
+                              "selection": "greedy", "without_genes": ["paper"],
+                              "compose_rate": 1.0, "split": "val"}
+    assert plan["promote"]["seeds"] == [1000, 1001] and plan["promote"]["steps"] == 3
+    assert plan["test"]["seeds"] == [2000, 2001]
+    assert plan["test"]["algorithms"] == ["winner", "grpo", "rloo"]
+    assert plan["confirm"]["seeds"] == [2002] and "unconditional" in plan["confirm"]["rule"]
+    assert plan["verdicts"]["margin"] == 1.0
+    md = (out / "campaign.md").read_text()
+    assert "## Preregistered plan" in md and (out / "plan.md").read_text().strip() in md
+    assert ("- promotion seeds: planned 1000..1001 (2), ran 1000..1001 (2) (as planned)"
+            in md)
+    assert "- confirmation seeds: planned 2002..2002 (1), ran 2002..2002 (1) (as planned)" in md
+    assert "deviation" not in md and "Changed after the start" not in md
+    assert data["plan_changes"] == []
+
+
+def test_a_plan_changed_after_the_start_is_stated(campaign):
+    tmp, _ = campaign
+    out = tmp / "out"
+    registered = (out / "plan.json").read_text()
+    r = _campaign(tmp, *ARGS, "--margin", "0.5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads((out / "campaign.json").read_text())
+    fields = {c["field"]: (c["before"], c["after"]) for c in data["plan_changes"]}
+    assert fields["verdicts.margin"] == (1.0, 0.5) and set(fields) == {
+        "verdicts.margin", "verdicts.rule"}
+    md = (out / "campaign.md").read_text()
+    assert "Changed after the start:" in md and "verdicts.margin 1.0 -> 0.5" in md
+    assert "- verdict margin: planned 0.5, ran 0.5 (as planned)" in md
+    assert (out / "plan.json").read_text() == registered  # the registration is never rewritten
+
+
 @pytest.mark.parametrize("args,message", [
     (["--candidates", "0"], "--candidates must be at least 1"),
     (["--seeds", "1"], "at least 2"),

@@ -17,6 +17,10 @@ Multi-fidelity, three stages, each resumable (rerun the same command after a kil
    trains GRPO, the winner and the best other baseline on more paired seeds (K in all),
    for narrower CIs where they matter.
 
+The plan (every stage's seeds, budgets and decision rules) is written to ``OUT/plan.md``
+and ``OUT/plan.json`` before anything trains and printed at the top of the report with what
+ran against it; a rerun with other settings is allowed and the change is stated.
+
 ``--rediscovery`` also trains the known algorithms the catalog can express but the seed
 population lacks (DAPO, Dr. GRPO as genomes) at the screening budget and seed, and says
 after how many candidates the search's best-so-far reached each one's score, and which

@@ -13,6 +13,7 @@ from rich.console import Console
 
 import graph.campaign as package
 from evals.objective import ObjectiveSpec
+from graph.campaign.plan import followed, make_plan, register
 from graph.campaign.report import plot_best_so_far, print_summary, verdicts, write_report
 from graph.campaign.stages import (CampaignError, State, composed, lineage, load_config,
                                    mechanism, promote, rediscovery, search, test_stage)
@@ -135,6 +136,7 @@ def _main(args, console: Console) -> int:
         raise CampaignError(f"{args.out} holds a campaign for \"{state.get('directive')}\"; "
                             "use another --out")
     state.set("directive", args.directive)
+    changes = register(args.out, state, make_plan(args))  # before anything trains
     run_id = search(args, home, state, console)
     with Archive(home) as a:
         spec = ObjectiveSpec.model_validate(a.run(run_id).config["objective"])
@@ -164,7 +166,9 @@ def _main(args, console: Console) -> int:
                "composed": composed(home, run_id, [r["name"] for r in prom["rows"]
                                                    + prom.get("sampled_rows", [])]),
                "rediscovery": redis, "compute": compute,
-               "verdicts": verdicts(test, args.margin)}
+               "verdicts": verdicts(test, args.margin),
+               "plan": state.get("plan"), "plan_changes": changes}
+    payload["plan_outcome"] = followed(payload["plan"], changes, payload)
     (args.out / "campaign.json").write_text(json.dumps(payload, indent=2, default=str))
     md = write_report(args.out, payload)
     print_summary(payload, console)

@@ -146,6 +146,7 @@ def write_report(out: Path, payload: dict) -> Path:
              "catalog " + (f"without {', '.join(payload['args']['exclude_genes'])}"
                            if payload["args"].get("exclude_genes") else "complete")
              + f"; composition rate {_rate(payload['args'].get('compose_rate'))}.", "",
+             *_plan_section(payload),
              "## Verdict (held-out test split)", "", *verdict_lines(payload), "",
              "## Held-out test split "
              f"({len(t['seeds'])} paired seeds {t['seeds'][0]}..{t['seeds'][-1]}"
@@ -216,6 +217,16 @@ def write_report(out: Path, payload: dict) -> Path:
     path = out / "campaign.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _plan_section(payload: dict) -> list[str]:
+    """The preregistered plan, any change made after the start, and what ran against it."""
+    from graph.campaign.plan import plan_lines
+
+    if not payload.get("plan"):
+        return []
+    return [*plan_lines(payload["plan"], payload.get("plan_changes", [])), "",
+            "What ran, against the plan in force:", "", *payload.get("plan_outcome", []), ""]
 
 
 def _rate(rate) -> str:
