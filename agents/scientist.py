@@ -96,7 +96,8 @@ def propose(model: Any | None, directive: str, evidence: Sequence[dict], *,
     evidence and the reference genomes, under ``rng``. The proposal's ``evidence_shown``
     and ``references_shown`` say which reflections and candidates the scientist saw.
     ``excluded_genes``: catalog genes (slot=kind, or "paper") the builtin draw may not use;
-    ``compose_rate``: how often its reward / normalization mutations compose expressions."""
+    ``compose_rate``: the fraction of its proposals that compose a reward / normalization
+    expression from primitives."""
     if model is not None:
         return propose_llm(model, parent_code, parent_summary, directive, evidence,
                            references, taken_names=taken_names, budget=budget,

@@ -100,9 +100,9 @@ class Context:
                        "three mechanisms) the builtin scientist may not use: an ablation "
                        "(--without-genes)"})
     compose_rate: float = field(default=0.3, metadata={
-        "description": "how often the builtin scientist's mutation of the reward or "
-                       "normalization slot composes a new expression from primitives "
-                       "(agents/builtin/expr.py) instead of drawing a catalog gene; 0: the "
+        "description": "the fraction of the builtin scientist's proposals that compose a "
+                       "new reward or normalization expression from primitives "
+                       "(agents/builtin/expr.py) instead of drawing from the catalog; 0: the "
                        "catalog only (--compose-rate; a run from before it resumes on 0)"})
     from_runs: list = field(default_factory=list, metadata={
         "description": "runs whose evaluated candidates this run starts from (--from-run; "

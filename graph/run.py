@@ -121,9 +121,9 @@ def parse_args(argv=None) -> RunRequest:
                    "may not use, comma-separated slot=kind, or 'paper' (validity masking, "
                    "analytic variance, correctness-gated length)")
     p.add_argument("--compose-rate", type=rate_arg, default=None, metavar="P",
-                   help="how often the builtin scientist's reward / normalization mutation "
-                   "composes a new expression from primitives instead of drawing a catalog "
-                   "gene (default 0.3; 0: the catalog only)")
+                   help="the fraction of the builtin scientist's proposals that compose a new "
+                   "reward / normalization expression from primitives instead of drawing "
+                   "from the catalog (default 0.3; 0: the catalog only)")
     p.add_argument("--device", default=None, metavar="DEV",
                    help="where the local trainer trains: auto (default: cuda when "
                         "available, else cpu), cpu, cuda or cuda:N; on CUDA the GPU preset "

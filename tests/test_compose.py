@@ -173,7 +173,8 @@ def test_the_scientist_composes_new_mechanisms_at_the_runs_rate():
     assert not any(g.composed for p in draws(0.0) for g in p.genome.genes())
     proposals = draws(0.5)
     composed = [p for p in proposals if any(g.composed for g in p.genome.genes())]
-    assert len(composed) >= 10, len(composed)
+    # the rate is per proposal: about half of them compose (binomial sd 6 of 150)
+    assert 55 <= len(composed) <= 95, len(composed)
     for p in composed:
         for g in p.genome.genes():
             if g.composed:

@@ -13,11 +13,13 @@ The search is random under the caller's ``random.Random`` and biased, never scri
   or the same kind with one parameter moved (toward the preferred direction, if any).
 - crossover takes each differing slot from one of two archive genomes, the second
   parent's gene with probability sigmoid(score difference).
-- composition: with probability ``compose`` (the run's ``compose_rate``) a mutation of
-  the reward or normalization slot writes a new expression over primitives instead
-  (agents/builtin/expr.py: one or two random edits of the current gene's expression);
-  one with the signal of a catalog gene the search may draw is redrawn, so what comes
-  out is a mechanism the catalog does not hold.
+- composition: with probability ``compose`` (the run's ``compose_rate``) a proposal is a
+  composition: the reward or the normalization slot (drawn evenly) gets a new expression
+  over primitives (agents/builtin/expr.py: one or two random edits of the current gene's
+  expression) and nothing else changes; one with the signal of a catalog gene the search
+  may draw is redrawn, so what comes out is a mechanism the catalog does not hold. A
+  parent's composed gene, when a mutation picks its slot, is refined as an expression
+  (probability 0.6) rather than swapped for a catalog gene.
 - novelty: a genome whose signature is the parent's or any archive reference's is
   redrawn, up to ``max_tries`` times, then with larger unbiased jumps; ``NoNovelProposal``
   if even those all collide.
@@ -133,7 +135,7 @@ class Preferences:
     exploit: bool = False
     revert: bool = False
     excluded: frozenset = frozenset()   # (slot, kind) the catalog lacks (an ablation)
-    compose: float = 0.0                # P(a reward / normalization mutation composes)
+    compose: float = 0.0                # P(a proposal composes a reward / normalization)
 
     def add(self, rule: Rule, weight: float, reason: str) -> None:
         if rule.value is not None:
@@ -303,11 +305,10 @@ def compose_gene(rng: random.Random, prefs: Preferences, current: Gene) -> Gene 
 
 def mutate_gene(rng: random.Random, prefs: Preferences, current: Gene) -> Gene:
     """A different gene for ``current``'s slot: another kind, or one parameter moved;
-    in a slot that takes expressions, with probability ``prefs.compose`` (0.6 when
-    current is composed) a composed gene (``compose_gene``)."""
+    a composed ``current`` (when composing is on) is refined as an expression with
+    probability 0.6 (``compose_gene``)."""
     slot = current.slot
-    if _composable(prefs, slot) and rng.random() < (0.6 if current.composed
-                                                    else prefs.compose):
+    if current.composed and _composable(prefs, slot) and rng.random() < 0.6:
         composed = compose_gene(rng, prefs, current)
         if composed is not None:
             return composed
@@ -404,8 +405,8 @@ def propose(parent: Genome | None, directive: str, reflections: list[dict],
     """A novel genome, by mutation of ``parent`` (GRPO if None) or crossover with an
     archive reference, with a hypothesis that states the change and the evidence.
     ``excluded``: (slot, kind) pairs no child may carry (``genes.excluded_kinds``);
-    ``compose``: the probability that a reward or normalization mutation composes a new
-    expression from primitives instead of drawing a catalog gene (0: catalog only)."""
+    ``compose``: the probability that a proposal composes a new reward or normalization
+    expression from primitives instead of drawing from the catalog (0: catalog only)."""
     base = parent or Genome.grpo()
     prefs = preferences(base, directive, reflections)
     prefs.excluded = frozenset(excluded)
@@ -415,7 +416,11 @@ def propose(parent: Genome | None, directive: str, reflections: list[dict],
     pool = [base] + mates if parent is not None else _distinct(list(archive_refs))
     for attempt in range(2 * max_tries):
         biased = attempt < max_tries  # then larger unbiased jumps
-        if biased and len(pool) >= 2 and rng.random() < CROSSOVER_RATE:
+        child = _composition(rng, prefs, base) if biased and prefs.compose > 0 \
+            and rng.random() < prefs.compose else None
+        if child is not None:
+            kind, parents = "mutation", [base]
+        elif biased and len(pool) >= 2 and rng.random() < CROSSOVER_RATE:
             a = pool[0] if parent is not None else rng.choice(pool)
             others = [g for g in pool if g != a]
             b = _weighted(rng, others, [1.0 + a.distance(g) for g in others])
@@ -431,6 +436,19 @@ def propose(parent: Genome | None, directive: str, reflections: list[dict],
     raise NoNovelProposal(f"no novel genome in {2 * max_tries} draws around "
                           f"{base.slug()}: every draw is already among the "
                           f"{len(archive_refs)} archive references")
+
+
+def _composition(rng: random.Random, prefs: Preferences, base: Genome) -> Genome | None:
+    """``base`` with one expression slot (reward or normalization, drawn evenly among the
+    composable ones) given a composed gene; None when no slot can compose."""
+    slots = [s for s in sorted(EXPRESSION_SITES) if _composable(prefs, s)]
+    if not slots:
+        return None
+    slot = rng.choice(slots)
+    new = compose_gene(rng, prefs, getattr(base, slot))
+    if new is None:
+        return None
+    return _repair(rng, prefs, {**{s: getattr(base, s) for s in SLOTS}, slot: new})
 
 
 def _distinct(genomes: list[Genome]) -> list[Genome]:
