@@ -49,8 +49,12 @@ def run_loop(home: Path, executor: str, *, directive: str, candidates: int, seed
 
 def snapshot(home: Path, run_id: int = 1) -> tuple[dict, list]:
     """The archive's content that must not depend on where training ran, keyed by
-    "round:slot" (ids depend on which parallel branch finished first); and the training
-    jobs' wall-clock spans."""
+    "round:slot"; and the training jobs' wall-clock spans.
+
+    Ids depend on which parallel branch finished first, and so does which of two
+    siblings that proposed the same name keeps it (the later one becomes ``name-2``,
+    Archive.unique_name): per slot the snapshot holds the proposed name, and per round
+    the archived names as a sorted list."""
     from memory.archive import Archive
 
     with Archive(home) as archive:
@@ -61,13 +65,22 @@ def snapshot(home: Path, run_id: int = 1) -> tuple[dict, list]:
         for c in cands:
             evals = sorted(archive.evaluations(c.id), key=lambda e: e.seed)
             out[slot[c.id]] = {
-                "name": c.name, "status": c.status, "generation": c.generation,
+                "proposed_name": _proposed_name(c.proposal) or c.name, "status": c.status,
+                "generation": c.generation,
                 "error": c.error, "code_hash": c.code_hash,
                 "parents": sorted(slot[p] for p in archive.parents(c.id)),
                 "fitness": c.fitness,
                 "seeds": [{"seed": e.seed, "fitness": e.fitness, "val": e.metrics.get("val"),
                            "curves": e.curves} for e in evals]}
-        return out, spans
+        names = {str(rnd): sorted(c.name for c in cands if c.generation == rnd)
+                 for rnd in sorted({c.generation for c in cands})}
+        return {"slots": out, "names_by_round": names}, spans
+
+
+def _proposed_name(proposal: str) -> str | None:
+    """The name the scientist proposed (the archived proposal text's ``name:`` line)."""
+    first = (proposal or "").split("\n", 1)[0]
+    return first[len("name: "):].strip() if first.startswith("name: ") else None
 
 
 def differences(a: dict, b: dict, path: str = "") -> list[str]:
@@ -98,8 +111,9 @@ def compare(out: Path, executors: list[str], **run_options) -> dict:
     report = {
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in run_options.items()},
         "runs": {e: {"wall_s": round(r["wall_s"], 1), "loop_wall_s": round(r["loop_wall_s"], 1),
-                     "candidates": len(snaps[e]),
-                     "evaluated": sum(c["status"] == "evaluated" for c in snaps[e].values()),
+                     "candidates": len(snaps[e]["slots"]),
+                     "evaluated": sum(c["status"] == "evaluated"
+                                      for c in snaps[e]["slots"].values()),
                      "jobs": len(spans[e]),
                      "job_wall_s_mean": round(sum(b - a for a, b in spans[e])
                                               / max(1, len(spans[e])), 2),
