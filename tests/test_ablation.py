@@ -142,3 +142,22 @@ def test_analysis_does_not_separate_a_noisy_lead_and_splits_ties():
     res = analyse(finds, overall, [50.0], ["greedy", "potential"], [0, 1])
     assert res["best_rule"] == "potential" and not res["best_rule_separated"]
     assert res["wins"] == {"greedy": 0.5, "potential": 1.5}
+
+
+def test_the_verdict_names_the_rule_the_best_beats_and_the_one_it_ties():
+    # potential is 3-4 points above gpucb at every search seed (a clear paired win) but
+    # greedy swings from far below to above it: the verdict must say both, not "no rule wins"
+    # as if potential beat nobody
+    from graph.campaign.ablation import _verdict
+
+    finds = {r: {s: f"{r}{s}" for s in range(3)} for r in ("gpucb", "potential", "greedy")}
+    overall = {"gpucb0": [57.5], "gpucb1": [58.8], "gpucb2": [60.5],
+               "potential0": [61.6], "potential1": [62.2], "potential2": [63.5],
+               "greedy0": [59.9], "greedy1": [56.5], "greedy2": [53.6]}
+    res = analyse(finds, overall, [53.1], ["gpucb", "potential", "greedy"], [0, 1, 2])
+    res["plan"] = {"search_seeds": [0, 1, 2]}
+    assert res["best_rule"] == "potential" and not res["best_rule_separated"]
+    text = _verdict(res)
+    assert "it beats gpucb (+3.5 [" in text
+    assert "cannot be told apart from greedy (+5.8 [" in text
+    assert "at 3 search seeds" in text

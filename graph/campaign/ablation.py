@@ -277,11 +277,26 @@ def _print(p: dict, console: Console) -> None:
 
 
 def _verdict(p: dict) -> str:
+    """Which rule wins, pair by pair: the best mean's paired CI against each other rule
+    either excludes 0 (it beats that rule) or not (they cannot be told apart)."""
     best = p["best_rule"]
     if p["best_rule_separated"]:
         return f"{best} finds the best algorithm: its paired CIs exclude 0 against every rule."
-    return (f"{best} has the highest mean, but the paired CIs over search seeds include 0: "
-            "no rule is shown to win at this budget.")
+    beats, ties = [], []
+    for pair in p["pairs"]:
+        if best not in (pair["a"], pair["b"]):
+            continue
+        other = pair["a"] if pair["b"] == best else pair["b"]
+        ci = pair["b_minus_a"] if pair["b"] == best else {
+            "mean": -pair["b_minus_a"]["mean"], "low": -pair["b_minus_a"]["high"],
+            "high": -pair["b_minus_a"]["low"]}
+        (beats if ci["low"] > 0 else ties).append(f"{other} ({_ci_text(ci)})")
+    said = f"{best} has the highest mean"
+    if beats:
+        said += f"; it beats {', '.join(beats)} (paired CI excludes 0)"
+    return (f"{said}; it cannot be told apart from {', '.join(ties)} (paired CI includes 0): "
+            f"no rule is shown to win against every other at "
+            f"{len(p['plan']['search_seeds'])} search seeds.")
 
 
 def _write_md(path: Path, p: dict, finds: dict, labels: dict) -> Path:
@@ -329,7 +344,8 @@ def _plot(finds: dict, path: Path) -> Path:
         m = np.mean([c[:n] for c in curves], axis=0)
         ax.step(np.arange(1, n + 1), m, where="post", color=f"C{i}", lw=2, label=rule)
     ax.set_xlabel("candidates evaluated")
-    ax.set_ylabel("best-so-far fitness (val, screening; mean over search seeds)")
+    ax.set_ylabel("best-so-far fitness (val, screening)")
+    ax.set_title("Best screened fitness so far, mean over search seeds", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
