@@ -1,44 +1,91 @@
-"""Directive -> objective: how a free-text directive becomes a fitness function.
+"""Directive -> objective: a directive is a contract, written as an ``ObjectiveSpec``.
 
-The builtin mapping reads keywords (an LLM scientist may instead write the same
-``ObjectiveSpec`` as JSON; it is validated here either way):
+The builtin mapping reads keywords (an LLM objective writes the same spec as JSON; it is
+validated here either way):
 
-- accuracy words ("accurate", "correct", "score", or none at all) -> ``Overall``;
-- brevity words ("concise", "short", "brief", "terse", "efficient") add a length term.
+| directive words | spec | what it means |
+|---|---|---|
+| accuracy words ("accurate", "correct", "score", ...) or none | ``length="ignore"`` | Overall, nothing else: no length term anywhere (fitness, the parent selector's Pareto term) |
+| a brevity word ("concise", "short", "brief", "terse", "efficient", "length") | ``length="minimize"``, ``margin=1`` | as short as possible while Overall stays within ``margin`` points of GRPO's |
 
-Fitness with a length term (points, higher is better)::
+"concise" is a constraint, not a weight on length. Where the claim is made (a campaign's
+promotion and test stages), it is judged with the seeds' uncertainty on paired seeds:
+the winner is the shortest promoted candidate whose mean Overall is within ``margin`` of
+GRPO's on the same seeds, and the contract is *met* on the test split when the paired 95%
+CI of the Overall difference lies above ``-margin`` and the one of the length difference
+below 0.
 
-    fitness = Overall + w * 100 * max(0, L_ref - L) / L_ref     if Overall >= Overall_ref - tol
-            = Overall                                          otherwise
+The search needs one number per seed to climb. Under ``length="minimize"``::
 
-where L is the candidate's mean greedy response length and (Overall_ref, L_ref) are the
-reference algorithm's (GRPO's, evaluated first in every run). The bonus is paid only
-while accuracy holds within ``tol`` points of the reference, so length can never be bought
-with accuracy; and since the bonus counts only shortening, a longer answer is never
-rewarded. Without a reference yet, fitness is Overall.
+    S       = 100 * (L_ref - L) / L_ref                  percent shorter than GRPO (< 0: longer)
+    D       = max(0, (Overall_ref - margin) - Overall)    points below the allowed floor
+    fitness = S - penalty * D                             (penalty 10: a point costs 10%)
+
+where L is the mean greedy response length and (Overall_ref, L_ref) are GRPO's (the run's
+seed baseline, evaluated first). Within the margin only length counts, so accuracy above
+GRPO's buys nothing; below it, each point must be paid with 10% of length, more than any
+shortening the testbed allows pays for a few points. Averaged over seeds, the penalty is
+an expectation: a candidate whose Overall is as noisy as GRPO's pays about as much as
+GRPO does, so ranking is by shortening first. Under ``length="ignore"``, fitness is
+Overall. Without a reference yet (the seed baseline's own evaluation), fitness is
+Overall; the loop re-scores the seed once its reference exists.
+
+Specs written before the contract (``length_weight``, ``accuracy_tolerance``) are read as
+the contract: a positive weight is ``length="minimize"`` with the tolerance as margin.
 """
 from __future__ import annotations
 
 import re
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 ACCURACY_WORDS = ("accurate", "accuracy", "correct", "score", "overall", "better")
 BREVITY_WORDS = ("concise", "short", "brief", "terse", "efficient", "length")
+DEFAULT_MARGIN = 1.0
+DEFAULT_PENALTY = 10.0
 
 
 class ObjectiveSpec(BaseModel):
-    """What a run optimizes. ``length_weight`` 0 means accuracy only."""
+    """What a run optimizes: Overall, and length only under ``length="minimize"``."""
 
     directive: str
-    length_weight: float = Field(0.0, ge=0.0, le=1.0)
-    accuracy_tolerance: float = Field(1.0, ge=0.0, le=20.0)
+    length: Literal["ignore", "minimize"] = Field(
+        "ignore", description="'minimize': as short as possible within the margin")
+    margin: float = Field(DEFAULT_MARGIN, ge=0.0, le=20.0,
+                          description="Overall points below GRPO's that still count as "
+                                      "'not worse'")
+    penalty: float = Field(DEFAULT_PENALTY, ge=0.0, le=100.0,
+                           description="search only: percent of length a point below "
+                                       "the floor costs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_legacy(cls, data):
+        """A spec from before the contract (length_weight / accuracy_tolerance)."""
+        if isinstance(data, dict) and ("length_weight" in data
+                                       or "accuracy_tolerance" in data):
+            data = dict(data)
+            weight = data.pop("length_weight", 0.0)
+            tolerance = data.pop("accuracy_tolerance", DEFAULT_MARGIN)
+            if "length" not in data:
+                try:
+                    data["length"] = "minimize" if float(weight) > 0 else "ignore"
+                except (TypeError, ValueError):
+                    data["length"] = weight  # let the field's validation say what is wrong
+            data.setdefault("margin", tolerance)
+        return data
+
+    @property
+    def minimizes_length(self) -> bool:
+        return self.length == "minimize"
 
     def describe(self) -> str:
-        if self.length_weight == 0:
+        if not self.minimizes_length:
             return "fitness = Overall (val)"
-        return (f"fitness = Overall + {self.length_weight:g} x 100 x relative shortening vs "
-                f"GRPO, paid only while Overall >= GRPO's - {self.accuracy_tolerance:g}")
+        return (f"as short as possible while Overall >= GRPO's - {self.margin:g}: fitness = "
+                f"% shorter than GRPO - {self.penalty:g} x (points below GRPO's - "
+                f"{self.margin:g})")
 
 
 def objective_from_directive(directive: str) -> ObjectiveSpec:
@@ -49,16 +96,25 @@ def objective_from_directive(directive: str) -> ObjectiveSpec:
                          "\"accurate\" or \"accurate and concise\"")
     words = set(re.findall(r"[a-z]+", text.lower()))
     concise = any(w in words for w in BREVITY_WORDS)
-    return ObjectiveSpec(directive=text, length_weight=0.2 if concise else 0.0)
+    return ObjectiveSpec(directive=text, length="minimize" if concise else "ignore")
+
+
+def shortening(length: float, ref_length: float) -> float:
+    """Percent shorter than the reference (negative: longer)."""
+    return 100.0 * (ref_length - length) / ref_length if ref_length > 0 else 0.0
 
 
 def fitness(spec: ObjectiveSpec, overall: float, length: float,
             reference: tuple[float, float] | None = None) -> float:
-    """Fitness in points. ``reference`` is (Overall_ref, L_ref) of the reference run."""
-    if spec.length_weight == 0 or reference is None:
+    """One seed's fitness. ``reference`` is (Overall_ref, L_ref), GRPO's means."""
+    if not spec.minimizes_length or reference is None:
         return float(overall)
     ref_overall, ref_length = reference
-    if overall < ref_overall - spec.accuracy_tolerance or ref_length <= 0:
-        return float(overall)
-    shortening = max(0.0, ref_length - length) / ref_length
-    return float(overall + spec.length_weight * 100 * shortening)
+    below = max(0.0, ref_overall - spec.margin - overall)
+    return float(shortening(length, ref_length) - spec.penalty * below)
+
+
+def within_margin(spec: ObjectiveSpec, delta_overall: float) -> bool:
+    """Whether an Overall difference vs GRPO (a mean or a CI's lower bound) keeps the
+    contract's margin."""
+    return delta_overall >= -spec.margin

@@ -46,6 +46,7 @@ from evals.objective import ObjectiveSpec, fitness
 from graph import steering
 from graph.context import Context
 from graph.state import CandidateOutput, CandidateState, RunState
+from graph.summary import val_means
 from memory.archive import Archive
 from memory.schema import (DUPLICATE, EVALUATED, FAILED_CODING, FAILED_EVALUATION,
                            FAILED_PROPOSAL, FAILED_TRAINING, FAILED_VERIFICATION,
@@ -348,8 +349,12 @@ def trainer(state: CandidateState, runtime: Runtime[Context]) -> dict:
 def evaluate(state: CandidateState, runtime: Runtime[Context]) -> dict:
     """Fitness per seed from the held-out (val) evaluation under the run's objective."""
     spec = ObjectiveSpec.model_validate(state["objective"])  # the run state's JSON
+    reference = state.get("reference")
+    if reference is None and state["round"] == 0:  # the seed baseline is the reference
+        finals = [r["final"] for r in state["results"]]
+        reference = {k: sum(f[k] for f in finals) / len(finals) for k in ("overall", "length")}
     for r in state["results"]:
-        r["fitness"] = seed_fitness(spec, state.get("reference"), r["final"])
+        r["fitness"] = seed_fitness(spec, reference, r["final"])
     fits = [r["fitness"] for r in state["results"]]
     return {"fitness": sum(fits) / len(fits), "status": EVALUATED}
 
@@ -434,6 +439,7 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
         _track(ctx, state, cand)
     return {"finished": [{"id": cand.id, "name": cand.name, "parents": arch.parents(cand.id),
                           "status": cand.status, "fitness": cand.fitness,
+                          **val_means(arch, cand.id),
                           "round": state["round"], "slot": state["slot"],
                           "error": cand.error}]}
 

@@ -522,6 +522,9 @@ def _stream(app, state, config, ctx: Context, console: Console, quiet: bool) -> 
                             best = c["fitness"] if best is None else max(best, c["fitness"])
                         console.log(f"round {c['round']} #{c['id']} {c['name']}: "
                                     f"{c['status']} fitness {_fmt(c['fitness'])}"
+                                    + (f" (Overall {c['overall']:.1f}, length "
+                                       f"{c['length']:.1f})" if c.get("overall") is not None
+                                       else "")
                                     + (f" ({c['error'][:120]})" if c.get("error") else ""))
 
 

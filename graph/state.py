@@ -6,7 +6,7 @@ candidate branch writes back to the run; it accumulates with ``operator.add``.
 from __future__ import annotations
 
 import operator
-from typing import Annotated, TypedDict
+from typing import Annotated, NotRequired, TypedDict
 
 
 class CandidateSummary(TypedDict):
@@ -15,6 +15,8 @@ class CandidateSummary(TypedDict):
     parents: list[int]
     status: str
     fitness: float | None
+    overall: NotRequired[float | None]   # mean val Overall over seeds (None: not trained)
+    length: NotRequired[float | None]    # mean val response length
     round: int
     slot: int
     error: str | None

@@ -17,7 +17,8 @@ def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
     cands = archive.candidates(run_id)
     rows = [{"id": c.id, "name": c.name, "parents": archive.parents(c.id),
              "status": c.status, "fitness": c.fitness,
-             "generation": c.generation, "error": c.error} for c in cands]
+             **val_means(archive, c.id), "generation": c.generation, "error": c.error}
+            for c in cands]
     board = archive.leaderboard(run_id)
     end = time.time()
 
@@ -92,15 +93,31 @@ def _covered(spans: list, lo: float, hi: float) -> float:
     return total + (0.0 if cur_b is None else cur_b - cur_a)
 
 
+def val_means(archive, candidate_id: int) -> dict:
+    """The mean val Overall and length over a candidate's seeds (None without one)."""
+    finals = [e.metrics.get("val") for e in archive.evaluations(candidate_id)]
+    finals = [f for f in finals if isinstance(f, dict) and "overall" in f and "length" in f]
+    if not finals:
+        return {"overall": None, "length": None}
+    return {k: sum(f[k] for f in finals) / len(finals) for k in ("overall", "length")}
+
+
 def print_leaderboard(archive, run_id: int, console: Console) -> None:
-    t = Table(title=f"run {run_id}: leaderboard (val fitness, mean over seeds)")
-    for col in ("#", "candidate", "gen", "parents", "fitness", "sd", "seeds"):
+    t = Table(title=f"run {run_id}: leaderboard (val split: fitness, Overall and length, "
+                    "means over seeds)")
+    for col in ("#", "candidate", "gen", "parents", "fitness", "sd", "Overall", "length",
+                "seeds"):
         t.add_column(col, justify="left" if col == "candidate" else "right")
     for i, s in enumerate(archive.leaderboard(run_id), 1):
+        m = val_means(archive, s.candidate_id)
         t.add_row(str(i), s.name, str(s.generation), ",".join(map(str, s.parent_ids)) or "-",
                   f"{s.fitness:.2f}", f"{s.fitness_sd:.2f}" if s.seeds > 1 else "-",
-                  str(s.seeds))
+                  _num(m["overall"]), _num(m["length"]), str(s.seeds))
     console.print(t)
     failed = [c for c in archive.candidates(run_id) if c.status != "evaluated"]
     for c in failed:
         console.print(f"[yellow]{c.name}[/yellow] {c.status}: {(c.error or '')[:160]}")
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"

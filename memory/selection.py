@@ -54,6 +54,7 @@ from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
+from evals.objective import ObjectiveSpec
 from memory.schema import EVALUATED, FAILED
 from memory.terms import children, descendant_depths, diversity, pareto_layers
 
@@ -267,8 +268,10 @@ def nodes_from_archive(archive, run_id: int | None = None) -> list[Node]:
 def directive_objectives(objective: Mapping | None) -> tuple[str, ...]:
     """The ``Node.objectives`` keys a run's objective optimizes: Overall, and -length
     only when the objective has a length term (never under "accurate")."""
-    weight = float((objective or {}).get("length_weight", 0.0) or 0.0)
-    return ("overall", "neg_length") if weight > 0 else ("overall",)
+    if not objective:
+        return ("overall",)
+    spec = ObjectiveSpec.model_validate({"directive": "", **objective})
+    return ("overall", "neg_length") if spec.minimizes_length else ("overall",)
 
 
 def select_parent_ids(archive, run_id: int | None = None, k: int = 1, *, seed: int = 0,

@@ -330,8 +330,8 @@ def deterministic_reply(role: str, body: dict) -> str:
     text = _user_text(body)
     if role == "objective":
         concise = re.search(r"concise|short", text) is not None
-        return json.dumps({"directive": "x", "length_weight": 0.2 if concise else 0.0,
-                           "accuracy_tolerance": 1.0})
+        return json.dumps({"directive": "x", "length": "minimize" if concise else "ignore",
+                           "margin": 1.0})
     if role == "scientist":
         taken = re.search(r'<data name="taken_names">\n(.*?)\n</data>', text, re.DOTALL)
         n = len(re.findall(r'"[a-z0-9-]+"', taken.group(1))) if taken else 0

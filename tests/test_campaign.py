@@ -39,7 +39,7 @@ def test_campaign_writes_every_stage(campaign):
     out = tmp / "out"
     data = json.loads((out / "campaign.json").read_text())
     assert data["directive"] == "accurate and concise"
-    assert "shortening" in data["objective"]
+    assert data["objective"].startswith("as short as possible while Overall >= GRPO's - 1")
     # search: the loop archived the seed + 2 candidates
     from memory.archive import Archive
     with Archive(tmp / "home") as a:
@@ -119,6 +119,21 @@ def test_campaign_writes_every_stage(campaign):
     assert "## Verdict" in md and "GRPO" in md.split("## Verdict")[1].split("##")[0]
     assert data["verdicts"]["vs_grpo"]["overall"] == "not worse"
     assert data["verdicts"]["vs_grpo"]["length"] == "no clear difference"
+    # "concise" is a contract: not shorter by its CI, so not met, and the report says so;
+    # the promotion's winner came from the contract's rule (one promoted candidate)
+    assert data["verdicts"]["contract"] == "not met"
+    assert "- Contract (shorter than GRPO, Overall within 1 point(s)" in md
+    assert "**not met**" in md
+    assert prom["winner_rule"].startswith("the shortest of the 1 candidate(s) whose mean "
+                                          "Overall is within 1 point(s) of GRPO's")
+    assert prom["rows"][0]["within_margin"] and prom["rows"][0]["delta_overall"] == 0.0
+    assert f"Winner rule: {prom['winner_rule']}: **{prom['winner']}**." in md
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["promote"]["rule"].startswith("the shortest candidate whose mean Overall")
+    assert "the contract is met when" in plan["verdicts"]["rule"]
+    # the test split's Overall vs length, GRPO and the baselines marked
+    pareto = (out / "pareto.png").read_bytes()
+    assert pareto[:8] == b"\x89PNG\r\n\x1a\n" and "![Overall vs length" in md
     assert "python -m graph.campaign --directive 'accurate and concise'" in md
     png = (out / "best_so_far.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -191,8 +206,10 @@ def test_a_plan_changed_after_the_start_is_stated(campaign):
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads((out / "campaign.json").read_text())
     fields = {c["field"]: (c["before"], c["after"]) for c in data["plan_changes"]}
+    # under "concise" the margin is also the promotion's winner rule (the contract)
     assert fields["verdicts.margin"] == (1.0, 0.5) and set(fields) == {
-        "verdicts.margin", "verdicts.rule"}
+        "verdicts.margin", "verdicts.rule", "promote.rule"}
+    assert "within 0.5 point(s) of GRPO's" in fields["promote.rule"][1]
     md = (out / "campaign.md").read_text()
     assert "Changed after the start:" in md and "verdicts.margin 1.0 -> 0.5" in md
     assert "- verdict margin: planned 0.5, ran 0.5 (as planned)" in md
@@ -263,7 +280,35 @@ def test_verdicts_from_real_paired_cis():
     v = verdicts({"rows": rows, "winner_label": "winner:x", "best_baseline": "grpo",
                   "vs_best_baseline": {}}, margin=1.0)
     assert v["vs_grpo"]["overall"] == "better" and v["vs_grpo"]["length"] == "shorter"
+    assert "contract" not in v  # "accurate": no length contract
+    concise = verdicts({"rows": rows, "winner_label": "winner:x", "best_baseline": "grpo",
+                        "vs_best_baseline": {}}, margin=1.0, length_directive=True)
+    assert concise["contract"] == "met"
+    worse = [rows[0], {**rows[1], "delta_vs_baseline_ci95": _ci(paired_diff_ci(
+        list(grpo_o), list(grpo_o - 1.5 + rng.normal(0, 0.3, 8))))}]
+    assert verdicts({"rows": worse, "winner_label": "winner:x", "best_baseline": "grpo",
+                     "vs_best_baseline": {}}, margin=1.0, length_directive=True
+                    )["contract"] == "not met"   # shorter, but 1.5 points worse
     pct = 100 * (win_l.mean() / grpo_l.mean() - 1)
     assert v["vs_grpo"]["length_change_pct"] == pytest.approx(pct)
     lo, hi = v["vs_grpo"]["length_change_pct_ci95"]
     assert lo < pct < hi < 0
+
+
+def test_the_winner_under_a_length_directive_is_the_shortest_within_the_margin():
+    from evals.objective import objective_from_directive
+    from graph.campaign.stages import pick_winner
+
+    rows = [  # sorted by fitness, as promote() gives them
+        {"name": "short-but-worse", "fitness": 30.0, "shorter_pct": 40.0,
+         "within_margin": False},
+        {"name": "accurate", "fitness": 5.0, "shorter_pct": 5.0, "within_margin": True},
+        {"name": "concise", "fitness": 4.0, "shorter_pct": 20.0, "within_margin": True}]
+    concise = objective_from_directive("accurate and concise")
+    winner, rule = pick_winner(rows, concise)
+    assert winner["name"] == "concise" and rule.startswith("the shortest of the 2 candidate")
+    none_kept = [dict(r, within_margin=False) for r in rows]
+    winner, rule = pick_winner(none_kept, concise)
+    assert winner["name"] == "short-but-worse" and rule.startswith("no promoted candidate")
+    winner, rule = pick_winner(rows, objective_from_directive("accurate"))
+    assert winner["name"] == "short-but-worse" and "best mean fitness" in rule

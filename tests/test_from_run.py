@@ -45,7 +45,7 @@ def test_same_testbed_reuses_every_candidate_without_training_it(homes):
         assert set(copies) == {c.id for c in originals}
         assert all(c.details["origin"]["run"] == 1 for c in copies.values())
         spec = ObjectiveSpec.model_validate(a.run(2).config["objective"])
-        assert spec.length_weight > 0                    # "accurate and concise"
+        assert spec.minimizes_length                      # "accurate and concise"
         seed = next(c for c in originals if c.info.kind == "seed")
         ref_ev = a.evaluations(seed.id)
         ref = (sum(e.metrics["val"]["overall"] for e in ref_ev) / len(ref_ev),

@@ -211,9 +211,10 @@ FAULTS = ("valid", "truncated", "wrong_types", "prose", "empty", "enormous", "wr
 
 
 def _string_keys(obj: dict) -> list[str]:
-    """Free-text fields: any content is valid there."""
+    """Free-text fields: any content is valid there (not a name, the directive, which
+    the agent replaces, or the objective's ``length``, one of two words)."""
     return [k for k, v in obj.items() if isinstance(v, str)
-            and k not in ("name", "directive", "crossover_with")]
+            and k not in ("name", "directive", "crossover_with", "length")]
 
 
 def _enormous_json(draw, obj: dict) -> Reply:
@@ -316,8 +317,8 @@ def verdicts(draw) -> dict:
 @st.composite
 def objective_specs(draw) -> dict:
     return {"directive": draw(texts()),
-            "length_weight": draw(st.floats(0, 1)),
-            "accuracy_tolerance": draw(st.floats(0, 20))}
+            "length": draw(st.sampled_from(["ignore", "minimize"])),
+            "margin": draw(st.floats(0, 20)), "penalty": draw(st.floats(0, 100))}
 
 
 # ---- the coder's module
@@ -476,8 +477,9 @@ def check_verdict(v: Any) -> None:
 def check_objective(spec: Any) -> None:
     assert isinstance(spec, ObjectiveSpec)
     assert spec.directive == DIRECTIVE  # the person's directive, whatever the model says
-    assert 0 <= spec.length_weight <= 1 and math.isfinite(spec.length_weight)
-    assert 0 <= spec.accuracy_tolerance <= 20 and math.isfinite(spec.accuracy_tolerance)
+    assert spec.length in ("ignore", "minimize")
+    assert 0 <= spec.margin <= 20 and math.isfinite(spec.margin)
+    assert 0 <= spec.penalty <= 100 and math.isfinite(spec.penalty)
 
 
 @dataclass

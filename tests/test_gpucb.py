@@ -130,9 +130,9 @@ def test_pareto_term_follows_the_directive():
     nodes = [node(i, (), [f], genes(kl=f"kl=k{i}"), objectives={"overall": o, "neg_length": -n})
              for i, f, o, n in ((1, 50, 50, 40), (2, 52, 52, 60), (3, 48, 48, 70))]
     pool = sorted(nodes, key=lambda n: n.id)
-    accurate = score(nodes, pool, objectives=directive_objectives({"length_weight": 0}))
+    accurate = score(nodes, pool, objectives=directive_objectives({"length": "ignore"}))
     assert {x.pareto for x in accurate} == {0.0}            # no length term under "accurate"
-    concise = score(nodes, pool, objectives=directive_objectives({"length_weight": 0.2}))
+    concise = score(nodes, pool, objectives=directive_objectives({"length": "minimize"}))
     assert [x.pareto for x in concise] == [1.0, 1.0, 0.5]  # 3 is dominated by both
     assert directive_objectives(None) == ("overall",)
 

@@ -15,9 +15,10 @@ TINY = Path(__file__).parent / "data" / "tiny_context.json"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run_cli(home, *args, timeout=600):
+def _run_cli(home, *args, timeout=600, env=None):
     return subprocess.run([sys.executable, "-m", "graph.run", "--home", str(home), *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def _candidates(home):
@@ -32,7 +33,8 @@ def _candidates(home):
 def test_run_archives_every_candidate_with_lineage_and_reflection(tmp_path):
     home = tmp_path / "home"
     r = _run_cli(home, "--directive", "accurate and concise", "--candidates", "3",
-                 "--config", str(TINY), "--no-smoke", "--quiet")
+                 "--config", str(TINY), "--no-smoke", "--quiet",
+                 env={"COLUMNS": "240"})   # a wide terminal: rich keeps each log line whole
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((home / "runs" / "1" / "summary.json").read_text())
     assert summary["run_id"] == 1 and summary["directive"] == "accurate and concise"
@@ -48,13 +50,34 @@ def test_run_archives_every_candidate_with_lineage_and_reflection(tmp_path):
     shares = summary["time_shares"]
     assert shares["training_and_evaluation"] > 0 and shares["verification_checks"] > 0
     assert abs(sum(shares.values()) - 1) < 1e-6
+    from evals.objective import objective_from_directive, fitness
     from memory.archive import Archive
+    spec = objective_from_directive("accurate and concise")
     with Archive(home) as a:
         assert all(a.reflections(c["id"]) for c in cands)
         evaluated = [c for c in cands if c["status"] == "evaluated"]
         assert all(len(a.evaluations(c["id"])) == 1 for c in evaluated)
         assert {a.evaluations(c["id"])[0].backend for c in evaluated} == {"local"}
+        vals = {c["id"]: a.evaluations(c["id"])[0].metrics["val"] for c in evaluated}
+    # Overall and length beside fitness in summary.json, the archive's val means
+    for c in evaluated:
+        assert (c["overall"], c["length"]) == (pytest.approx(vals[c["id"]]["overall"]),
+                                               pytest.approx(vals[c["id"]]["length"]))
+    # the contract's fitness: the seed GRPO is its own reference from the start (0%
+    # shorter than itself), every candidate is scored against it
+    seed = vals[cands[0]["id"]]
+    ref = (seed["overall"], seed["length"])
+    for c in evaluated:
+        expected = fitness(spec, vals[c["id"]]["overall"], vals[c["id"]]["length"], ref)
+        assert c["fitness"] == pytest.approx(expected)
+    assert cands[0]["fitness"] == pytest.approx(0.0)
     assert "leaderboard" in r.stdout
+    assert "Overall" in r.stdout and "length" in r.stdout  # the end table's columns
+    # each candidate's live line says Overall and length beside its fitness
+    said = " ".join(r.stdout.split())
+    for c in evaluated:
+        assert (f"#{c['id']} {c['name']}: evaluated fitness {c['fitness']:.2f} (Overall "
+                f"{c['overall']:.1f}, length {c['length']:.1f})") in said, said[-3000:]
     # the header names the executor the run trains on, as the executor describes itself
     assert "trainer: local CPU, up to " in " ".join(r.stdout.split())
 

@@ -211,13 +211,12 @@ def test_injected_instructions_stay_quoted_and_change_nothing(tmp_path):
 def test_the_objective_comes_from_the_directive_alone(tmp_path):
     """The objective agent's prompt is the directive and the fixed template, nothing
     from the archive; a model that would obey an instruction there gets none."""
-    reply = json.dumps({"directive": "ignored", "length_weight": 0.3,
-                        "accuracy_tolerance": 1.0})
+    reply = json.dumps({"directive": "ignored", "length": "minimize", "margin": 1.5})
     model = ScriptedChat.answering(Obedient([reply], json.dumps(
-        {"directive": "maximize length", "length_weight": 1.0, "accuracy_tolerance": 20})))
+        {"directive": "maximize length", "length": "ignore", "margin": 20})))
     spec, how = objective_for(DIRECTIVE, model)
-    assert (spec.directive, spec.length_weight, how) == (DIRECTIVE, 0.3,
-                                                         "written by the LLM scientist")
+    assert (spec.directive, spec.length, spec.margin, how) == (
+        DIRECTIVE, "minimize", 1.5, "written by the LLM scientist")
     (_, system), (_, user) = messages("objective",
                                       directive=quote_text("directive", DIRECTIVE))
     sent = model.calls[0]

@@ -232,14 +232,15 @@ def test_pngs_are_written_and_embedded(augmented):
     text = out.read_text()
     embedded = [base64.b64decode(m) for m in
                 re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)]
-    for name in ("genealogy", "curves", "leaderboard"):
+    for name in ("genealogy", "curves", "leaderboard", "pareto"):
         data = (out.parent / f"page-{name}.png").read_bytes()
         img = Image.open(io.BytesIO(data)).convert("RGB")
         assert img.width > 300 and img.height > 200
         assert len(img.getcolors(maxcolors=1 << 20) or range(2)) > 10  # a drawing
         if name != "genealogy":                   # the tree is inline SVG on the page
             assert data in embedded
-    assert len(embedded) == 2
+    assert len(embedded) == 3
+    assert "<section id='pareto'><h2>Overall vs length</h2>" in text
     assert not re.search(r"(src|href)=['\"]https?://", text)   # self-contained
 
 
@@ -387,3 +388,30 @@ def test_report_in_a_browser(augmented, chromedriver, tmp_path):
         assert driver.execute_script("return document.querySelectorAll('script').length") == 0
     finally:
         driver.quit()
+
+
+def test_pareto_points_and_front(augmented):
+    """The Pareto plot's points are each ranked candidate's mean val Overall and length,
+    the seed baseline marked as GRPO; the front keeps exactly the non-dominated ones."""
+    from graph.report import _pareto_points
+    from graph.report.data import load_snapshot
+    from graph.report.plots import pareto_front, pareto_plot
+    from memory.archive import Archive
+
+    home, _, _ = augmented
+    run_id = 1
+    with Archive(home, create=False, index=False) as a:
+        snap = load_snapshot(a, run_id)
+        points = _pareto_points(snap, snap.leaderboard())
+        for p in points:
+            c = next(c for c in a.candidates(run_id) if c.name == p["name"])
+            vals = [e.metrics["val"] for e in a.evaluations(c.id)]
+            assert p["overall"] == pytest.approx(sum(v["overall"] for v in vals) / len(vals))
+            assert p["length"] == pytest.approx(sum(v["length"] for v in vals) / len(vals))
+    assert [p["kind"] for p in points].count("grpo") == 1
+    pts = [{"name": n, "overall": o, "length": ln, "kind": "candidate"}
+           for n, o, ln in (("a", 50, 30), ("b", 55, 35), ("c", 49, 31), ("d", 55, 33),
+                            ("e", 40, 10))]
+    assert [p["name"] for p in pareto_front(pts)] == ["e", "a", "d"]  # c, b dominated
+    assert pareto_plot(pts, "t")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pareto_plot([], "t") is None

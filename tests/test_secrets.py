@@ -40,8 +40,7 @@ def scripted_agents():
     def respond(body, auth):
         role = role_of(body)
         if role == "objective":
-            return json.dumps({"directive": "x", "length_weight": 0.2,
-                               "accuracy_tolerance": 1.0})
+            return json.dumps({"directive": "x", "length": "minimize", "margin": 2.5})
         if role == "scientist":
             scientist_calls.append(auth)
             if len(scientist_calls) == 1:
@@ -97,7 +96,7 @@ def test_no_key_in_any_file_or_output_of_a_run(tmp_path):
         failed = cands[1]
         assert "scientist failed" in failed.error and "401" in failed.error, failed.error
         assert REDACTED in failed.error  # the echoed key, replaced
-        assert run.config["objective"]["length_weight"] == 0.2  # the LLM's spec was used
+        assert run.config["objective"]["margin"] == 2.5  # the LLM's spec was used
 
     files = [p for p in home.rglob("*") if p.is_file()]
     names = {p.name for p in files}

@@ -159,15 +159,15 @@ def _cands():
 
 def _steering():
     return Steering.of({"directive": "accurate", "objective": {
-        "directive": "accurate", "length_weight": 0.0, "accuracy_tolerance": 1.0}})
+        "directive": "accurate", "length": "ignore", "margin": 1.0}})
 
 
 def test_apply_directive_veto_pin_to_the_steering_state():
     s0 = _steering()
     s1, notes = apply_instruction(s0, Instruction(directive="accurate and concise"), _cands())
-    assert s1.directive == "accurate and concise" and s1.objective.length_weight == 0.2
+    assert s1.directive == "accurate and concise" and s1.objective.minimizes_length
     assert s0.directive == "accurate"  # pure: the old state is untouched
-    assert s1.update()["objective"]["length_weight"] == 0.2  # the run state gets JSON
+    assert s1.update()["objective"]["length"] == "minimize"  # the run state gets JSON
     assert "'accurate' -> 'accurate and concise'" in notes[0]
     s2, notes = apply_instruction(s1, Instruction(pin=2), _cands())
     assert s2.pinned == 2 and "pinned #2" in notes[0]
@@ -283,8 +283,7 @@ def test_steer_node_pauses_applies_and_survives_a_new_connection(tmp_path):
     ctx = Context(home=str(tmp_path), candidates=3, width=1, steer=True)
     config = {"configurable": {"thread_id": f"run-{run}"}}
     start = {"run_id": run, "directive": "accurate", "round": 2,
-             "objective": {"directive": "accurate", "length_weight": 0.0,
-                           "accuracy_tolerance": 1.0},
+             "objective": {"directive": "accurate", "length": "ignore", "margin": 1.0},
              "reference": {"overall": 40.0, "length": 100.0},
              "finished": [{"id": i, "name": "x", "parents": [], "status": "evaluated",
                            "fitness": 40.0, "round": min(n, 1), "slot": 0, "error": None}
@@ -311,19 +310,20 @@ def test_steer_node_pauses_applies_and_survives_a_new_connection(tmp_path):
     assert pause["directive"] == "accurate and concise" and pause["vetoed"] == [2]
     assert pause["applied"] == ["directive 'accurate and concise'", "veto #2",
                                 "budget candidates=5"]
-    # the new objective re-scored the archive: #2 is 50% shorter at equal Overall
+    # the new objective re-scored the archive: #2 is 50% shorter at equal Overall, #1
+    # is as long as GRPO (fitness: percent shorter than GRPO)
     board = {r["id"]: r["fitness"] for r in pause["leaderboard"]}
-    assert board == {1: pytest.approx(40.0), 2: pytest.approx(50.0)}
+    assert board == {1: pytest.approx(0.0), 2: pytest.approx(50.0)}
     run_row = archive.run(run)
     assert run_row.directive == "accurate and concise"
-    assert run_row.config["objective"]["length_weight"] == 0.2
+    assert run_row.config["objective"]["length"] == "minimize"
     assert run_row.config["steering"] == {"vetoed": [2], "pinned": None}
     again.invoke(Command(resume={"go": 2}), config, context=ctx)
     final = again.get_state(config)
     assert not final.interrupts and not final.next
     v = final.values
     assert v["directive"] == "accurate and concise" and v["vetoed"] == [2]
-    assert v["objective"]["length_weight"] == 0.2 and v["quiet_rounds"] == 1
+    assert v["objective"]["length"] == "minimize" and v["quiet_rounds"] == 1
     assert [e.get("said") for e in v["steering"]] == ["make it more concise", None, None,
                                                        None]
     # /go 2: the next pause is skipped once (quiet_rounds 1 -> 0), no interrupt
@@ -466,7 +466,7 @@ def test_a_person_steers_quits_and_resumes_by_thread_in_a_new_process(tmp_path):
     final = _checkpoint(home)
     assert not final.interrupts and not final.next
     assert final.values["directive"] == "accurate and concise"
-    assert final.values["objective"]["length_weight"] == 0.2
+    assert final.values["objective"]["length"] == "minimize"
     assert final.values["vetoed"] == [child_id]
     assert _rows(home, "select status from run")[0][0] == "done"
     summary = json.loads((home / "runs" / "1" / "summary.json").read_text())

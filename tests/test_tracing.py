@@ -158,8 +158,7 @@ def openai_standin() -> OpenAIServer:
     def respond(body, auth):
         role = role_of(body)
         if role == "objective":
-            return json.dumps({"directive": "accurate and concise", "length_weight": 0.2,
-                               "accuracy_tolerance": 1.0})
+            return json.dumps({"directive": "accurate and concise", "length": "minimize"})
         if role == "scientist":
             return proposal_reply(name="gated-len",
                                   hypothesis="penalize length of correct answers",
@@ -401,7 +400,7 @@ def test_trainer_metrics_are_means_over_seeds_and_fitness_is_the_evaluate_nodes(
         return {"overall": overall, "length": length, "valid": 90.0 + acc,
                 **{f"add{n}/acc@1": acc * n for n in (2, 3, 5)}, "add5/pass@16": 50.0}
 
-    state = {"objective": {"directive": "accurate and concise", "length_weight": 0.2},
+    state = {"objective": {"directive": "accurate and concise", "length": "minimize"},
              "reference": {"overall": 30.0, "length": 20.0},
              "results": [{"final": final(31.0, 12.0, 1.0)}, {"final": final(29.5, 18.0, 3.0)}]}
     m = final_metrics(state, state["results"])

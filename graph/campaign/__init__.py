@@ -9,7 +9,9 @@ Multi-fidelity, three stages, each resumable (rerun the same command after a kil
    scored on the val split under the directive's objective.
 2. **promote** — the ``--promote`` best distinct candidates and GRPO are retrained at the
    full budget with ``--promote-seeds`` fresh seeds, still on val; the best mean fitness
-   is the campaign's winner. Selection never sees the test split.
+   is the campaign's winner (under a length directive, the contract's rule: the shortest
+   candidate whose mean Overall is within ``--margin`` of GRPO's on the same seeds).
+   Selection never sees the test split.
 3. **test** — the winner and every shipped baseline are retrained with ``--seeds`` fresh
    seeds (paired: the same seeds for all) and evaluated on the held-out test split.
    Reported: Overall, per family, pass@k, length, validity, paired 95% CIs vs GRPO and
@@ -26,7 +28,8 @@ population lacks (DAPO, Dr. GRPO as genomes) at the screening budget and seed, a
 after how many candidates the search's best-so-far reached each one's score, and which
 candidates share most of their genes.
 
-Writes ``OUT/campaign.json``, ``OUT/campaign.md`` and ``OUT/best_so_far.png``; training
+Writes ``OUT/campaign.json``, ``OUT/campaign.md``, ``OUT/best_so_far.png`` and
+``OUT/pareto.png`` (the test split's Overall vs length, GRPO and the baselines marked); training
 results are cached under ``<home>/campaign-cache`` (keyed by code, config and seed), so
 two campaigns share their baseline test runs.
 

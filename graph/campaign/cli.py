@@ -14,7 +14,8 @@ from rich.console import Console
 import graph.campaign as package
 from evals.objective import ObjectiveSpec
 from graph.campaign.plan import followed, make_plan, register
-from graph.campaign.report import plot_best_so_far, print_summary, verdicts, write_report
+from graph.campaign.report import (plot_best_so_far, plot_pareto, print_summary, verdicts,
+                                   write_report)
 from graph.campaign.stages import (CampaignError, State, composed, lineage, load_config,
                                    mechanism, promote, rediscovery, search, test_stage)
 from graph.run import gene_names_arg, rate_arg
@@ -62,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "tiny testbed")
     p.add_argument("--margin", type=float, default=1.0,
                    help="non-inferiority margin in Overall points: 'not worse' means the "
-                        "paired 95%% CI's lower bound is above -MARGIN (default 1.0)")
+                        "paired 95%% CI's lower bound is above -MARGIN; under a length "
+                        "directive also the contract's margin for the winner (default 1.0)")
     p.add_argument("--job-timeout", type=float, default=None, metavar="S",
                    help="wall-clock and CPU limit of each sandboxed training run in "
                         "promotion, test and rediscovery (default: 600 s + 20 s per step)")
@@ -139,7 +141,8 @@ def _main(args, console: Console) -> int:
     changes = register(args.out, state, make_plan(args))  # before anything trains
     run_id = search(args, home, state, console)
     with Archive(home) as a:
-        spec = ObjectiveSpec.model_validate(a.run(run_id).config["objective"])
+        spec = ObjectiveSpec.model_validate(a.run(run_id).config["objective"]).model_copy(
+            update={"margin": args.margin})  # one margin: the winner rule's and verdicts
         search_cpu = sum(e.wall_time or 0.0 for c in a.candidates(run_id)
                          for e in a.evaluations(c.id))
     prom = _timed(state, "promote_wall_s", promote, args, home, run_id, spec, cfg, console)
@@ -149,6 +152,7 @@ def _main(args, console: Console) -> int:
     lines = {f"{k} (screening)": v["score"] for k, v in (redis or {}).items()
              if isinstance(v, dict) and "score" in v}
     plot_best_so_far(home, run_id, args.out / "best_so_far.png", lines)
+    plot_pareto(test, args.out / "pareto.png")
     compute = {"search_cpu_s": search_cpu, "promote_cpu_s": prom["cpu_seconds"],
                "test_cpu_s": test["cpu_seconds"],
                "rediscovery_cpu_s": (redis or {}).get("cpu_seconds", 0.0),
@@ -166,7 +170,7 @@ def _main(args, console: Console) -> int:
                "composed": composed(home, run_id, [r["name"] for r in prom["rows"]
                                                    + prom.get("sampled_rows", [])]),
                "rediscovery": redis, "compute": compute,
-               "verdicts": verdicts(test, args.margin),
+               "verdicts": verdicts(test, args.margin, spec.minimizes_length),
                "plan": state.get("plan"), "plan_changes": changes}
     payload["plan_outcome"] = followed(payload["plan"], changes, payload)
     (args.out / "campaign.json").write_text(json.dumps(payload, indent=2, default=str))

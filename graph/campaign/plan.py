@@ -26,9 +26,18 @@ def make_plan(args) -> dict:
     test = list(range(TEST_SEED_OFFSET, TEST_SEED_OFFSET + args.seeds))
     confirm = (list(range(test[-1] + 1, TEST_SEED_OFFSET + args.confirm_seeds))
                if args.confirm_seeds else [])
+    spec = objective_from_directive(args.directive)
+    if spec.minimizes_length:
+        winner_rule = (f"the shortest candidate whose mean Overall over the promotion seeds "
+                       f"is within {args.margin:g} point(s) of GRPO's on the same seeds wins "
+                       "(none: the best mean fitness)")
+        contract = (f"; the contract is met when the Overall CI's lower bound > "
+                    f"-{args.margin:g} and the length CI's upper bound < 0")
+    else:
+        winner_rule, contract = "the best mean fitness over the promotion seeds wins", ""
     return {
         "directive": args.directive,
-        "objective": objective_from_directive(args.directive).describe(),
+        "objective": spec.describe(),
         "search": {"candidates": args.candidates, "width": args.width,
                    "steps": args.screen_steps, "seeds_per_candidate": args.screen_seeds,
                    "search_seed": args.seed, "selection": args.selection,
@@ -37,8 +46,8 @@ def make_plan(args) -> dict:
         "promote": {"candidates": args.promote, "seeds": list(range(
                         PROMOTE_SEED_OFFSET, PROMOTE_SEED_OFFSET + args.promote_seeds)),
                     "rank_sample": args.rank_sample, "steps": steps, "split": "val",
-                    "rule": "the best mean fitness over the promotion seeds wins; GRPO is "
-                            "trained on the same seeds as the fitness reference"},
+                    "rule": f"{winner_rule}; GRPO is trained on the same seeds as the "
+                            "fitness reference"},
         "test": {"algorithms": ["winner", *baselines], "seeds": test, "steps": steps,
                  "split": "test"},
         "confirm": {"seeds": confirm,
@@ -49,7 +58,8 @@ def make_plan(args) -> dict:
         "verdicts": {"margin": args.margin,
                      "rule": "paired 95% t CI of the difference in Overall: better if its "
                              "lower bound > 0, worse if its upper bound < 0, not worse if "
-                             f"its lower bound > -{args.margin:g}, else inconclusive"},
+                             f"its lower bound > -{args.margin:g}, else inconclusive"
+                             + contract},
     }
 
 

@@ -68,8 +68,10 @@ def length_verdict(ci: dict | None) -> str:
     return "no clear difference"
 
 
-def verdicts(test: dict, margin: float) -> dict:
-    """The winner against GRPO and against the best other baseline, in words."""
+def verdicts(test: dict, margin: float, length_directive: bool = False) -> dict:
+    """The winner against GRPO and against the best other baseline, in words. Under a
+    length directive also the contract (evals/objective.py): ``met`` when the winner is
+    not worse than GRPO within the margin and shorter, both by paired 95% CIs."""
     rows = {r["algorithm"]: r for r in test["rows"]}
     w, g = rows.get(test["winner_label"], {}), rows.get("grpo", {})
     out: dict = {"margin": margin}
@@ -85,6 +87,10 @@ def verdicts(test: dict, margin: float) -> dict:
         if dlen and g["mean_length"] and np.isfinite(dlen.get("low", np.nan)):
             out["vs_grpo"]["length_change_pct_ci95"] = [
                 100.0 * dlen["low"] / g["mean_length"], 100.0 * dlen["high"] / g["mean_length"]]
+    if length_directive:
+        vg = out["vs_grpo"]
+        out["contract"] = ("met" if vg["overall"] in ("better", "not worse")
+                           and vg["length"] == "shorter" else "not met")
     vb = test.get("vs_best_baseline") or {}
     out["vs_best_baseline"] = {"baseline": test.get("best_baseline"),
                                "overall": overall_verdict(vb.get("overall"), margin),
@@ -114,6 +120,9 @@ def verdict_lines(payload: dict) -> list[str]:
             lines[-1] += (f", {pct:+.1f}%"
                           + (f" [{pci[0]:+.1f}%, {pci[1]:+.1f}%]" if pci else "")
                           + f" ({w['length_delta_vs_baseline_ci95']['text']} tokens).")
+    if "contract" in v:
+        lines.append(f"- Contract (shorter than GRPO, Overall within {m:g} point(s) of "
+                     f"GRPO's, both by paired 95% CIs): **{v['contract']}**.")
     vb = v["vs_best_baseline"]
     if vb["baseline"] == "grpo":
         lines.append("- GRPO is the best shipped baseline on this test.")
@@ -135,6 +144,23 @@ def _mechanism_bullets(words: str) -> list[str]:
         changed = line.startswith("* ")
         out.append(f"- {'**changed** ' if changed else ''}{line[2:] if changed else line.strip()}")
     return out
+
+
+def plot_pareto(test: dict, path: Path) -> Path | None:
+    """The test split's Overall against length: the winner, GRPO and every baseline."""
+    from graph.report.plots import pareto_plot
+
+    points = [{"name": r["algorithm"].removeprefix("winner:"), "overall": r["overall_mean"],
+               "length": r["mean_length"],
+               "kind": ("winner" if r["algorithm"] == test["winner_label"] else
+                        "grpo" if r["algorithm"] == "grpo" else "baseline")}
+              for r in test["rows"] if "overall_mean" in r]
+    png = pareto_plot(points, "held-out test: Overall vs length (means over the paired "
+                              "seeds)", split="test")
+    if png is None:
+        return None
+    path.write_bytes(png)
+    return path
 
 
 def write_report(out: Path, payload: dict) -> Path:
@@ -190,6 +216,9 @@ def write_report(out: Path, payload: dict) -> Path:
         name = f"{r['name']} (random sample, not eligible)" if sampled else r["name"]
         lines.append(f"| {name} | {r['fitness']:.1f} | {r['overall']:.1f} | "
                      f"{r['length']:.1f} | {r['seeds']} | {screen} |")
+    if payload["promote"].get("winner_rule"):
+        lines += ["", f"Winner rule: {payload['promote']['winner_rule']}: "
+                      f"**{payload['promote']['winner']}**."]
     lines += ["", rank_line(payload["promote"].get("screen_vs_promotion"))]
     lines += composed_lines(payload.get("composed"))
     if payload.get("rediscovery"):
@@ -214,6 +243,8 @@ def write_report(out: Path, payload: dict) -> Path:
               f"({comp['total_cpu_s'] / 3600:.2f} CPU-hours). Wall time: search "
               f"{comp['search_wall_s']:.0f} s, promotion {comp.get('promote_wall_s', 0):.0f} s"
               f", test {comp.get('test_wall_s', 0):.0f} s.", "", "![best so far](best_so_far.png)", ""]
+    if (out / "pareto.png").is_file():
+        lines += ["![Overall vs length on the test split](pareto.png)", ""]
     path = out / "campaign.md"
     path.write_text("\n".join(lines))
     return path

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from evals.objective import ObjectiveSpec, fitness
+from evals.objective import ObjectiveSpec, fitness, shortening, within_margin
 
 TEST_SEED_OFFSET = 2000      # fresh seeds of the test stage (search uses the run seed)
 PROMOTE_SEED_OFFSET = 1000   # fresh seeds of the promotion stage
@@ -181,19 +181,41 @@ def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
                 continue
             fits = [fitness(spec, r["final"]["overall"], r["final"]["length"], ref)
                     for r in runs]
+            overall, length = _mean(runs, "overall"), _mean(runs, "length")
             out.append({"name": label, "fitness": float(np.mean(fits)),
-                        "overall": _mean(runs, "overall"), "length": _mean(runs, "length"),
+                        "overall": overall, "length": length,
+                        "delta_overall": overall - ref[0],
+                        "shorter_pct": shortening(length, ref[1]),
+                        "within_margin": within_margin(spec, overall - ref[0]),
                         "seeds": len(runs), "screen_fitness": screen[label]["fitness"],
                         "screen_seeds": screen[label]["seeds"]})
     if not rows:
         raise CampaignError("every promoted candidate failed to train")
     rows.sort(key=lambda r: -r["fitness"])
-    source = dict(picked)[rows[0]["name"]]
-    return {"rows": rows, "winner": rows[0]["name"], "winner_source": source,
+    winner, rule = pick_winner(rows, spec)
+    source = dict(picked)[winner["name"]]
+    return {"rows": rows, "winner": winner["name"], "winner_source": source,
+            "winner_rule": rule,
             "reference": {"overall": ref[0], "length": ref[1]}, "seeds": seeds,
             "sampled_rows": sample_rows,
             "screen_vs_promotion": rank_correlation(rows + sample_rows),
             "cpu_seconds": _cpu(results)}
+
+
+def pick_winner(rows: list[dict], spec: ObjectiveSpec) -> tuple[dict, str]:
+    """The promotion's winner and the rule that chose it, in words. Accuracy: the best
+    mean fitness (Overall). A length directive is a contract: the shortest candidate
+    whose mean Overall over the promotion seeds is within the margin of GRPO's on the
+    same seeds; when none is, the best fitness, and the rule says so."""
+    if not spec.minimizes_length:
+        return rows[0], "the best mean fitness (Overall) over the promotion seeds"
+    kept = [r for r in rows if r["within_margin"]]
+    if kept:
+        best = max(kept, key=lambda r: r["shorter_pct"])
+        return best, (f"the shortest of the {len(kept)} candidate(s) whose mean Overall is "
+                      f"within {spec.margin:g} point(s) of GRPO's on the same seeds")
+    return rows[0], (f"no promoted candidate kept Overall within {spec.margin:g} point(s) "
+                     "of GRPO's: the best mean fitness")
 
 
 def rank_correlation(rows: list[dict]) -> dict:

@@ -3,13 +3,15 @@
     python -m graph.report RUN_ID [--home DIR] [--out FILE] [--quiet]
 
 Writes ``<home>/runs/<RUN_ID>/report.html`` (or FILE) and, next to it, the plots as PNG
-files (``report-genealogy.png``, ``report-curves.png``, ``report-leaderboard.png``):
+files (``report-genealogy.png``, ``report-curves.png``, ``report-leaderboard.png``,
+``report-pareto.png``):
 
 - the genealogy tree, coloured by fitness and status; inline SVG, one ``.node`` element
   per candidate (``data-candidate-id``), a click opens the candidate;
 - learning curves of the best candidates against the seed baseline (and other baselines);
 - the leaderboard: mean fitness over seeds with 95% t intervals, and the paired
   difference to the seed baseline;
+- Overall against response length, with the Pareto front and GRPO marked;
 - per candidate: proposal, code diff against its first parent, status and error,
   reflections.
 
@@ -64,13 +66,18 @@ def write_report(home: str | Path | None, run_id: int, out: str | Path | None = 
     curves = plots.learning_curves(snap, best)
     step(STEPS[3])
     chart = plots.leaderboard_chart(snap, board)
+    pareto = plots.pareto_plot(_pareto_points(snap, board),
+                               f"run {snap.run.id}: Overall vs length "
+                               f"(objective: {_objective(snap.run.config)})")
     step(STEPS[4])
-    pngs = {"genealogy": tree.png if tree else None, "curves": curves, "leaderboard": chart}
+    pngs = {"genealogy": tree.png if tree else None, "curves": curves, "leaderboard": chart,
+            "pareto": pareto}
     names = {k: f"{out.stem}-{k}.png" for k in pngs}
     body = "\n".join([_header(snap, board),
                       _genealogy_section(tree.svg if tree else None, names["genealogy"]),
                       _curves_section(curves, best, snap, names["curves"]),
                       _leaderboard_section(snap, board, chart, names["leaderboard"]),
+                      _pareto_section(pareto, names["pareto"]),
                       _llm_section(home, run_id),
                       _candidates_section(snap, _llm_by_candidate(home, run_id))])
     page = _page(f"POISE run {snap.run.id}: {snap.run.directive}", body)
@@ -114,7 +121,8 @@ def _header(snap: RunSnapshot, board: list[Standing]) -> str:
                      "</p>")
     nav = " · ".join(f"<a href='#{k}'>{t}</a>" for k, t in (
         ("genealogy", "genealogy"), ("curves", "learning curves"),
-        ("leaderboard", "leaderboard"), ("candidates", "candidates")))
+        ("leaderboard", "leaderboard"), ("pareto", "Overall vs length"),
+        ("candidates", "candidates")))
     return (f"<header><h1>POISE run {run.id}</h1>{''.join(lines)}<nav>{nav}</nav>"
             "</header>")
 
@@ -175,6 +183,31 @@ def _leaderboard_section(snap: RunSnapshot, board: list[Standing], png: bytes | 
     return "".join(parts) + "</section>"
 
 
+def _pareto_points(snap: RunSnapshot, board: list[Standing]) -> list[dict]:
+    """Each ranked candidate's mean val Overall and length; the seed baseline is GRPO."""
+    seed = snap.seed_baseline
+    out = []
+    for s in board:
+        c = s.candidate
+        overall, length = _val_value(c, "overall"), _val_value(c, "length")
+        kind = ("grpo" if seed is not None and c.id == seed.id else
+                "baseline" if c.is_baseline else "candidate")
+        out.append({"name": c.name, "overall": overall, "length": length, "kind": kind})
+    return out
+
+
+def _pareto_section(png: bytes | None, png_name: str) -> str:
+    if png is None:
+        return ("<section id='pareto'><h2>Overall vs length</h2>"
+                "<p>no evaluated candidate yet</p></section>")
+    return ("<section id='pareto'><h2>Overall vs length</h2>"
+            "<p class='note'>Mean val Overall and greedy response length over seeds; the "
+            "red steps join the candidates no other candidate beats on both. PNG: "
+            f"<code>{e(png_name)}</code>.</p>"
+            + _img(png, "Overall against response length, Pareto front", "plot-pareto")
+            + "</section>")
+
+
 def _board_row(rank: int, s: Standing) -> str:
     c = s.candidate
     ci = "n=1, no CI" if s.ci.n < 2 else f"[{s.ci.ci_low:.3f}, {s.ci.ci_high:.3f}]"
@@ -188,10 +221,15 @@ def _board_row(rank: int, s: Standing) -> str:
 
 
 def _val_mean(c: CandidateView, key: str) -> str:
+    value = _val_value(c, key)
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _val_value(c: CandidateView, key: str) -> float | None:
     values = [ev.metrics["val"].get(key) for ev in c.evaluations
               if isinstance(ev.metrics.get("val"), dict)]
     values = [v for v in values if isinstance(v, (int, float))]
-    return f"{sum(values) / len(values):.1f}" if values else "-"
+    return sum(values) / len(values) if values else None
 
 
 def _llm_usage(home: Path, run_id: int) -> dict:

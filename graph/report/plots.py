@@ -7,6 +7,8 @@ backend state, so drawing inside a running graph changes nothing around it).
   carry ``class="node"`` and ``data-candidate-id`` so a browser (or a test) can find them.
 - ``learning_curves``: the best candidates against the baselines, mean over seeds.
 - ``leaderboard_chart``: mean fitness with 95% t intervals over seeds.
+- ``pareto_plot``: Overall against response length, the non-dominated front drawn,
+  GRPO and the other baselines marked (the run report and the campaign's test split).
 """
 from __future__ import annotations
 
@@ -291,6 +293,59 @@ def leaderboard_chart(snapshot: RunSnapshot, board: list[Standing],
     ax.grid(axis="x", alpha=0.3, zorder=0)
     more = f" (top {limit} of {len(board)})" if len(board) > limit else ""
     ax.set_title(f"run {snapshot.run.id}: leaderboard{more}")
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ----------------------------------------------------------------------------- pareto
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """The points no other point dominates (Overall at least as high and length at
+    least as short, one of them strictly), shortest first."""
+    def dominated(p):
+        return any(q["overall"] >= p["overall"] and q["length"] <= p["length"]
+                   and (q["overall"] > p["overall"] or q["length"] < p["length"])
+                   for q in points)
+    return sorted((p for p in points if not dominated(p)), key=lambda p: p["length"])
+
+
+PARETO_STYLE = {  # kind -> (marker, colour, size, legend label)
+    "grpo": ("*", "#000000", 260, "GRPO"),
+    "baseline": ("s", "#9e9e9e", 70, "shipped baseline"),
+    "candidate": ("o", "#4c72b0", 45, "candidate"),
+    "winner": ("D", "#e0a100", 110, "winner"),
+}
+
+
+def pareto_plot(points: list[dict], title: str, split: str = "val") -> bytes | None:
+    """Overall (up) against mean response length (left is shorter) for ``points``
+    (``name``, ``overall``, ``length``, ``kind`` in PARETO_STYLE); the non-dominated
+    front as a step line; every non-candidate point and the front's points named."""
+    points = [p for p in points if p.get("overall") is not None
+              and p.get("length") is not None]
+    if not points:
+        return None
+    fig = Figure(figsize=(8, 5.2))
+    ax = fig.subplots()
+    front = pareto_front(points)
+    ax.step([p["length"] for p in front], [p["overall"] for p in front], where="post",
+            color="#c44e52", lw=1.2, alpha=0.8, zorder=1, label="Pareto front")
+    for kind, (marker, colour, size, label) in PARETO_STYLE.items():
+        mine = [p for p in points if p["kind"] == kind]
+        if mine:
+            ax.scatter([p["length"] for p in mine], [p["overall"] for p in mine],
+                       marker=marker, c=colour, s=size, edgecolors="#222222", lw=0.6,
+                       zorder=3 if kind != "candidate" else 2, label=label)
+    named = {id(p) for p in front} | {id(p) for p in points if p["kind"] != "candidate"}
+    for p in points:
+        if id(p) in named:
+            ax.annotate(p["name"], (p["length"], p["overall"]), fontsize=7,
+                        xytext=(5, 4), textcoords="offset points")
+    ax.set_xlabel(f"mean response length, {split} (tokens; left is shorter)")
+    ax.set_ylabel(f"Overall, {split} (points)")
+    ax.grid(alpha=0.3, zorder=0)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
