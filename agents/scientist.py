@@ -89,7 +89,7 @@ def propose(model: Any | None, directive: str, evidence: Sequence[dict], *,
             rng: Any, parent_code: str = "", parent_summary: str = "",
             references: Sequence[Any] = (), taken_names: Iterable[str] = (),
             budget: Any = None, backend: str = "", excluded_genes: Sequence[str] = (),
-            compose_rate: float = 0.0) -> Proposal:
+            compose_rate: float = 0.0, objective: str = "") -> Proposal:
     """The scientist's proposal for a child of the parent: the LLM's (``model``) from
     the parent's code and summary, the evidence and the archive ``references``; without
     a model, the builtin draw from the parent's genome (GRPO's when it has none), the
@@ -101,7 +101,7 @@ def propose(model: Any | None, directive: str, evidence: Sequence[dict], *,
     if model is not None:
         return propose_llm(model, parent_code, parent_summary, directive, evidence,
                            references, taken_names=taken_names, budget=budget,
-                           backend=backend)
+                           backend=backend, objective=objective)
     from agents.builtin import scientist as builtin
     from agents.builtin.genes import Genome, excluded_kinds
 
@@ -116,7 +116,7 @@ def propose(model: Any | None, directive: str, evidence: Sequence[dict], *,
 def propose_llm(model: Any, parent_code: str, parent_summary: str, directive: str,
                 reflections: Sequence[Any], references: Sequence[Any], *,
                 taken_names: Iterable[str] = (), max_repairs: int = 2,
-                budget: Any = None, backend: str = "") -> Proposal:
+                budget: Any = None, backend: str = "", objective: str = "") -> Proposal:
     """One novel proposal derived from the parent. ``reflections`` and ``references`` are
     dicts (or pydantic/dataclass records) from the archive; only a few known keys of each
     are shown, as many as fit ``budget`` (an ``agents.budget.Budget``; None: the caps).
@@ -138,6 +138,7 @@ def propose_llm(model: Any, parent_code: str, parent_summary: str, directive: st
                      level=level)
         return messages(
             "scientist", directive=directive.strip() or "(none: the default objective)",
+            objective=objective or "fitness = Overall (val)",
             backend=backend or describe(None),
             parent_summary=quote_text("parent_summary", cut(parent_summary, field_chars)),
             parent_code=quote_text("parent_code", cut(parent_code, code_chars),

@@ -224,8 +224,9 @@ def scientist(state: CandidateState, runtime: Runtime[Context]) -> dict:
                "references": [{**candidate_card(archive, c), "proposal": c.proposal[:600]}
                               for c in cands if c.id != parent.id][-8:],
                "taken_names": [c.name for c in archive.candidates(state["run_id"])],
-               "budget": budget_for("scientist", ctx, model),
-               "backend": describe_backend(ctx.executor)}
+               "budget": budget_for("scientist", ctx, model), "backend": describe_backend(
+                   ctx.executor), "objective": ObjectiveSpec.model_validate(
+                   state["objective"]).describe()}
     with llm_scope(state, ctx, "scientist"):
         proposal = propose(model, state["directive"], state["evidence"],
                            parent_signature=state.get("parent_signature"),
@@ -349,10 +350,8 @@ def trainer(state: CandidateState, runtime: Runtime[Context]) -> dict:
 def evaluate(state: CandidateState, runtime: Runtime[Context]) -> dict:
     """Fitness per seed from the held-out (val) evaluation under the run's objective."""
     spec = ObjectiveSpec.model_validate(state["objective"])  # the run state's JSON
-    reference = state.get("reference")
-    if reference is None and state["round"] == 0:  # the seed baseline is the reference
-        finals = [r["final"] for r in state["results"]]
-        reference = {k: sum(f[k] for f in finals) / len(finals) for k in ("overall", "length")}
+    reference = state.get("reference") or (  # round 0: the seed baseline is the reference
+        mean_final([r["final"] for r in state["results"]]) if state["round"] == 0 else None)
     for r in state["results"]:
         r["fitness"] = seed_fitness(spec, reference, r["final"])
     fits = [r["fitness"] for r in state["results"]]

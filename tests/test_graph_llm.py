@@ -93,3 +93,7 @@ def test_llm_agents_through_the_graph(tmp_path):
         for c in (hang, bad):  # failures are evidence: archived with a reflection
             assert a.reflections(c.id)
             assert a.parents(c.id)
+    # the graph tells the LLM scientist the run's objective, a contract under "concise"
+    assert scientist.calls and all(
+        f"the run's objective:\n\n    {spec.describe()}" in call[0].content
+        for call in scientist.calls)

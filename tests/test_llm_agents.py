@@ -52,6 +52,18 @@ def test_valid_json_gives_a_proposal_and_the_prompt_carries_the_schema():
     prompt = last_human(rec.calls[0])
     assert '"changes"' in prompt and "JSON schema" in prompt
     assert "accurate and concise" in rec.calls[0][0].content  # the directive: system part
+    assert "the run's objective:\n\n    fitness = Overall (val)" in rec.calls[0][0].content
+
+
+def test_the_scientist_is_told_the_objective_as_a_contract():
+    from evals.objective import objective_from_directive
+
+    spec = objective_from_directive("accurate and concise")
+    model, rec = scripted(json.dumps(PROPOSAL))
+    propose(model, objective=spec.describe())
+    system = rec.calls[0][0].content
+    assert f"the run's objective:\n\n    {spec.describe()}" in system
+    assert "as short as possible while Overall >= GRPO's - 1" in system
 
 
 def test_json_inside_prose_and_fences():
