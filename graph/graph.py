@@ -224,9 +224,9 @@ def scientist(state: CandidateState, runtime: Runtime[Context]) -> dict:
                "references": [{**candidate_card(archive, c), "proposal": c.proposal[:600]}
                               for c in cands if c.id != parent.id][-8:],
                "taken_names": [c.name for c in archive.candidates(state["run_id"])],
-               "budget": budget_for("scientist", ctx, model), "backend": describe_backend(
-                   ctx.executor), "objective": ObjectiveSpec.model_validate(
-                   state["objective"]).describe()}
+               "budget": budget_for("scientist", ctx, model),
+               "backend": describe_backend(ctx.executor),
+               "objective": ObjectiveSpec.model_validate(state["objective"]).describe()}
     with llm_scope(state, ctx, "scientist"):
         proposal = propose(model, state["directive"], state["evidence"],
                            parent_signature=state.get("parent_signature"),
