@@ -27,8 +27,8 @@ GRPO's buys nothing; below it, each point must be paid with 10% of length, more 
 shortening the testbed allows pays for a few points. Averaged over seeds, the penalty is
 an expectation: a candidate whose Overall is as noisy as GRPO's pays about as much as
 GRPO does, so ranking is by shortening first. Under ``length="ignore"``, fitness is
-Overall. Without a reference yet (the seed baseline's own evaluation), fitness is
-Overall; the loop re-scores the seed once its reference exists.
+Overall. Without a reference, fitness is Overall; the loop scores the seed baseline
+against its own mean (graph.graph.evaluate), so GRPO's fitness is about 0 under "concise".
 
 Specs written before the contract (``length_weight``, ``accuracy_tolerance``) are read as
 the contract: a positive weight is ``length="minimize"`` with the tolerance as margin.

@@ -438,7 +438,7 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
         _track(ctx, state, cand)
     return {"finished": [{"id": cand.id, "name": cand.name, "parents": arch.parents(cand.id),
                           "status": cand.status, "fitness": cand.fitness,
-                          **val_means(arch, cand.id),
+                          **val_means(arch.evaluations(cand.id)),
                           "round": state["round"], "slot": state["slot"],
                           "error": cand.error}]}
 

@@ -11,13 +11,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from agents.analyst import mean_final
+
 
 def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
                   wall: float, stopped: str | None = None) -> dict:
     cands = archive.candidates(run_id)
     rows = [{"id": c.id, "name": c.name, "parents": archive.parents(c.id),
              "status": c.status, "fitness": c.fitness,
-             **val_means(archive, c.id), "generation": c.generation, "error": c.error}
+             **val_means(archive.evaluations(c.id)), "generation": c.generation,
+             "error": c.error}
             for c in cands]
     board = archive.leaderboard(run_id)
     end = time.time()
@@ -93,13 +96,11 @@ def _covered(spans: list, lo: float, hi: float) -> float:
     return total + (0.0 if cur_b is None else cur_b - cur_a)
 
 
-def val_means(archive, candidate_id: int) -> dict:
-    """The mean val Overall and length over a candidate's seeds (None without one)."""
-    finals = [e.metrics.get("val") for e in archive.evaluations(candidate_id)]
-    finals = [f for f in finals if isinstance(f, dict) and "overall" in f and "length" in f]
-    if not finals:
-        return {"overall": None, "length": None}
-    return {k: sum(f[k] for f in finals) / len(finals) for k in ("overall", "length")}
+def val_means(evaluations) -> dict:
+    """The mean val Overall and length over a candidate's evaluations (None without one)."""
+    means = mean_final([e.metrics["val"] for e in evaluations
+                        if isinstance((e.metrics or {}).get("val"), dict)])
+    return {k: means.get(k) for k in ("overall", "length")}
 
 
 def print_leaderboard(archive, run_id: int, console: Console) -> None:
@@ -109,7 +110,7 @@ def print_leaderboard(archive, run_id: int, console: Console) -> None:
                 "seeds"):
         t.add_column(col, justify="left" if col == "candidate" else "right")
     for i, s in enumerate(archive.leaderboard(run_id), 1):
-        m = val_means(archive, s.candidate_id)
+        m = val_means(archive.evaluations(s.candidate_id))
         t.add_row(str(i), s.name, str(s.generation), ",".join(map(str, s.parent_ids)) or "-",
                   f"{s.fitness:.2f}", f"{s.fitness_sd:.2f}" if s.seeds > 1 else "-",
                   _num(m["overall"]), _num(m["length"]), str(s.seeds))

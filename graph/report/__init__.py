@@ -32,6 +32,7 @@ from typing import Callable
 
 from memory.archive import Archive, resolve_home
 from memory.cli import Parser, add_home, fail
+from graph.summary import val_means
 from graph.report.data import CandidateView, RunSnapshot, Standing, ci_text, load_snapshot
 
 REPORT_FILE = "report.html"
@@ -226,10 +227,7 @@ def _val_mean(c: CandidateView, key: str) -> str:
 
 
 def _val_value(c: CandidateView, key: str) -> float | None:
-    values = [ev.metrics["val"].get(key) for ev in c.evaluations
-              if isinstance(ev.metrics.get("val"), dict)]
-    values = [v for v in values if isinstance(v, (int, float))]
-    return sum(values) / len(values) if values else None
+    return val_means(c.evaluations)[key]
 
 
 def _llm_usage(home: Path, run_id: int) -> dict:

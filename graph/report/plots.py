@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from memory.terms import dominates
 from graph.report.data import (CURVE_KEYS, CandidateView, RunSnapshot, Standing, ci_text,
                                mean_curve)
 
@@ -302,11 +303,10 @@ def leaderboard_chart(snapshot: RunSnapshot, board: list[Standing],
 def pareto_front(points: list[dict]) -> list[dict]:
     """The points no other point dominates (Overall at least as high and length at
     least as short, one of them strictly), shortest first."""
-    def dominated(p):
-        return any(q["overall"] >= p["overall"] and q["length"] <= p["length"]
-                   and (q["overall"] > p["overall"] or q["length"] < p["length"])
-                   for q in points)
-    return sorted((p for p in points if not dominated(p)), key=lambda p: p["length"])
+    score = [np.array([p["overall"], -p["length"]]) for p in points]
+    front = [p for i, p in enumerate(points)
+             if not any(dominates(q, score[i]) for q in score)]
+    return sorted(front, key=lambda p: p["length"])
 
 
 PARETO_STYLE = {  # kind -> (marker, colour, size, legend label)
