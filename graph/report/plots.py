@@ -16,6 +16,7 @@ import html
 import io
 import math
 import re
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -345,7 +346,7 @@ def pareto_plot(points: list[dict], title: str, split: str = "val") -> bytes | N
     ax.set_ylabel(f"Overall, {split} (points)")
     ax.grid(alpha=0.3, zorder=0)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 100), fontsize=9)  # an objective's text is long
     fig.tight_layout()
     return _png(fig)
 
