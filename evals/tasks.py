@@ -1,24 +1,39 @@
-"""The testbed task suite: multi-digit addition with a worked-steps format that can break.
+"""The testbed task suite: arithmetic with a worked-steps format that can break, and
+verbosity a policy can drop without losing accuracy.
 
-A prompt is ``"<a>+<b>="`` (operands zero-padded to a fixed width). A response is an optional scratchpad of column steps
-(least-significant column first, carry written out), optional filler, and a final answer
-in a required format, then EOS::
+A prompt is ``"<a><op><b>="`` (operands zero-padded to a fixed width). A response is an
+optional restatement of the problem, an optional scratchpad of column steps (least
+significant column first, carries and borrows written out), optional filler, optional
+re-checks of the answer, and the final answer in a required format, then EOS::
 
-    7+5=12;4+8+1=13;3+1=4;~#432.      (scratchpad, one filler token)
-    #432.                             (concise)
+    00432+00097;2+7=9;3+9=12;4+1=5;~=529;#529.  (restated, steps, filler, a re-check)
+    2+7=9;3+9=12;4+1=5;#529.                    (the steps accuracy may need)
+    #529.                                       (the shortest correct form: the oracle)
 
-The strict parser accepts exactly ``(STEP;|~)* '#' ANSWER '.'`` followed by EOS within
-the response budget, where STEP is ``d+d(+1)?=n`` and ANSWER has no leading zero;
+The strict parser accepts exactly ``RESTATE? (STEP;|~)* (=N;)* '#' ANSWER '.'`` followed by
+EOS within the response budget, where RESTATE is the prompt's ``a<op>b;``, STEP is the family's column
+step (``d+d(+1)?=n``, ``1?d-d(-1)?=d``, ``d*d(+c)?=n``) and ANSWER has no leading zero;
 anything else (no EOS, a second '#', text after '.', a stray character) is invalid and
-earns no reward. Correct = valid and ANSWER == a + b. The steps' arithmetic is not
-checked: only the answer counts, as in math benchmarks.
+earns no reward. Correct = valid and ANSWER equals the result. The steps' arithmetic is
+not checked: only the answer counts, as in math benchmarks.
 
-Three families in one prompt stream give mixed difficulty: ``add2`` (easy, many
+**Search families** (the RL prompt stream, selection and Overall): ``add2`` (easy, many
 all-correct groups), ``add3`` (medium), ``add5`` (hard: concise answers are mostly wrong,
-long scratchpads break the format more often, many all-fail groups). Length varies among
-correct answers (concise vs scratchpad, redundant steps, filler), so a length term has
-something to act on. Problems are split into train / val / test by a hash of (a, b), so
-the splits are disjoint and fixed forever.
+long scratchpads break the format more often, many all-fail groups).
+
+**Transfer families** (``TRANSFER_FAMILIES``: in the warm start's corpus, never in the
+search's prompt stream, evaluation or selection): ``sub3``, three-digit subtraction with
+borrows, and ``mul3``, a three-digit number times one digit. A campaign trains its
+winner and the baselines on them with RL at the end, to see what transfers.
+
+**Verbosity.** Real reasoning models over-think; the warm start does too, in measured
+proportions (``CorpusNoise``): it restates the problem, re-checks its answer, writes
+filler and redundant steps, and writes scratchpads on problems easy enough to answer
+directly. None of it changes correctness; the scratchpad on hard problems is what
+accuracy needs. ``anatomy`` splits a response into these parts, ``oracle_length`` is the
+shortest correct response, so the room for shortening is a number (``python -m
+trainers.local.testbed``). Problems are split into train / val / test by a hash of
+(op, a, b), so the splits are disjoint and fixed forever.
 """
 from __future__ import annotations
 
@@ -30,7 +45,7 @@ from dataclasses import dataclass
 # ----------------------------------------------------------------------------- vocabulary
 
 PAD, BOS, EOS = 0, 1, 2
-CHARS = "0123456789+=#.;~"
+CHARS = "0123456789+=#.;~-*"
 VOCAB = ["<pad>", "<bos>", "<eos>"] + list(CHARS)
 STOI = {c: i + 3 for i, c in enumerate(CHARS)}
 VOCAB_SIZE = len(VOCAB)
@@ -61,18 +76,27 @@ def decode(ids) -> str:
 @dataclass(frozen=True)
 class Family:
     name: str
-    digits: int          # operands have up to this many digits
-    weight: float        # share of the training prompt stream
+    op: str              # "+", "-" or "*"
+    digits: int          # the first operand has up to this many digits (the second too,
+                         # except for "*", whose second operand is one digit)
+    weight: float        # share of the RL prompt stream of its kind (search or transfer)
     scratch_prob: float  # share of SFT examples written with a scratchpad
+    sft_weight: float    # share of the warm start's SFT corpus
 
 
-FAMILIES = (
-    Family("add2", 2, 0.3, 0.3),
-    Family("add3", 3, 0.4, 0.5),
-    Family("add5", 5, 0.3, 0.7),
+FAMILIES = (  # the search families: RL, selection, Overall
+    Family("add2", "+", 2, 0.3, 0.6, 0.24),
+    Family("add3", "+", 3, 0.4, 0.6, 0.32),
+    Family("add5", "+", 5, 0.3, 0.8, 0.24),
 )
-FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
-WIDTH = max(f.digits for f in FAMILIES)
+TRANSFER_FAMILIES = (  # never searched on: RL'd and scored only in a transfer stage
+    Family("sub3", "-", 3, 0.5, 0.8, 0.10),
+    Family("mul3", "*", 3, 0.5, 0.8, 0.10),
+)
+ALL_FAMILIES = FAMILIES + TRANSFER_FAMILIES
+FAMILY_BY_NAME = {f.name: f for f in ALL_FAMILIES}
+FAMILY_SETS = {"search": FAMILIES, "transfer": TRANSFER_FAMILIES}
+WIDTH = max(f.digits for f in ALL_FAMILIES)
 HARD_FAMILY = "add5"
 
 # Overall, in the spirit of the original benchmark mix: the hard family is scored by
@@ -83,14 +107,25 @@ OVERALL_WEIGHTS = {
     "add5/acc@1": 0.30,
     "add5/pass@16": 0.30,
 }
+# The transfer families' Overall: greedy accuracy, equal weights.
+TRANSFER_WEIGHTS = {"sub3/acc@1": 0.5, "mul3/acc@1": 0.5}
 PASS_K = 16
 
 SPLITS = ("train", "val", "test")
 
 
-def split_of(a: int, b: int) -> str:
+def families(which: str) -> tuple[Family, ...]:
+    """``"search"`` or ``"transfer"``."""
+    try:
+        return FAMILY_SETS[which]
+    except KeyError:
+        raise ValueError(f"unknown family set {which!r}: expected one of "
+                         f"{', '.join(FAMILY_SETS)}") from None
+
+
+def split_of(a: int, b: int, op: str = "+") -> str:
     """Fixed disjoint split by hash: 60% train, 20% val, 20% test."""
-    h = int.from_bytes(hashlib.blake2s(f"{a}+{b}".encode(), digest_size=4).digest(), "big")
+    h = int.from_bytes(hashlib.blake2s(f"{a}{op}{b}".encode(), digest_size=4).digest(), "big")
     r = h % 10
     return "val" if r < 2 else "test" if r < 4 else "train"
 
@@ -102,21 +137,28 @@ class Problem:
     b: int
 
     @property
+    def op(self) -> str:
+        return FAMILY_BY_NAME[self.family].op
+
+    @property
     def prompt(self) -> str:
         # Operands right-aligned to a fixed width with leading zeros, so a column sits
         # at the same position in every family and the scratchpad is learnable.
-        return f"{self.a:0{WIDTH}d}+{self.b:0{WIDTH}d}="
+        return f"{self.a:0{WIDTH}d}{self.op}{self.b:0{WIDTH}d}="
 
     @property
     def answer(self) -> int:
-        return self.a + self.b
+        return {"+": self.a + self.b, "-": self.a - self.b, "*": self.a * self.b}[self.op]
 
 
 def sample_problem(family: Family, rng: random.Random, split: str = "train") -> Problem:
     hi = 10 ** family.digits - 1  # operands of up to ``digits`` digits
     while True:
-        a, b = rng.randint(0, hi), rng.randint(0, hi)
-        if split_of(a, b) == split:
+        a = rng.randint(0, hi)
+        b = rng.randint(0, 9 if family.op == "*" else hi)
+        if family.op == "-" and b > a:
+            a, b = b, a               # a non-negative difference
+        if split_of(a, b, family.op) == split:
             return Problem(family.name, a, b)
 
 
@@ -126,7 +168,9 @@ def heldout_set(family: str, split: str, size: int) -> list[Problem]:
         raise ValueError(f"held-out split must be 'val' or 'test', got {split!r}")
     fam = FAMILY_BY_NAME[family]
     rng = random.Random(f"heldout-{family}-{split}")
-    n_pairs = 10 ** (2 * fam.digits)
+    n_pairs = 10 ** fam.digits * (10 if fam.op == "*" else 10 ** fam.digits)
+    if fam.op == "-":
+        n_pairs //= 2
     size = min(size, int(n_pairs * 0.2 * 0.97))  # slack: the hash bucket is ~20%
     seen: set[tuple[int, int]] = set()
     out: list[Problem] = []
@@ -139,39 +183,71 @@ def heldout_set(family: str, split: str, size: int) -> list[Problem]:
 
 
 class PromptStream:
-    """The training prompt stream of one seed: mixed families, train split only."""
+    """The training prompt stream of one seed: mixed families of one set (the search's by
+    default), train split only."""
 
-    def __init__(self, seed: int):
-        self.rng = random.Random(f"prompts-{seed}")
+    def __init__(self, seed: int, which: str = "search"):
+        self.rng = random.Random(f"prompts-{seed}" if which == "search"
+                                 else f"prompts-{which}-{seed}")
+        self.families = families(which)
 
     def next_batch(self, size: int) -> list[Problem]:
-        weights = [f.weight for f in FAMILIES]
-        fams = self.rng.choices(FAMILIES, weights=weights, k=size)
+        weights = [f.weight for f in self.families]
+        fams = self.rng.choices(self.families, weights=weights, k=size)
         return [sample_problem(f, self.rng, "train") for f in fams]
 
 
 # ----------------------------------------------------------------------------- format
 
-def column_steps(a: int, b: int) -> list[str]:
-    """The scratchpad steps of a + b, least-significant column first."""
+def column_steps(a: int, b: int, op: str = "+") -> list[str]:
+    """The scratchpad steps of ``a op b``, least-significant column first."""
     da, db = str(a)[::-1], str(b)[::-1]
     steps, carry = [], 0
+    if op == "*":
+        for ch in da:
+            s = int(ch) * b + carry
+            steps.append(f"{ch}*{b}{f'+{carry}' if carry else ''}={s}")
+            carry = s // 10
+        return steps
     for i in range(max(len(da), len(db))):
         x = int(da[i]) if i < len(da) else 0
         y = int(db[i]) if i < len(db) else 0
-        s = x + y + carry
-        steps.append(f"{x}+{y}{'+1' if carry else ''}={s}")
-        carry = s // 10
+        if op == "-":
+            d = x - y - carry
+            lend = d < 0
+            steps.append(f"{'1' if lend else ''}{x}-{y}{'-1' if carry else ''}="
+                         f"{d + 10 if lend else d}")
+            carry = int(lend)
+        else:
+            s = x + y + carry
+            steps.append(f"{x}+{y}{'+1' if carry else ''}={s}")
+            carry = s // 10
     return steps
 
 
-def render(steps: list[str], answer: str, filler: int = 0) -> str:
+def restatement(problem: Problem) -> str:
+    """The problem restated as the prompt writes it, ``00432+00097`` (a fixed width, so
+    the steps after it sit at fixed positions too)."""
+    return problem.prompt[:-1]
+
+
+def render(steps: list[str], answer: str, filler: int = 0, restate: str | None = None,
+           checks: int = 0) -> str:
+    head = f"{restate};" if restate else ""
     body = "".join(s + ";" for s in steps)
-    return body + "~" * filler + f"#{answer}."
+    return head + body + "~" * filler + f"={answer};" * checks + f"#{answer}."
 
 
-_STEP = r"\d\+\d(?:\+1)?=\d{1,2}"
-_RESPONSE = re.compile(rf"^(?:{_STEP};|~)*#(0|[1-9]\d*)\.$")
+def oracle_length(problem: Problem) -> int:
+    """Tokens of the shortest correct response, EOS included: ``#<answer>.<eos>``."""
+    return len(str(problem.answer)) + 3
+
+
+_STEP = r"(?:\d\+\d(?:\+1)?=\d{1,2}|1?\d-\d(?:-1)?=\d|\d\*\d(?:\+\d)?=\d{1,2})"
+_RESTATE = r"\d+[-+*]\d+;"
+_RESPONSE = re.compile(rf"^(?:{_RESTATE})?(?:{_STEP};|~)*(?:=\d+;)*#(0|[1-9]\d*)\.$")
+_PARTS = re.compile(rf"(?P<restate>^{_RESTATE})|(?P<step>{_STEP};)|(?P<filler>~)|"
+                    r"(?P<check>=\d+;)|(?P<answer>#\d+\.$)")
 
 
 @dataclass(frozen=True)
@@ -193,15 +269,44 @@ def grade(problem: Problem, response: str, terminated: bool = True) -> Graded:
     return Graded(True, answer == problem.answer, answer)
 
 
+ANATOMY_PARTS = ("restate", "steps", "redundant", "filler", "checks", "answer")
+
+
+def anatomy(problem: Problem, response: str) -> dict[str, int] | None:
+    """A valid response's tokens by part (EOS counted with the answer). Redundant: a step
+    written again right after itself, as long as there are more steps than the problem
+    has columns (a column that legitimately repeats its neighbour is not redundant).
+    None for an invalid response."""
+    if _RESPONSE.match(response) is None:
+        return None
+    out = dict.fromkeys(ANATOMY_PARTS, 0)
+    out["answer"] = 1  # EOS
+    found = [(m.lastgroup, m.group()) for m in _PARTS.finditer(response)]
+    extra = sum(k == "step" for k, _ in found) - len(column_steps(problem.a, problem.b,
+                                                                  problem.op))
+    last = None
+    for kind, text in found:
+        if kind == "step":
+            if text == last and extra > 0:
+                kind, extra = "redundant", extra - 1
+            last = text
+        out[{"step": "steps", "check": "checks"}.get(kind, kind)] += len(text)
+    return out
+
+
 # ----------------------------------------------------------------------------- SFT corpus
 
 @dataclass(frozen=True)
 class CorpusNoise:
-    """How the warm-start corpus is deliberately imperfect."""
+    """How the warm-start corpus is deliberately imperfect (errors and verbosity)."""
 
-    wrong_carry: float = 0.10     # a carry dropped in one column: a wrong answer
+    wrong_carry: float = 0.10     # a carry (borrow) dropped in one column: a wrong answer
     redundant_step: float = 0.15  # one step written twice (correct but longer)
     max_filler: int = 3           # 0..max filler tokens, uniform (correct but longer)
+    # over 0.5, so greedy decoding (what Overall and length score) restates and checks
+    restate: float = 0.6          # the problem restated first (correct but longer)
+    check: float = 0.6            # the answer re-checked once before '#' ...
+    double_check: float = 0.3     # ... and, of those, twice
     malformed_base: float = 0.01  # format breaks: base rate ...
     malformed_per_char: float = 0.0015  # ... plus this per response character
 
@@ -209,24 +314,32 @@ class CorpusNoise:
 def sft_example(problem: Problem, family: Family, rng: random.Random,
                 noise: CorpusNoise) -> str:
     """One warm-start response for ``problem`` (text, without EOS)."""
-    a, b = problem.a, problem.b
-    steps = column_steps(a, b)
-    answer = a + b
+    steps = column_steps(problem.a, problem.b, family.op)
+    answer = problem.answer
     if rng.random() < noise.wrong_carry:
-        answer, steps = _drop_one_carry(a, b, rng)
+        answer, steps = _drop_one_carry(problem, rng)
     use_scratch = rng.random() < family.scratch_prob
     steps = steps if use_scratch else []
     if steps and rng.random() < noise.redundant_step:
         i = rng.randrange(len(steps))
         steps = steps[:i + 1] + steps[i:]
-    text = render(steps, str(answer), rng.randint(0, noise.max_filler))
+    filler = rng.randint(0, noise.max_filler)
+    restate = restatement(problem) if rng.random() < noise.restate else None
+    checks = 0
+    if rng.random() < noise.check:
+        checks = 2 if rng.random() < noise.double_check else 1
+    text = render(steps, str(answer), filler, restate, checks)
     if rng.random() < noise.malformed_base + noise.malformed_per_char * len(text):
         text = _malform(text, rng)
     return text
 
 
-def _drop_one_carry(a: int, b: int, rng: random.Random) -> tuple[int, list[str]]:
-    """Carry-less error in one column that has a carry (or a digit slip if none)."""
+def _drop_one_carry(problem: Problem, rng: random.Random) -> tuple[int, list[str]]:
+    """A wrong answer with its steps: a carry (or borrow) forgotten in one column that
+    has one, or a digit slip if none has."""
+    if problem.op == "*":
+        return _mul_slip(problem, rng)
+    a, b, sub = problem.a, problem.b, problem.op == "-"
     da, db = str(a)[::-1], str(b)[::-1]
     n = max(len(da), len(db))
     cols = [(int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0)
@@ -234,20 +347,52 @@ def _drop_one_carry(a: int, b: int, rng: random.Random) -> tuple[int, list[str]]
     carries, c = [], 0
     for x, y in cols:
         carries.append(c)
-        c = (x + y + c) // 10
+        c = int(x - y - c < 0) if sub else (x + y + c) // 10
     with_carry = [i for i in range(n) if carries[i]]
     drop = rng.choice(with_carry) if with_carry else None
     steps, digits, carry = [], [], 0
     for i, (x, y) in enumerate(cols):
         cin = 0 if i == drop else carry
-        s = x + y + cin
-        steps.append(f"{x}+{y}{'+1' if cin else ''}={s}")
+        if sub:
+            d = x - y - cin
+            lend = d < 0
+            steps.append(f"{'1' if lend else ''}{x}-{y}{'-1' if cin else ''}="
+                         f"{d + 10 if lend else d}")
+            digits.append(d + 10 if lend else d)
+            carry = int(lend)
+        else:
+            s = x + y + cin
+            steps.append(f"{x}+{y}{'+1' if cin else ''}={s}")
+            digits.append(s % 10)
+            carry = s // 10
+    if carry and not sub:
+        digits.append(carry)
+    answer = int("".join(map(str, digits[::-1])))
+    if drop is None:  # no carry to drop: slip the last digit instead
+        answer = answer + 1 if answer % 10 != 9 else answer - 1
+    return answer, steps
+
+
+def _mul_slip(problem: Problem, rng: random.Random) -> tuple[int, list[str]]:
+    """Multiplication: a carry dropped in one column that has one, else a last-digit slip."""
+    steps, digits, carry = [], [], 0
+    da = str(problem.a)[::-1]
+    carries, c = [], 0
+    for ch in da:
+        carries.append(c)
+        c = (int(ch) * problem.b + c) // 10
+    with_carry = [i for i in range(len(da)) if carries[i]]
+    drop = rng.choice(with_carry) if with_carry else None
+    for i, ch in enumerate(da):
+        cin = 0 if i == drop else carry
+        s = int(ch) * problem.b + cin
+        steps.append(f"{ch}*{problem.b}{f'+{cin}' if cin else ''}={s}")
         digits.append(s % 10)
         carry = s // 10
     if carry:
         digits.append(carry)
     answer = int("".join(map(str, digits[::-1])))
-    if drop is None:  # no carry to drop: slip the last digit instead
+    if drop is None:
         answer = answer + 1 if answer % 10 != 9 else answer - 1
     return answer, steps
 
@@ -266,12 +411,13 @@ def _malform(text: str, rng: random.Random) -> str:
 
 def sft_corpus(size: int, seed: int, noise: CorpusNoise = CorpusNoise()
                ) -> list[tuple[Problem, str]]:
-    """``size`` (problem, response) pairs from the train split, deterministic in seed."""
+    """``size`` (problem, response) pairs from the train split of every family (search
+    and transfer, by ``sft_weight``), deterministic in seed."""
     rng = random.Random(f"sft-{seed}")
-    weights = [f.weight for f in FAMILIES]
+    weights = [f.sft_weight for f in ALL_FAMILIES]
     out = []
     for _ in range(size):
-        fam = rng.choices(FAMILIES, weights=weights)[0]
+        fam = rng.choices(ALL_FAMILIES, weights=weights)[0]
         p = sample_problem(fam, rng, "train")
         out.append((p, sft_example(p, fam, rng, noise)))
     return out

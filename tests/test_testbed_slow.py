@@ -28,6 +28,15 @@ def test_warm_start_gives_grpo_something_to_work_with(warm):
     assert prof["add5"]["t1_invalid"] > prof["add2"]["t1_invalid"]
     assert prof["add5"]["all_fail_groups"] >= 20.0          # many all-fail groups
     assert prof["add2"]["t1_accuracy"] > prof["add5"]["t1_accuracy"]
+    # room for "concise": a correct answer is far longer than the oracle, and part of it
+    # is verbosity that accuracy does not need (restatement, re-checks, filler)
+    for fam, row in prof.items():
+        assert row["correct_length_mean"] > 2 * row["oracle_length_mean"], (fam, row)
+        spare = sum(row[f"correct_{p}_tokens"] for p in ("restate", "checks", "filler"))
+        assert spare >= 4.0, (fam, row)
+    transfer = ev.testbed_profile(warm, which="transfer")
+    for fam, row in transfer.items():   # the warm start covers the transfer families
+        assert row["t1_accuracy"] >= 2.0 and row["all_fail_groups"] < 95.0, (fam, row)
 
 
 def test_grpo_improves_and_the_sign_flipped_control_collapses(warm):

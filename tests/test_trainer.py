@@ -30,6 +30,34 @@ def test_train_produces_curves_evals_and_final_metrics(tiny_warm, tiny_train_con
     assert r.cpu_seconds >= r.train_cpu_seconds > 0
 
 
+def test_the_transfer_families_train_and_evaluate_apart(tiny_warm, tiny_train_config,
+                                                         monkeypatch):
+    """families="transfer": the prompt stream and every evaluation use the transfer
+    families only (what a campaign's transfer stage trains), never the search's."""
+    from evals import tasks
+    from trainers.local import trainer as trainer_module
+
+    seen = []
+    real = trainer_module.PromptStream
+
+    class Recording(real):
+        def next_batch(self, size):
+            batch = super().next_batch(size)
+            seen.extend(p.family for p in batch)
+            return batch
+
+    monkeypatch.setattr(trainer_module, "PromptStream", Recording)
+    _, _, model = tiny_warm
+    cfg = replace(tiny_train_config, families="transfer")
+    r = train(load_algorithm("grpo"), model, seed=0, cfg=cfg)
+    assert set(seen) == {f.name for f in tasks.TRANSFER_FAMILIES}
+    for d in [r.final, *r.evals]:
+        assert {"sub3/acc@1", "mul3/acc@1", "overall"} <= set(d)
+        assert not any(k.startswith(("add", "mul3/pass", "sub3/pass")) for k in d), d
+    assert r.final["overall"] == pytest.approx(
+        0.5 * r.final["sub3/acc@1"] + 0.5 * r.final["mul3/acc@1"])
+
+
 def test_same_seed_pairs_runs_and_training_moves_the_policy(tiny_warm, tiny_train_config):
     _, _, model = tiny_warm
     before = [p.detach().clone() for p in model.parameters()]

@@ -17,7 +17,8 @@ from graph.campaign.plan import followed, make_plan, register
 from graph.campaign.report import (plot_best_so_far, plot_pareto, print_summary, verdicts,
                                    write_report)
 from graph.campaign.stages import (CampaignError, State, composed, lineage, load_config,
-                                   mechanism, promote, rediscovery, search, test_stage)
+                                   mechanism, promote, rediscovery, search, test_stage,
+                                   transfer_stage)
 from graph.run import gene_names_arg, rate_arg
 from memory.selection import RULES
 from trainers.home import resolve_home
@@ -79,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "normalization expression from primitives (default 0.3; 0: catalog only)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--no-smoke", action="store_true", help="skip the verifier's smoke run")
+    p.add_argument("--no-transfer", dest="transfer", action="store_false",
+                   help="skip the transfer stage (RL on the families the search never saw)")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     for name in ("candidates", "seeds", "screen_steps", "screen_seeds", "promote",
@@ -148,6 +151,9 @@ def _main(args, console: Console) -> int:
     prom = _timed(state, "promote_wall_s", promote, args, home, run_id, spec, cfg, console)
     test = _timed(state, "test_wall_s", test_stage, args, home,
                   (prom["winner"], prom["winner_source"]), cfg, console)
+    transfer = (_timed(state, "transfer_wall_s", transfer_stage, args, home,
+                       (prom["winner"], prom["winner_source"]), cfg, console)
+                if args.transfer else None)
     redis = rediscovery(args, home, run_id, spec, cfg, console) if args.rediscovery else None
     lines = {f"{k} (screening)": v["score"] for k, v in (redis or {}).items()
              if isinstance(v, dict) and "score" in v}
@@ -155,9 +161,10 @@ def _main(args, console: Console) -> int:
     plot_pareto(test, args.out / "pareto.png")
     compute = {"search_cpu_s": search_cpu, "promote_cpu_s": prom["cpu_seconds"],
                "test_cpu_s": test["cpu_seconds"],
+               "transfer_cpu_s": (transfer or {}).get("cpu_seconds", 0.0),
                "rediscovery_cpu_s": (redis or {}).get("cpu_seconds", 0.0),
                **{k: state.get(k, 0.0) for k in ("search_wall_s", "promote_wall_s",
-                                                  "test_wall_s")}}
+                                                  "test_wall_s", "transfer_wall_s")}}
     compute["total_cpu_s"] = sum(v for k, v in compute.items() if k.endswith("cpu_s"))
     payload = {"directive": args.directive, "objective": spec.describe(),
                "command": "python -m graph.campaign " + shlex.join(args.argv),
@@ -165,12 +172,12 @@ def _main(args, console: Console) -> int:
                         for k, v in vars(args).items()},
                "run_id": run_id, "promote": {k: v for k, v in prom.items()
                                              if k != "winner_source"},
-               "test": test, "lineage": lineage(home, run_id, prom["winner"]),
+               "test": test, "transfer": transfer, "lineage": lineage(home, run_id, prom["winner"]),
                "mechanism": mechanism(home, run_id, prom["winner"]),
                "composed": composed(home, run_id, [r["name"] for r in prom["rows"]
                                                    + prom.get("sampled_rows", [])]),
                "rediscovery": redis, "compute": compute,
-               "verdicts": verdicts(test, args.margin, spec.minimizes_length),
+               "verdicts": verdicts(test, args.margin, spec.minimizes_length, transfer),
                "plan": state.get("plan"), "plan_changes": changes}
     payload["plan_outcome"] = followed(payload["plan"], changes, payload)
     (args.out / "campaign.json").write_text(json.dumps(payload, indent=2, default=str))

@@ -11,7 +11,8 @@ import json
 import time
 from pathlib import Path
 
-from graph.campaign.stages import PROMOTE_SEED_OFFSET, TEST_SEED_OFFSET
+from evals.tasks import TRANSFER_FAMILIES
+from graph.campaign.stages import PROMOTE_SEED_OFFSET, TEST_SEED_OFFSET, TRANSFER_SEED_OFFSET
 
 
 def make_plan(args) -> dict:
@@ -50,6 +51,11 @@ def make_plan(args) -> dict:
                             "fitness reference"},
         "test": {"algorithms": ["winner", *baselines], "seeds": test, "steps": steps,
                  "split": "test"},
+        "transfer": ({"algorithms": ["winner", *baselines], "steps": steps, "split": "test",
+                      "families": [f.name for f in TRANSFER_FAMILIES],
+                      "seeds": list(range(TRANSFER_SEED_OFFSET,
+                                          TRANSFER_SEED_OFFSET + args.seeds))}
+                     if args.transfer else None),
         "confirm": {"seeds": confirm,
                     "rule": ("unconditional: GRPO, the winner and the best other baseline "
                              f"are trained on seeds {confirm[0]}..{confirm[-1]} whatever the "
@@ -121,6 +127,9 @@ def followed(plan: dict, changes: list[dict], payload: dict) -> list[str]:
     ran = sorted(r["algorithm"] for r in test["rows"] if r["algorithm"] != test["winner_label"])
     check("test baselines", ", ".join(sorted(plan["test"]["algorithms"][1:])), ", ".join(ran))
     check("verdict margin", plan["verdicts"]["margin"], payload["verdicts"]["margin"])
+    if plan.get("transfer") is not None or payload.get("transfer"):
+        check("transfer seeds", _span((plan.get("transfer") or {}).get("seeds", [])),
+              _span((payload.get("transfer") or {}).get("seeds", [])))
     return out
 
 
@@ -149,9 +158,18 @@ def plan_lines(plan: dict, changes: list[dict]) -> list[str]:
              f"- Test ({t['split']}): {', '.join(t['algorithms'])}; {t['steps']} steps, "
              f"paired seeds {_span(t['seeds'])}.",
              f"- Confirmation seeds: {c['rule']}.",
+             _transfer_line(plan.get("transfer")),
              f"- Verdicts: {v['rule']}."]
     if changes:
         lines += ["", "Changed after the start:", ""]
         lines += [f"- {x['at']}: {x['field']} {x['before']!r} -> {x['after']!r}"
                   for x in changes]
     return lines
+
+
+def _transfer_line(t: dict | None) -> str:
+    if t is None:
+        return "- Transfer: none (--no-transfer)."
+    return (f"- Transfer ({t['split']} split of {', '.join(t['families'])}, families the "
+            f"search never saw): {', '.join(t['algorithms'])} trained with RL on them, "
+            f"{t['steps']} steps, paired seeds {_span(t['seeds'])}.")

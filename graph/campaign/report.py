@@ -8,7 +8,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from evals.tasks import FAMILIES, HARD_FAMILY, PASS_K
+from evals.tasks import FAMILIES, HARD_FAMILY, PASS_K, TRANSFER_FAMILIES
 from graph.campaign.stages import best_so_far_curve
 
 
@@ -68,7 +68,8 @@ def length_verdict(ci: dict | None) -> str:
     return "no clear difference"
 
 
-def verdicts(test: dict, margin: float, length_directive: bool = False) -> dict:
+def verdicts(test: dict, margin: float, length_directive: bool = False,
+             transfer: dict | None = None) -> dict:
     """The winner against GRPO and against the best other baseline, in words. Under a
     length directive also the contract (evals/objective.py): ``met`` when the winner is
     not worse than GRPO within the margin and shorter, both by paired 95% CIs."""
@@ -95,6 +96,14 @@ def verdicts(test: dict, margin: float, length_directive: bool = False) -> dict:
     out["vs_best_baseline"] = {"baseline": test.get("best_baseline"),
                                "overall": overall_verdict(vb.get("overall"), margin),
                                "length": length_verdict(vb.get("length"))}
+    if transfer is not None:
+        rows = {r["algorithm"]: r for r in transfer["rows"]}
+        w = rows.get(transfer["winner_label"], {})
+        tb = transfer.get("vs_best_baseline") or {}
+        out["transfer"] = {
+            "vs_grpo": overall_verdict(w.get("delta_vs_baseline_ci95"), margin),
+            "best_baseline": transfer.get("best_baseline"),
+            "vs_best_baseline": overall_verdict(tb.get("overall"), margin)}
     return out
 
 
@@ -123,6 +132,17 @@ def verdict_lines(payload: dict) -> list[str]:
     if "contract" in v:
         lines.append(f"- Contract (shorter than GRPO, Overall within {m:g} point(s) of "
                      f"GRPO's, both by paired 95% CIs): **{v['contract']}**.")
+    if "transfer" in v:
+        tv = v["transfer"]
+        transfers = tv["vs_grpo"] in ("better", "not worse")
+        tr = {r["algorithm"]: r for r in payload["transfer"]["rows"]}
+        ci = tr.get(payload["transfer"]["winner_label"], {}).get(
+            "delta_vs_baseline_ci95", {}).get("text", "n/a")
+        lines.append(f"- Transfer (RL on families the search never saw): the winner "
+                     f"{say[tv['vs_grpo']]} GRPO there, {ci} points; it "
+                     + ("transfers" if tv["vs_grpo"] == "better" else
+                        "holds up without a shown gain" if transfers else
+                        "is not shown to transfer") + ".")
     vb = v["vs_best_baseline"]
     if vb["baseline"] == "grpo":
         lines.append("- GRPO is the best shipped baseline on this test.")
@@ -144,6 +164,31 @@ def _mechanism_bullets(words: str) -> list[str]:
         changed = line.startswith("* ")
         out.append(f"- {'**changed** ' if changed else ''}{line[2:] if changed else line.strip()}")
     return out
+
+
+def transfer_lines(transfer: dict | None) -> list[str]:
+    """The transfer stage's table: per algorithm, Overall and accuracy per transfer
+    family on their test split, paired deltas vs GRPO."""
+    if not transfer:
+        return []
+    fams = [f.name for f in TRANSFER_FAMILIES]
+    s = transfer["seeds"]
+    lines = ["", f"## Transfer: RL on families the search never saw ({len(s)} paired seeds "
+                 f"{s[0]}..{s[-1]}, test split)", "",
+             "| algorithm | seeds | transfer Overall | " + " | ".join(fams)
+             + " | length | valid % | dOverall vs GRPO |", "|---" * (6 + len(fams)) + "|"]
+    for r in transfer["rows"]:
+        if "overall_mean" not in r:
+            lines.append(f"| {r['algorithm']} | 0 | failed |" + " |" * (3 + len(fams)))
+            continue
+        d = r.get("delta_vs_baseline_ci95", {}).get("text", "-")
+        lines.append(f"| {r['algorithm']} | {len(r['seeds'])} | {r['overall_mean']:.1f} | "
+                     + " | ".join(f"{r['families'].get(f, float('nan')):.1f}" for f in fams)
+                     + f" | {r['mean_length']:.1f} | {r['validity']:.1f} | {d} |")
+    vb = transfer.get("vs_best_baseline") or {}
+    lines += ["", f"Winner vs the best baseline on transfer ({transfer['best_baseline']}): "
+                  f"{vb.get('overall', {}).get('text', 'n/a')} (paired 95% CI)."]
+    return lines
 
 
 def plot_pareto(test: dict, path: Path) -> Path | None:
@@ -192,6 +237,7 @@ def write_report(out: Path, payload: dict) -> Path:
                      + f" | {r[f'pass@{PASS_K}']:.1f} | {r['mean_length']:.1f} | "
                        f"{r['validity']:.1f} | {d('delta_vs_baseline_ci95')} | "
                        f"{d('length_delta_vs_baseline_ci95')} |")
+    lines += transfer_lines(payload.get("transfer"))
     vb = t["vs_best_baseline"]
     lines += ["", f"Winner vs the best baseline ({t['best_baseline']}): Overall "
                   f"{vb.get('overall', {}).get('text', 'n/a')}, length "
@@ -238,11 +284,13 @@ def write_report(out: Path, payload: dict) -> Path:
     comp = payload["compute"]
     lines += ["", "## Compute", "",
               f"CPU-seconds: search {comp['search_cpu_s']:.0f}, promotion "
-              f"{comp['promote_cpu_s']:.0f}, test {comp['test_cpu_s']:.0f}, rediscovery "
+              f"{comp['promote_cpu_s']:.0f}, test {comp['test_cpu_s']:.0f}, transfer "
+              f"{comp.get('transfer_cpu_s', 0):.0f}, rediscovery "
               f"{comp['rediscovery_cpu_s']:.0f}; total {comp['total_cpu_s']:.0f} "
               f"({comp['total_cpu_s'] / 3600:.2f} CPU-hours). Wall time: search "
               f"{comp['search_wall_s']:.0f} s, promotion {comp.get('promote_wall_s', 0):.0f} s"
-              f", test {comp.get('test_wall_s', 0):.0f} s.", "", "![best so far](best_so_far.png)", ""]
+              f", test {comp.get('test_wall_s', 0):.0f} s, transfer "
+              f"{comp.get('transfer_wall_s', 0):.0f} s.", "", "![best so far](best_so_far.png)", ""]
     if (out / "pareto.png").is_file():
         lines += ["![Overall vs length on the test split](pareto.png)", ""]
     path = out / "campaign.md"

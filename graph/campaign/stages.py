@@ -14,6 +14,7 @@ from rich.console import Console
 from evals.objective import ObjectiveSpec, fitness, shortening, within_margin
 
 TEST_SEED_OFFSET = 2000      # fresh seeds of the test stage (search uses the run seed)
+TRANSFER_SEED_OFFSET = 3000  # fresh seeds of the transfer stage
 PROMOTE_SEED_OFFSET = 1000   # fresh seeds of the promotion stage
 
 
@@ -100,6 +101,33 @@ def search(args, home: Path, state: State, console: Console) -> int:
         raise CampaignError(str(e)) from None
     state.set("search_wall_s", state.get("search_wall_s", 0.0) + time.time() - began)
     return run_id
+
+
+def transfer_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
+                   console: Console) -> dict:
+    """Stage 4: the winner, GRPO and every baseline of the test stage trained with RL on
+    the transfer families (evals.tasks.TRANSFER_FAMILIES: in the warm start's corpus,
+    never searched, selected or promoted on) and scored on their test split, paired
+    seeds. An algorithm is what transfers."""
+    from trainers.baselines import BASELINES, baseline_source
+    from trainers.local.compare import summarize
+
+    names = list(BASELINES) if args.baselines is None else \
+        [b.strip() for b in args.baselines.split(",") if b.strip()]
+    label = f"winner:{winner[0]}"
+    entries = [(b, baseline_source(b)) for b in names] + [(label, winner[1])]
+    seeds = list(range(TRANSFER_SEED_OFFSET, TRANSFER_SEED_OFFSET + args.seeds))
+    train_config = {**_train_config(args, cfg, args.steps, "test"), "families": "transfer"}
+    results = _run(_jobs(entries, seeds, home, train_config, cfg.get("warm_config")),
+                   args, home, console, "transfer")
+    rows = summarize(results, [e[0] for e in entries], seeds)  # deltas vs grpo
+    best = _best_baseline(rows, names)
+    vs = summarize(results, [best, label], seeds)[1]
+    return {"rows": rows, "seeds": seeds, "winner_label": label, "best_baseline": best,
+            "vs_best_baseline": {k: vs[f] for k, f in (
+                ("overall", "delta_vs_baseline_ci95"),
+                ("length", "length_delta_vs_baseline_ci95")) if f in vs},
+            "cpu_seconds": _cpu(results)}
 
 
 def _train_config(args, cfg: dict, steps: int | None, split: str) -> dict:

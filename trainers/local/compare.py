@@ -30,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from evals.stats import format_ci, mean_ci, paired_diff_ci
-from evals.tasks import FAMILIES, HARD_FAMILY, PASS_K
+from evals.tasks import ALL_FAMILIES, FAMILIES, HARD_FAMILY, PASS_K
 from trainers.source import CandidateError, resolve_algorithm
 from trainers.baselines import BASELINES
 from trainers.local.device import DeviceError, gpu_preset, is_cuda, resolve_device
@@ -66,8 +66,11 @@ def summarize(results: list[dict], labels: list[str], seeds: list[int]) -> list[
         fin = lambda k: np.array([r["final"][k] for r in runs])  # noqa: E731
         row["overall_mean"] = float(fin(OVERALL_KEY).mean())
         row["overall_ci95"] = _ci(mean_ci(fin(OVERALL_KEY)))
-        row["families"] = {f.name: float(fin(f"{f.name}/acc@1").mean()) for f in FAMILIES}
-        row[f"pass@{PASS_K}"] = float(fin(f"{HARD_FAMILY}/pass@{PASS_K}").mean())
+        # the families these runs were evaluated on (search, or a transfer stage's)
+        row["families"] = {f.name: float(fin(f"{f.name}/acc@1").mean()) for f in ALL_FAMILIES
+                           if f"{f.name}/acc@1" in runs[0]["final"]}
+        if f"{HARD_FAMILY}/pass@{PASS_K}" in runs[0]["final"]:
+            row[f"pass@{PASS_K}"] = float(fin(f"{HARD_FAMILY}/pass@{PASS_K}").mean())
         row["auc_overall"] = float(np.mean([r["auc"]["overall"] for r in runs]))
         row["mean_length"] = float(fin("length").mean())
         row["validity"] = float(fin("valid").mean())

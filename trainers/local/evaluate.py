@@ -3,7 +3,9 @@
 Greedy decoding gives acc@1, validity and greedy length for every family; T=1 sampling
 with ``n_samples`` per problem on the hard family gives the unbiased pass@k (Chen et al.
 2021) and the sampled length and validity. ``Overall`` weighs these as
-``evals.tasks.OVERALL_WEIGHTS`` (see ``OVERALL.describe()``), in points (0-100).
+``evals.tasks.OVERALL_WEIGHTS`` (see ``OVERALL.describe()``), in points (0-100). On the
+transfer families (``families="transfer"``) Overall is ``TRANSFER_WEIGHTS`` over greedy
+accuracy, and there is no pass@k.
 Decoding runs on the model's device (its sampling generator too); grading on the CPU.
 """
 from __future__ import annotations
@@ -14,12 +16,14 @@ import numpy as np
 import torch
 
 from evals.metrics import OverallSpec, mean_pass_at_k
-from evals.tasks import (BOS, FAMILIES, HARD_FAMILY, OVERALL_WEIGHTS, PASS_K, Problem,
-                         decode, encode, grade, heldout_set)
+from evals.tasks import (ANATOMY_PARTS, BOS, HARD_FAMILY, OVERALL_WEIGHTS, PASS_K,
+                         TRANSFER_WEIGHTS, Problem, anatomy, decode, encode, families, grade,
+                         heldout_set, oracle_length)
 from trainers.local import engine as engines
 from trainers.local.model import TinyGPT, left_pad
 
 OVERALL = OverallSpec(OVERALL_WEIGHTS)
+TRANSFER_OVERALL = OverallSpec(TRANSFER_WEIGHTS)
 
 
 @dataclass(frozen=True)
@@ -62,21 +66,28 @@ def _device(model: TinyGPT) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: TinyGPT, cfg: EvalConfig = EvalConfig(), engine: str = "fast"
-             ) -> dict[str, float]:
+def evaluate(model: TinyGPT, cfg: EvalConfig = EvalConfig(), engine: str = "fast",
+             which: str = "search") -> dict[str, float]:
     """Flat metrics dict: ``<family>/acc@1``, ``<family>/valid``, ``<family>/length``,
     ``<hard>/pass@k``, ``<hard>/t1_length``, ``<hard>/t1_valid``, and the aggregates
     ``overall``, ``acc@1``, ``valid``, ``length`` (means over families). ``engine``: fast
-    (trainers/local/engine.py) or reference (trainers/local/model.py)."""
+    (trainers/local/engine.py) or reference (trainers/local/model.py); ``which``: the
+    search families or the transfer ones (no pass@k, Overall over greedy accuracy)."""
     was_training = model.training
     model.eval()
     out: dict[str, float] = {}
-    for fam in FAMILIES:
+    fams = families(which)
+    for fam in fams:
         problems = heldout_set(fam.name, cfg.split, cfg.size)
         c, v, n = _rollout(model, problems, cfg, 0.0, None, engine)
         out[f"{fam.name}/acc@1"] = 100 * c.mean()
         out[f"{fam.name}/valid"] = 100 * v.mean()
         out[f"{fam.name}/length"] = n.mean()
+    if which != "search":
+        out["overall"] = TRANSFER_OVERALL.overall(out)
+        _aggregate(out, fams)
+        model.train(was_training)
+        return {k: float(v) for k, v in out.items()}
     hard = heldout_set(HARD_FAMILY, cfg.split, cfg.pass_problems)
     gen = torch.Generator(device=_device(model)).manual_seed(cfg.seed)
     repeated = [p for p in hard for _ in range(cfg.n_samples)]
@@ -87,33 +98,62 @@ def evaluate(model: TinyGPT, cfg: EvalConfig = EvalConfig(), engine: str = "fast
     out[f"{HARD_FAMILY}/t1_length"] = n.mean()
     out[f"{HARD_FAMILY}/t1_valid"] = 100 * v.mean()
     out["overall"] = OVERALL.overall(out)
-    out["acc@1"] = float(np.mean([out[f"{f.name}/acc@1"] for f in FAMILIES]))
-    out["valid"] = float(np.mean([out[f"{f.name}/valid"] for f in FAMILIES]))
-    out["length"] = float(np.mean([out[f"{f.name}/length"] for f in FAMILIES]))
+    _aggregate(out, fams)
     model.train(was_training)
     return {k: float(v) for k, v in out.items()}
 
 
+def _aggregate(out: dict, fams) -> None:
+    for key in ("acc@1", "valid", "length"):
+        out[key] = float(np.mean([out[f"{f.name}/{key}"] for f in fams]))
+
+
 @torch.no_grad()
 def testbed_profile(model: TinyGPT, split: str = "val", problems: int = 256,
-                    group_size: int = 8, seed: int = 7) -> dict[str, dict[str, float]]:
+                    group_size: int = 8, seed: int = 7, which: str = "search"
+                    ) -> dict[str, dict[str, float]]:
     """What GRPO sees from ``model`` per family at T=1, in groups of ``group_size``:
-    accuracy, format-invalid rate, all-fail / all-correct group shares, and the mean and
-    spread of response length among *correct* answers (what a length term acts on)."""
+    accuracy, format-invalid rate, all-fail / all-correct group shares, the mean and
+    spread of response length among *correct* answers (what a length term acts on), the
+    oracle (the shortest correct form's mean length) and, per part of a correct answer
+    (evals.tasks.anatomy: restatement, steps, redundant steps, filler, re-checks, the
+    answer), its mean tokens."""
     cfg = EvalConfig(split=split)
     gen = torch.Generator(device=_device(model)).manual_seed(seed)
+    generate, _ = engines.select("fast")
     out = {}
-    for fam in FAMILIES:
+    for fam in families(which):
         probs = heldout_set(fam.name, split, problems)
         repeated = [p for p in probs for _ in range(group_size)]
-        c, v, n = _rollout(model, repeated, cfg, 1.0, gen)
+        texts, c, v, n = [], [], [], []
+        for lo in range(0, len(repeated), cfg.batch):
+            chunk = repeated[lo:lo + cfg.batch]
+            ids, mask = left_pad([[BOS] + encode(p.prompt) for p in chunk],
+                                 device=_device(model))
+            g = generate(model, ids, mask, cfg.max_response, 1.0, gen, group_size=group_size)
+            for p, toks, term, k in zip(chunk, g.tokens.cpu().tolist(),
+                                        g.terminated.cpu().tolist(),
+                                        g.mask.sum(-1).cpu().tolist()):
+                text = decode(toks)
+                graded = grade(p, text, bool(term))
+                texts.append(text if graded.correct else None)
+                c.append(graded.correct)
+                v.append(graded.valid)
+                n.append(float(k))
+        c, v, n = np.array(c), np.array(v), np.array(n)
         groups = c.reshape(len(probs), group_size)
-        out[fam.name] = {
+        parts = [anatomy(p, t) for p, t in zip(repeated, texts) if t is not None]
+        row = {
             "t1_accuracy": 100 * c.mean(),
             "t1_invalid": 100 * (1 - v.mean()),
             "all_fail_groups": 100 * (groups.sum(1) == 0).mean(),
             "all_correct_groups": 100 * groups.all(1).mean(),
             "correct_length_mean": float(n[c].mean()) if c.any() else float("nan"),
             "correct_length_sd": float(n[c].std()) if c.any() else float("nan"),
+            "oracle_length_mean": float(np.mean([oracle_length(p) for p in probs])),
         }
+        for part in ANATOMY_PARTS:
+            row[f"correct_{part}_tokens"] = (float(np.mean([a[part] for a in parts]))
+                                             if parts else float("nan"))
+        out[fam.name] = row
     return {f: {k: float(x) for k, x in d.items()} for f, d in out.items()}

@@ -61,6 +61,9 @@ class TrainConfig:
     # "fast" (trainers/local/engine.py) or "reference" (the round-1 engine in
     # trainers/local/model.py, kept for the paired same-learning check in bench).
     engine: str = "fast"
+    # The task families trained and evaluated (evals.tasks.FAMILY_SETS): "search", or
+    # "transfer" for a campaign's transfer stage (families the search never saw).
+    families: str = "search"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -139,7 +142,7 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
     policy = copy.deepcopy(start).train()
     ref = start.eval()
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-    stream = PromptStream(seed)
+    stream = PromptStream(seed, cfg.families)
     sampler = torch.Generator(device=device).manual_seed(10_000 + seed)
     curve, evals = [], []
     g = cfg.group_size
@@ -202,14 +205,16 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
         curve.append(row)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             evals.append({"step": step + 1,
-                          **evaluate(policy, cfg.curve_eval, engine=cfg.engine)})
+                          **evaluate(policy, cfg.curve_eval, engine=cfg.engine,
+                                   which=cfg.families)})
         progress(step + 1, cfg.steps, row)
         if cfg.cpu_budget is not None and train_cpu >= cfg.cpu_budget:
             if not evals or evals[-1]["step"] != step + 1:
                 evals.append({"step": step + 1,
-                          **evaluate(policy, cfg.curve_eval, engine=cfg.engine)})
+                          **evaluate(policy, cfg.curve_eval, engine=cfg.engine,
+                                   which=cfg.families)})
             break
-    final = evaluate(policy, cfg.final_eval, engine=cfg.engine)
+    final = evaluate(policy, cfg.final_eval, engine=cfg.engine, which=cfg.families)
     return TrainResult(
         algorithm=algo.name, seed=seed, steps_done=step + 1, curve=curve, evals=evals,
         final=final, auc={k: auc([e[k] for e in evals]) for k in CURVE_KEYS},

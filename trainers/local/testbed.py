@@ -1,0 +1,82 @@
+"""What the warm start gives GRPO to work with, per family: ``python -m
+trainers.local.testbed --out out/testbed``.
+
+For the search families and the transfer families (evals/tasks.py), at T=1 in groups of
+8 on the val split: accuracy, format-invalid rate, all-fail and all-correct groups; among
+*correct* answers the mean length, the oracle (the shortest correct form, ``#<answer>.``)
+and the room for shortening (1 - oracle / mean), and the mean tokens of each part of a
+correct answer (restatement, column steps, redundant steps, filler, re-checks, the
+answer itself). Prints a table and writes ``OUT/testbed.json``. Builds the warm start on
+first use (cached in the home).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+PARTS = ("restate", "steps", "redundant", "filler", "checks", "answer")
+
+
+def profile(home: Path | None, problems: int = 256) -> dict:
+    import torch
+
+    from trainers.local.evaluate import testbed_profile
+    from trainers.local.warmstart import WarmStartConfig, load_or_build
+
+    torch.set_num_threads(1)
+    model = load_or_build(WarmStartConfig(), home)
+    out = {}
+    for which in ("search", "transfer"):
+        for fam, row in testbed_profile(model, problems=problems, which=which).items():
+            mean, oracle = row["correct_length_mean"], row["oracle_length_mean"]
+            out[fam] = {"set": which, **row,
+                        "room_pct": 100 * (1 - oracle / mean) if mean == mean else None}
+    return out
+
+
+def print_table(rows: dict, console: Console) -> None:
+    t = Table(title="warm start at T=1 (val, groups of 8): what a length term can act on")
+    cols = ["family", "set", "acc %", "invalid %", "all-fail %", "correct len", "oracle",
+            "room %", *PARTS]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("family", "set") else "right")
+
+    def f(x):
+        return "-" if x is None or x != x else f"{x:.1f}"
+
+    for fam, r in rows.items():
+        t.add_row(fam, r["set"], f(r["t1_accuracy"]), f(r["t1_invalid"]),
+                  f(r["all_fail_groups"]), f(r["correct_length_mean"]),
+                  f(r["oracle_length_mean"]), f(r["room_pct"]),
+                  *[f(r[f"correct_{p}_tokens"]) for p in PARTS])
+    console.print(t)
+    console.print("correct len: mean tokens of a correct answer (EOS included); oracle: the "
+                  "shortest correct form; room: how much shorter the oracle is; the last "
+                  "columns split a correct answer's tokens by part (evals.tasks.anatomy)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainers.local.testbed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="directory for testbed.json")
+    p.add_argument("--home", type=Path, default=None, help="POISE home (warm start cache)")
+    p.add_argument("--problems", type=int, default=256, help="val problems per family")
+    args = p.parse_args(argv)
+    if args.problems < 1:
+        p.error("--problems must be at least 1")
+    console = Console()
+    rows = profile(args.home, args.problems)
+    print_table(rows, console)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "testbed.json").write_text(json.dumps(rows, indent=2))
+    console.print(f"wrote {args.out / 'testbed.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
