@@ -22,7 +22,7 @@ all-correct groups), ``add3`` (medium), ``add5`` (hard: concise answers are most
 long scratchpads break the format more often, many all-fail groups).
 
 **Transfer families** (``TRANSFER_FAMILIES``: in the warm start's corpus, never in the
-search's prompt stream, evaluation or selection): ``sub3``, three-digit subtraction with
+search's prompt stream, evaluation or selection): ``sub2``, two-digit subtraction with
 borrows, and ``mul3``, a three-digit number times one digit. A campaign trains its
 winner and the baselines on them with RL at the end, to see what transfers.
 
@@ -90,7 +90,7 @@ FAMILIES = (  # the search families: RL, selection, Overall
     Family("add5", "+", 5, 0.3, 0.8, 0.24),
 )
 TRANSFER_FAMILIES = (  # never searched on: RL'd and scored only in a transfer stage
-    Family("sub3", "-", 3, 0.5, 0.8, 0.10),
+    Family("sub2", "-", 2, 0.5, 0.8, 0.10),
     Family("mul3", "*", 3, 0.5, 0.8, 0.10),
 )
 ALL_FAMILIES = FAMILIES + TRANSFER_FAMILIES
@@ -107,8 +107,9 @@ OVERALL_WEIGHTS = {
     "add5/acc@1": 0.30,
     "add5/pass@16": 0.30,
 }
-# The transfer families' Overall: greedy accuracy, equal weights.
-TRANSFER_WEIGHTS = {"sub3/acc@1": 0.5, "mul3/acc@1": 0.5}
+# The transfer families' Overall: greedy accuracy and T=1 accuracy (pass@1), equal weights.
+TRANSFER_WEIGHTS = {"sub2/acc@1": 0.25, "sub2/pass@1": 0.25,
+                    "mul3/acc@1": 0.25, "mul3/pass@1": 0.25}
 PASS_K = 16
 
 SPLITS = ("train", "val", "test")

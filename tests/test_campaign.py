@@ -137,17 +137,20 @@ def test_campaign_writes_every_stage(campaign):
     assert tr["seeds"] == [3000, 3001] and plan["transfer"]["seeds"] == [3000, 3001]
     assert [r["algorithm"] for r in tr["rows"]] == ["grpo", "rloo", f"winner:{prom['winner']}"]
     for r in tr["rows"]:
-        assert set(r["families"]) == {"sub3", "mul3"} and "pass@16" not in r
+        assert set(r["families"]) == {"sub2", "mul3"} and "pass@16" not in r
+        assert set(r["families_t1"]) == {"sub2", "mul3"}   # T=1 accuracy beside greedy
+    assert "| algorithm | seeds | transfer Overall | sub2 greedy | sub2 T=1 | mul3 greedy | " \
+           "mul3 T=1 | length |" in md
     assert data["verdicts"]["transfer"]["vs_grpo"] == "not worse"  # every tiny score is 0
     assert "## Transfer: RL on families the search never saw" in md
     assert "- Transfer (RL on families the search never saw): the winner" in md
-    assert "- Transfer (test split of sub3, mul3, families the search never saw)" in md
+    assert "- Transfer (test split of sub2, mul3, families the search never saw)" in md
     assert "- transfer seeds: planned 3000..3001 (2), ran 3000..3001 (2) (as planned)" in md
     assert comp["transfer_cpu_s"] > 0 and comp["transfer_wall_s"] > 0
     with Archive(tmp / "home") as a:  # the search never trained on a transfer family
         for c in a.candidates(data["run_id"]):
             for e in a.evaluations(c.id):
-                assert not any(k.startswith(("sub3", "mul3")) for k in e.metrics["val"])
+                assert not any(k.startswith(("sub2", "mul3")) for k in e.metrics["val"])
     # the test split's Overall vs length, GRPO and the baselines marked
     pareto = (out / "pareto.png").read_bytes()
     assert pareto[:8] == b"\x89PNG\r\n\x1a\n" and "![Overall vs length" in md

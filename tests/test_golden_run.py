@@ -1,9 +1,10 @@
 """A seeded tiny run gives the same archive as the code it was recorded with.
 
-The record (tests/data/golden_run.json) was written by the code before the round-2
-redesign (commit 81afd18's loop, recorded with ``python tests/test_golden_run.py``): a
-loop run on the builtin agents and a ``trainers.local.compare`` of two baselines, both
-on the tiny testbed. A refactor that keeps behaviour keeps every name, status, parent,
+The record (tests/data/golden_run.json) was first written by the code before the round-2
+redesign (commit 81afd18's loop, recorded with ``python tests/test_golden_run.py``) and
+re-recorded once, when testbed v2 changed the task vocabulary and corpus (so every tiny
+warm start changed; docs/testbed.md): a loop run on the builtin agents and a
+``trainers.local.compare`` of two baselines, both on the tiny testbed. A refactor that keeps behaviour keeps every name, status, parent,
 code hash, fitness, curve and reflection. Training is deterministic for one torch build
 on one CPU kernel family; where this machine's torch or CPU capability differs from the
 record's, the numbers may differ in the last bits and the test says so and skips.

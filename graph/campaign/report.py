@@ -175,16 +175,22 @@ def transfer_lines(transfer: dict | None) -> list[str]:
     s = transfer["seeds"]
     lines = ["", f"## Transfer: RL on families the search never saw ({len(s)} paired seeds "
                  f"{s[0]}..{s[-1]}, test split)", "",
-             "| algorithm | seeds | transfer Overall | " + " | ".join(fams)
-             + " | length | valid % | dOverall vs GRPO |", "|---" * (6 + len(fams)) + "|"]
+             "| algorithm | seeds | transfer Overall | "
+             + " | ".join(f"{f} greedy | {f} T=1" for f in fams)
+             + " | length | valid % | dOverall vs GRPO |", "|---" * (6 + 2 * len(fams)) + "|"]
+    nan = float("nan")
     for r in transfer["rows"]:
         if "overall_mean" not in r:
-            lines.append(f"| {r['algorithm']} | 0 | failed |" + " |" * (3 + len(fams)))
+            lines.append(f"| {r['algorithm']} | 0 | failed |" + " |" * (3 + 2 * len(fams)))
             continue
         d = r.get("delta_vs_baseline_ci95", {}).get("text", "-")
+        t1 = r.get("families_t1", {})
         lines.append(f"| {r['algorithm']} | {len(r['seeds'])} | {r['overall_mean']:.1f} | "
-                     + " | ".join(f"{r['families'].get(f, float('nan')):.1f}" for f in fams)
+                     + " | ".join(f"{r['families'].get(f, nan):.1f} | {t1.get(f, nan):.1f}"
+                                  for f in fams)
                      + f" | {r['mean_length']:.1f} | {r['validity']:.1f} | {d} |")
+    lines += ["", "Transfer Overall = mean of each family's greedy accuracy and T=1 accuracy "
+                  "(pass@1 over 16 draws), evals.tasks.TRANSFER_WEIGHTS."]
     vb = transfer.get("vs_best_baseline") or {}
     lines += ["", f"Winner vs the best baseline on transfer ({transfer['best_baseline']}): "
                   f"{vb.get('overall', {}).get('text', 'n/a')} (paired 95% CI)."]

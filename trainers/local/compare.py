@@ -69,6 +69,10 @@ def summarize(results: list[dict], labels: list[str], seeds: list[int]) -> list[
         # the families these runs were evaluated on (search, or a transfer stage's)
         row["families"] = {f.name: float(fin(f"{f.name}/acc@1").mean()) for f in ALL_FAMILIES
                            if f"{f.name}/acc@1" in runs[0]["final"]}
+        t1 = {f.name: float(fin(f"{f.name}/pass@1").mean()) for f in ALL_FAMILIES
+              if f.name != HARD_FAMILY and f"{f.name}/pass@1" in runs[0]["final"]}
+        if t1:  # a transfer stage's: T=1 accuracy per family beside the greedy one
+            row["families_t1"] = t1
         if f"{HARD_FAMILY}/pass@{PASS_K}" in runs[0]["final"]:
             row[f"pass@{PASS_K}"] = float(fin(f"{HARD_FAMILY}/pass@{PASS_K}").mean())
         row["auc_overall"] = float(np.mean([r["auc"]["overall"] for r in runs]))

@@ -72,7 +72,8 @@ def evaluate(model: TinyGPT, cfg: EvalConfig = EvalConfig(), engine: str = "fast
     ``<hard>/pass@k``, ``<hard>/t1_length``, ``<hard>/t1_valid``, and the aggregates
     ``overall``, ``acc@1``, ``valid``, ``length`` (means over families). ``engine``: fast
     (trainers/local/engine.py) or reference (trainers/local/model.py); ``which``: the
-    search families or the transfer ones (no pass@k, Overall over greedy accuracy)."""
+    search families or the transfer ones (``<family>/pass@1`` and ``pass@16`` at T=1 for
+    each, Overall over greedy and T=1 accuracy: evals.tasks.TRANSFER_WEIGHTS)."""
     was_training = model.training
     model.eval()
     out: dict[str, float] = {}
@@ -84,6 +85,18 @@ def evaluate(model: TinyGPT, cfg: EvalConfig = EvalConfig(), engine: str = "fast
         out[f"{fam.name}/valid"] = 100 * v.mean()
         out[f"{fam.name}/length"] = n.mean()
     if which != "search":
+        # T=1 accuracy (pass@1 over n_samples draws) beside greedy: RL trains the T=1
+        # policy, and on these families GRPO's greedy accuracy can fall while its T=1
+        # accuracy rises (docs/testbed.md), so Overall weighs both.
+        gen = torch.Generator(device=_device(model)).manual_seed(cfg.seed)
+        for fam in fams:
+            probs = heldout_set(fam.name, cfg.split, cfg.pass_problems)
+            repeated = [p for p in probs for _ in range(cfg.n_samples)]
+            c, v, n = _rollout(model, repeated, cfg, 1.0, gen, engine, cfg.n_samples)
+            ks = [k for k in (1, 16) if k <= cfg.n_samples]
+            for k, val in mean_pass_at_k(c.reshape(len(probs), cfg.n_samples), ks).items():
+                out[f"{fam.name}/pass@{k}"] = 100 * val
+            out[f"{fam.name}/t1_valid"] = 100 * v.mean()
         out["overall"] = TRANSFER_OVERALL.overall(out)
         _aggregate(out, fams)
         model.train(was_training)
