@@ -58,7 +58,7 @@ def diagnose_with(model: Any | None, proposal: Proposal, results: Sequence[dict]
         return diagnose_llm(model, proposal, results, baseline_final, parent=parent,
                             baseline=baseline, budget=budget)
     return diagnose(first["curve"], first["evals"], first["final"], baseline_final,
-                    proposal.genome)
+                    proposal.genome, (baseline or {}).get("entropy_ratio"))
 
 
 def diagnose_llm(model: Any, proposal: Any, results: Sequence[dict],
@@ -70,7 +70,8 @@ def diagnose_llm(model: Any, proposal: Any, results: Sequence[dict],
     from agents.budget import ask
 
     first = results[0]
-    rules = diagnose(first["curve"], first["evals"], first["final"], baseline_final)
+    rules = diagnose(first["curve"], first["evals"], first["final"], baseline_final,
+                     baseline_entropy_ratio=(baseline or {}).get("entropy_ratio"))
     mean = mean_final([r["final"] for r in results])
     compare = [{"candidate": _numbers(mean), "seeds": len(results)}]
     if parent:

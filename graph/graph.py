@@ -388,7 +388,7 @@ def analyst(state: CandidateState, runtime: Runtime[Context]) -> dict:
                   if isinstance(e.metrics.get("val"), dict)]
         parent = {"name": arch.candidate(state["parent_ids"][0]).name,
                   **mean_final(finals)} if finals else None
-    grpo = {"overall": ref["overall"], "length": ref["length"]} if ref else None
+    grpo = {k: ref.get(k) for k in ("overall", "length", "entropy_ratio")} if ref else None
     try:
         with llm_scope(state, ctx, "analyst"):
             diag = diagnose_with(model, prop, state["results"],
@@ -506,12 +506,7 @@ def round_end(state: RunState, runtime: Runtime[Context]
         if not seed or seed[0]["status"] != EVALUATED:
             why = seed[0]["error"] if seed else "no result"
             raise RuntimeError(f"the seed baseline failed, nothing to improve on: {why}")
-        ev = archive_for(ctx.home).evaluations(seed[0]["id"])
-        finals = [e.metrics["val"] for e in ev]
-        update["reference"] = {
-            "overall": sum(f["overall"] for f in finals) / len(finals),
-            "length": sum(f["length"] for f in finals) / len(finals),
-            "final": finals[0]}
+        update["reference"] = imports.reference_of(archive_for(ctx.home), seed[0]["id"])
         if ctx.from_runs:  # on another budget or testbed: the copies follow the new seed
             imports.import_candidates(archive_for(ctx.home), state["run_id"], ctx.from_runs,
                                       ObjectiveSpec.model_validate(state["objective"]),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from agents.builtin import scientist as sci
-from agents.builtin.analyst import TAGS, diagnose
+from agents.builtin.analyst import TAGS, diagnose, entropy_ratio
 from agents.builtin.coder import matches_proposal, write_code
 from agents.builtin.genes import (BASELINE_GENOMES, CATALOG, SLOTS, Genome, all_genes,
                                   gene)
@@ -412,6 +412,28 @@ def test_analyst_flags_each_condition(expected, override):
     evals = override.pop("evals", FLAT_EVALS)  # flat held-out evals unless given
     d = diagnose(healthy_curve(**override), evals, FINAL, BASE)
     assert set(d.tags) == expected, d.text
+
+
+def test_entropy_collapse_is_judged_against_grpos_own_fall():
+    """On a testbed where GRPO's entropy itself falls to 0.4x, a candidate that falls as
+    far is not tagged (the absolute rule tagged every candidate of a testbed-v2 campaign,
+    GRPO included, and the tag's exploration genes crowded out the directive's); one that
+    falls well below GRPO's ratio still is."""
+    falls = {"entropy": lambda t, i: 1.0 - 0.6 * t}          # late/early ~0.45
+    plunges = {"entropy": lambda t, i: 1.0 - 0.9 * t}        # late/early ~0.18
+    grpo_ratio = entropy_ratio([{"entropy": [[r["step"], r["entropy"]]
+                                             for r in healthy_curve(**falls)]}])
+    assert grpo_ratio == pytest.approx(0.45, abs=0.05)
+    alone = diagnose(healthy_curve(**falls), EVALS, FINAL, BASE)
+    assert "entropy-collapse" in alone.tags                   # no yardstick: absolute rule
+    like_grpo = diagnose(healthy_curve(**falls), EVALS, FINAL, BASE,
+                         baseline_entropy_ratio=grpo_ratio)
+    assert "entropy-collapse" not in like_grpo.tags
+    assert "as GRPO's does on this testbed" in like_grpo.text
+    worse = diagnose(healthy_curve(**plunges), EVALS, FINAL, BASE,
+                     baseline_entropy_ratio=grpo_ratio)
+    assert "entropy-collapse" in worse.tags
+    assert entropy_ratio([{}, {"entropy": [[1, 0.5]]}]) is None   # too short: no ratio
 
 
 def test_analyst_compares_with_the_baseline_and_reads_the_genome():

@@ -59,6 +59,17 @@ def test_run_archives_every_candidate_with_lineage_and_reflection(tmp_path):
         assert all(len(a.evaluations(c["id"])) == 1 for c in evaluated)
         assert {a.evaluations(c["id"])[0].backend for c in evaluated} == {"local"}
         vals = {c["id"]: a.evaluations(c["id"])[0].metrics["val"] for c in evaluated}
+        # entropy-collapse is judged against GRPO's own fall on this testbed: the
+        # reference carries the seed's late/early entropy, and a candidate is tagged
+        # only when its own ratio is below both 0.5 and 0.8 x GRPO's
+        from agents.builtin.analyst import entropy_ratio
+        from graph.imports import reference_of
+        grpo_ratio = reference_of(a, cands[0]["id"])["entropy_ratio"]
+        assert 0 < grpo_ratio < 2
+        for c in evaluated[1:]:
+            ratio = entropy_ratio([a.evaluations(c["id"])[0].curves])
+            tagged = "entropy-collapse" in a.reflections(c["id"])[-1].tags
+            assert tagged == (ratio < 0.5 and ratio < 0.8 * grpo_ratio), (c, ratio, grpo_ratio)
     # Overall and length beside fitness in summary.json, the archive's val means
     for c in evaluated:
         assert (c["overall"], c["length"]) == (pytest.approx(vals[c["id"]]["overall"]),

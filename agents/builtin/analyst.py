@@ -7,7 +7,12 @@ the baseline's final evaluation (Overall in points, 0-100). "Early" and "late" a
 means over the first and the last fifth of the run (at least 2 steps each).
 
 Rules (thresholds are the module constants below):
-- entropy-collapse: late entropy < ENTROPY_COLLAPSE * early entropy.
+- entropy-collapse: late entropy < ENTROPY_COLLAPSE * early entropy and, when GRPO's
+  own ratio on this testbed is known (``baseline_entropy_ratio``: the seed's late/early
+  entropy), also below ENTROPY_VS_BASELINE * that ratio: sharpening that GRPO itself
+  shows is the testbed's, not a pathology of the candidate (on testbed v2 GRPO's entropy
+  falls to ~0.4x in 40 steps while Overall rises, and an absolute rule tagged every
+  candidate, steering every proposal toward exploration genes).
 - length-explosion: late length > LENGTH_EXPLOSION * early and at least MIN_LENGTH_CHANGE
   tokens longer.
 - length-collapse: late length < LENGTH_COLLAPSE * early while accuracy or validity fell
@@ -40,6 +45,7 @@ TAGS = ("entropy-collapse", "length-explosion", "length-collapse", "validity-dro
 
 MIN_STEPS = 4
 ENTROPY_COLLAPSE = 0.5
+ENTROPY_VS_BASELINE = 0.8
 LENGTH_EXPLOSION = 1.5
 LENGTH_COLLAPSE = 0.5
 MIN_LENGTH_CHANGE = 3.0
@@ -63,8 +69,11 @@ class Diagnosis(BaseModel):
 
 
 def diagnose(curve: Sequence[dict], evals: Sequence[dict], final: dict,
-             baseline_final: dict | None, genome: Genome | None = None) -> Diagnosis:
-    """Diagnose one run. ``genome`` (when the candidate has one) sharpens the "why"."""
+             baseline_final: dict | None, genome: Genome | None = None,
+             baseline_entropy_ratio: float | None = None) -> Diagnosis:
+    """Diagnose one run. ``genome`` (when the candidate has one) sharpens the "why";
+    ``baseline_entropy_ratio``: GRPO's late/early entropy on this testbed
+    (``entropy_ratio`` of the seed's curves), the yardstick of entropy-collapse."""
     m: dict[str, float] = {}
     facts, tags = [], []
     nonfinite = sorted({k for row in curve for k, v in row.items()
@@ -81,7 +90,7 @@ def diagnose(curve: Sequence[dict], evals: Sequence[dict], final: dict,
             if len(xs) >= 2 * w:
                 m[f"{key}_early"] = sum(xs[:w]) / w
                 m[f"{key}_late"] = sum(xs[-w:]) / w
-        tags += _curve_tags(curve, w, m, genome, facts)
+        tags += _curve_tags(curve, w, m, genome, facts, baseline_entropy_ratio)
     else:
         facts.append(f"only {n} step(s) logged: too short to read the curves")
     if nonfinite:
@@ -101,7 +110,22 @@ def _series(curve: Sequence[dict], key: str) -> list[float]:
     return out
 
 
-def _curve_tags(curve, w: int, m: dict, genome: Genome | None, facts: list[str]) -> list[str]:
+def entropy_ratio(curves: Sequence[dict]) -> float | None:
+    """Mean over seeds of late / early entropy (the means over the first and the last
+    fifth of the run, as ``diagnose`` reads them), from archived curves
+    ({metric: [[step, value], ...]} per seed); None when no seed logged enough."""
+    ratios = []
+    for c in curves:
+        xs = [float(v) for _, v in (c or {}).get("entropy", [])
+              if isinstance(v, (int, float)) and math.isfinite(v)]
+        w = max(2, len(xs) // 5)
+        if len(xs) >= max(MIN_STEPS, 2 * w) and sum(xs[:w]) > 0:
+            ratios.append(sum(xs[-w:]) / sum(xs[:w]))
+    return sum(ratios) / len(ratios) if ratios else None
+
+
+def _curve_tags(curve, w: int, m: dict, genome: Genome | None, facts: list[str],
+                base_ratio: float | None = None) -> list[str]:
     tags = []
 
     def has(key):
@@ -118,7 +142,11 @@ def _curve_tags(curve, w: int, m: dict, genome: Genome | None, facts: list[str])
         e0, e1 = m["entropy_early"], m["entropy_late"]
         facts.append(f"entropy {e0:.3f} -> {e1:.3f}")
         if e0 > 0 and e1 < ENTROPY_COLLAPSE * e0:
-            tags.append("entropy-collapse")
+            if base_ratio is None or e1 / e0 < ENTROPY_VS_BASELINE * base_ratio:
+                tags.append("entropy-collapse")
+            else:
+                facts.append(f"entropy fell to {e1 / e0:.2f}x, as GRPO's does on this "
+                             f"testbed ({base_ratio:.2f}x): not a collapse of its own")
     if has("response_length"):
         l0, l1 = m["response_length_early"], m["response_length_late"]
         facts.append(f"response length {l0:.1f} -> {l1:.1f} tokens")
