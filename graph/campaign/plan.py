@@ -12,18 +12,17 @@ import time
 from pathlib import Path
 
 from evals.tasks import TRANSFER_FAMILIES
-from graph.campaign.stages import PROMOTE_SEED_OFFSET, TEST_SEED_OFFSET, TRANSFER_SEED_OFFSET
+from graph.campaign.stages import (PROMOTE_SEED_OFFSET, TEST_SEED_OFFSET,
+                                   TRANSFER_SEED_OFFSET, baseline_names)
 
 
 def make_plan(args) -> dict:
     """What the campaign will do, from its arguments alone (nothing trained yet)."""
     from evals.objective import objective_from_directive
-    from trainers.baselines import BASELINES
     from trainers.local.trainer import TrainConfig
 
     steps = args.steps if args.steps is not None else TrainConfig().steps
-    baselines = list(BASELINES) if args.baselines is None else \
-        [b.strip() for b in args.baselines.split(",") if b.strip()]
+    baselines = baseline_names(args)
     test = list(range(TEST_SEED_OFFSET, TEST_SEED_OFFSET + args.seeds))
     confirm = (list(range(test[-1] + 1, TEST_SEED_OFFSET + args.confirm_seeds))
                if args.confirm_seeds else [])

@@ -109,11 +109,10 @@ def transfer_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
     the transfer families (evals.tasks.TRANSFER_FAMILIES: in the warm start's corpus,
     never searched, selected or promoted on) and scored on their test split, paired
     seeds. An algorithm is what transfers."""
-    from trainers.baselines import BASELINES, baseline_source
+    from trainers.baselines import baseline_source
     from trainers.local.compare import summarize
 
-    names = list(BASELINES) if args.baselines is None else \
-        [b.strip() for b in args.baselines.split(",") if b.strip()]
+    names = baseline_names(args)
     label = f"winner:{winner[0]}"
     entries = [(b, baseline_source(b)) for b in names] + [(label, winner[1])]
     seeds = list(range(TRANSFER_SEED_OFFSET, TRANSFER_SEED_OFFSET + args.seeds))
@@ -122,11 +121,8 @@ def transfer_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
                    args, home, console, "transfer")
     rows = summarize(results, [e[0] for e in entries], seeds)  # deltas vs grpo
     best = _best_baseline(rows, names)
-    vs = summarize(results, [best, label], seeds)[1]
     return {"rows": rows, "seeds": seeds, "winner_label": label, "best_baseline": best,
-            "vs_best_baseline": {k: vs[f] for k, f in (
-                ("overall", "delta_vs_baseline_ci95"),
-                ("length", "length_delta_vs_baseline_ci95")) if f in vs},
+            "vs_best_baseline": _vs_best(results, best, label, seeds),
             "cpu_seconds": _cpu(results)}
 
 
@@ -270,8 +266,7 @@ def test_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
     from trainers.baselines import BASELINES, baseline_source
     from trainers.local.compare import summarize
 
-    names = list(BASELINES) if args.baselines is None else \
-        [b.strip() for b in args.baselines.split(",") if b.strip()]
+    names = baseline_names(args)
     unknown = [b for b in names if b not in BASELINES]
     if unknown or "grpo" not in names:
         raise CampaignError(f"--baselines must name shipped baselines including grpo; "
@@ -295,14 +290,30 @@ def test_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
         trio_rows = {r["algorithm"]: r for r in
                      summarize(results, [e[0] for e in trio], seeds + confirm)}
         rows = [trio_rows.get(r["algorithm"], r) for r in rows]
-    # the winner's paired CIs against the best baseline, as summarize gives them vs GRPO
-    vs = summarize(results, [best, label], seeds + confirm)[1]
-    vs_best = {key: vs[field] for key, field in (("overall", "delta_vs_baseline_ci95"),
-                                                 ("length", "length_delta_vs_baseline_ci95"))
-               if field in vs}
     return {"rows": rows, "seeds": seeds, "confirm_seeds": confirm, "winner_label": label,
-            "best_baseline": best, "vs_best_baseline": vs_best,
+            "best_baseline": best,
+            "vs_best_baseline": _vs_best(results, best, label, seeds + confirm),
             "cpu_seconds": _cpu(results)}
+
+
+def baseline_names(args) -> list[str]:
+    """The shipped baselines the test and transfer stages train (``--baselines``, default
+    all of them)."""
+    from trainers.baselines import BASELINES
+
+    return list(BASELINES) if args.baselines is None else \
+        [b.strip() for b in args.baselines.split(",") if b.strip()]
+
+
+def _vs_best(results: list[dict], best: str, label: str, seeds: list[int]) -> dict:
+    """The winner's paired CIs (Overall, length) against the best baseline, as
+    ``summarize`` gives them against its first label."""
+    from trainers.local.compare import summarize
+
+    vs = summarize(results, [best, label], seeds)[1]
+    return {key: vs[field] for key, field in (("overall", "delta_vs_baseline_ci95"),
+                                              ("length", "length_delta_vs_baseline_ci95"))
+            if field in vs}
 
 
 def _best_baseline(rows: list[dict], names: list[str]) -> str:
