@@ -82,14 +82,13 @@ def diagnose(curve: Sequence[dict], evals: Sequence[dict], final: dict,
         m["eval_overall_gain"] = float(evals[-1]["overall"]) - float(evals[0]["overall"])
     n = len(curve)
     if n >= MIN_STEPS:
-        w = max(2, n // 5)
+        w = _window(n)
         for key in ("reward", "accuracy", "entropy", "response_length", "validity",
                     "grad_norm", "clip_fraction", "kl_to_start", "all_fail_groups",
                     "all_correct_groups"):
-            xs = _series(curve, key)
-            if len(xs) >= 2 * w:
-                m[f"{key}_early"] = sum(xs[:w]) / w
-                m[f"{key}_late"] = sum(xs[-w:]) / w
+            el = _early_late(_series(curve, key), w)
+            if el is not None:
+                m[f"{key}_early"], m[f"{key}_late"] = el
         tags += _curve_tags(curve, w, m, genome, facts, baseline_entropy_ratio)
     else:
         facts.append(f"only {n} step(s) logged: too short to read the curves")
@@ -110,17 +109,26 @@ def _series(curve: Sequence[dict], key: str) -> list[float]:
     return out
 
 
+def _window(n: int) -> int:
+    """Steps in "early" and in "late": a fifth of the run, at least 2."""
+    return max(2, n // 5)
+
+
+def _early_late(xs: list[float], w: int) -> tuple[float, float] | None:
+    """The means of the first and the last ``w`` values (None with fewer than 2w)."""
+    return (sum(xs[:w]) / w, sum(xs[-w:]) / w) if len(xs) >= 2 * w else None
+
+
 def entropy_ratio(curves: Sequence[dict]) -> float | None:
-    """Mean over seeds of late / early entropy (the means over the first and the last
-    fifth of the run, as ``diagnose`` reads them), from archived curves
-    ({metric: [[step, value], ...]} per seed); None when no seed logged enough."""
+    """Mean over seeds of late / early entropy, read as ``diagnose`` reads a run, from
+    archived curves ({metric: [[step, value], ...]} per seed); None when no seed logged
+    enough."""
     ratios = []
     for c in curves:
-        xs = [float(v) for _, v in (c or {}).get("entropy", [])
-              if isinstance(v, (int, float)) and math.isfinite(v)]
-        w = max(2, len(xs) // 5)
-        if len(xs) >= max(MIN_STEPS, 2 * w) and sum(xs[:w]) > 0:
-            ratios.append(sum(xs[-w:]) / sum(xs[:w]))
+        xs = _series([{"entropy": v} for _, v in (c or {}).get("entropy", [])], "entropy")
+        el = _early_late(xs, _window(len(xs))) if len(xs) >= MIN_STEPS else None
+        if el is not None and el[0] > 0:
+            ratios.append(el[1] / el[0])
     return sum(ratios) / len(ratios) if ratios else None
 
 
