@@ -65,12 +65,13 @@ def reference_of(archive, seed_id: int) -> dict:
     """The objective's reference (GRPO's mean val Overall and length) from a seed, with
     its first seed's final metrics and its late/early entropy ratio (the analyst's
     yardstick of entropy-collapse on this testbed)."""
+    from agents.analyst import mean_final
     from agents.builtin.analyst import entropy_ratio
 
     evals = archive.evaluations(seed_id)
     finals = [e.metrics["val"] for e in evals]
-    return {"overall": sum(f["overall"] for f in finals) / len(finals),
-            "length": sum(f["length"] for f in finals) / len(finals), "final": finals[0],
+    means = mean_final(finals)
+    return {"overall": means["overall"], "length": means["length"], "final": finals[0],
             "entropy_ratio": entropy_ratio([e.curves for e in evals])}
 
 

@@ -174,6 +174,17 @@ def test_rank_correlation_is_spearmans_rho_or_says_why_not():
     assert "constant" in rank_correlation(flat)["note"]
 
 
+def test_the_best_baseline_is_the_top_mean_and_a_stage_with_none_says_which():
+    from graph.campaign.stages import CampaignError, _best_baseline
+
+    rows = [{"algorithm": "grpo", "overall_mean": 80.0}, {"algorithm": "rloo"},
+            {"algorithm": "gspo", "overall_mean": 82.0},
+            {"algorithm": "winner:x", "overall_mean": 90.0}]
+    assert _best_baseline(rows, ["grpo", "rloo", "gspo"]) == "gspo"  # winner not a baseline
+    with pytest.raises(CampaignError, match="every baseline failed in the transfer stage"):
+        _best_baseline([{"algorithm": "rloo"}], ["rloo"], "transfer")
+
+
 def test_rerun_resumes_without_training_again(campaign):
     tmp, _ = campaign
     cache = tmp / "home" / "campaign-cache"

@@ -120,7 +120,7 @@ def transfer_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
     results = _run(_jobs(entries, seeds, home, train_config, cfg.get("warm_config")),
                    args, home, console, "transfer")
     rows = summarize(results, [e[0] for e in entries], seeds)  # deltas vs grpo
-    best = _best_baseline(rows, names)
+    best = _best_baseline(rows, names, "transfer")
     return {"rows": rows, "seeds": seeds, "winner_label": label, "best_baseline": best,
             "vs_best_baseline": _vs_best(results, best, label, seeds),
             "cpu_seconds": _cpu(results)}
@@ -316,11 +316,11 @@ def _vs_best(results: list[dict], best: str, label: str, seeds: list[int]) -> di
             if field in vs}
 
 
-def _best_baseline(rows: list[dict], names: list[str]) -> str:
-    """The shipped baseline with the best mean test Overall, GRPO included."""
+def _best_baseline(rows: list[dict], names: list[str], stage: str = "test") -> str:
+    """The shipped baseline with the best mean Overall of a stage, GRPO included."""
     ok = [r for r in rows if r["algorithm"] in names and "overall_mean" in r]
     if not ok:
-        raise CampaignError("every baseline failed in the test stage")
+        raise CampaignError(f"every baseline failed in the {stage} stage")
     return max(ok, key=lambda r: r["overall_mean"])["algorithm"]
 
 
