@@ -1,6 +1,5 @@
 """The compare and bench commands end to end on a tiny configuration."""
 import json
-from dataclasses import asdict
 
 import pytest
 
@@ -41,6 +40,37 @@ def test_compare_writes_table_json_and_plots_and_resumes(tiny_warm, tiny_train_c
     stamps = [p.stat().st_mtime_ns for p in runs]
     compare.main(argv, train_config=tiny_train_config, warm_config=warm)  # resumes
     assert [p.stat().st_mtime_ns for p in sorted((out / "runs").glob("*.json"))] == stamps
+
+
+def test_compare_profile_reports_each_trained_policys_answer_by_part(
+        tiny_warm, tiny_train_config, tmp_path, capsys):
+    from evals.tasks import FAMILY_SETS
+    from trainers.local.testbed import PARTS
+    from trainers.local.trainer import TrainConfig, train_config_from_dict
+
+    warm, home, _ = tiny_warm
+    out = tmp_path / "prof"
+    compare.main(["--algorithms", f"grpo,{SIGN_FLIP}", "--seeds", "2", "--out", str(out),
+                  "--home", str(home), "--workers", "2", "--quiet", "--profile"],
+                 train_config=tiny_train_config, warm_config=warm)
+    data = json.loads((out / "compare.json").read_text())
+    assert data["train_config"]["profile_after"] is True
+    assert set(data["profiles"]) == {"grpo", "sign_flip"}
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("grpo-*.json"))]
+    assert len(runs) == 2 and all(set(r["profile"]) == {f.name for f in FAMILY_SETS["search"]}
+                                  for r in runs)
+    assert any(r["profile"]["add2"]["t1_invalid"] > 0 for r in runs)  # numbers to average
+    for fam, row in data["profiles"]["grpo"].items():
+        assert row["seeds"] == 2 and {f"correct_{p}_tokens" for p in PARTS} <= set(row)
+        for key, got in row.items():  # the mean of the seeds' own profiles (finite ones)
+            if key != "seeds":
+                xs = [r["profile"][fam][key] for r in runs
+                      if r["profile"][fam][key] == r["profile"][fam][key]]
+                assert got == pytest.approx(sum(xs) / len(xs)) if xs else got != got, key
+    assert "tokens of a correct answer by part" in capsys.readouterr().out
+    # off by default, and then the config (the key of every cached result) is unchanged
+    assert "profile_after" not in TrainConfig().as_dict()
+    assert train_config_from_dict(TrainConfig(profile_after=True).as_dict()).profile_after
 
 
 @pytest.mark.parametrize("argv,message", [

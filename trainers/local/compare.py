@@ -14,6 +14,9 @@ kept in ``DIR/runs/``: rerunning the same command resumes instead of redoing the
 ``--device`` (auto: CUDA when there is one, else CPU; trainers/local/device.py) is where
 every job trains; on CUDA, unless a model config is given, the GPU preset's model and
 batch. ``compare.json`` records the device, the preset and the model config.
+``--profile`` also profiles each trained policy at T=1 per family (accuracy, the length of
+correct answers and their tokens by part: restatement, steps, filler, re-checks...) and
+prints the means: what RL removed from an answer and what it kept.
 """
 from __future__ import annotations
 
@@ -214,6 +217,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="wall-clock and CPU limit of each sandboxed training run (default: "
                         "600 s + 20 s per step)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile each trained policy at T=1 per family (accuracy, "
+                        "length of correct answers, tokens by part: what RL removed) "
+                        "and print the means (trainers/local/testbed.py)")
     p.add_argument("--logger", default=None, metavar="NAMES",
                    help="also log each algorithm x seed to mlflow, tensorboard and/or wandb "
                         "(offline), comma-separated, under DIR (trainers/tracking.py)")
@@ -294,7 +301,8 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
         cfg = replace(cfg, steps=args.steps)
     if args.cpu_budget is not None:
         cfg = replace(cfg, cpu_budget=args.cpu_budget)
-    cfg = replace(cfg, final_eval=replace(cfg.final_eval, split=args.split))
+    cfg = replace(cfg, final_eval=replace(cfg.final_eval, split=args.split),
+                  profile_after=args.profile)
     warm = warm_config or WarmStartConfig()
     home = args.home or default_home()
     _make_dirs([args.out, home])
@@ -307,6 +315,12 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
                        timeout_s=args.timeout)
     rows = summarize(results, labels, seeds)
     print_table(rows, console, args.split)
+    profiles = None
+    if args.profile:
+        from trainers.local.testbed import mean_profiles, print_profiles
+
+        profiles = mean_profiles(results, labels)
+        print_profiles(profiles, console)
     if args.loggers:
         where = track(results, args.out, args.loggers, args.tracking_uri,
                       {"algorithms": ",".join(labels), "split": args.split,
@@ -316,7 +330,8 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
     payload = {"algorithms": labels, "seeds": seeds, "split": args.split,
                "device": args.device, "preset": "gpu" if preset else None,
                "model": asdict(warm.model), "train_config": cfg.as_dict(), "results": rows,
-               "plots": [p.name for p in plots]}
+               "plots": [p.name for p in plots],
+               **({"profiles": profiles} if profiles is not None else {})}
     (args.out / "compare.json").write_text(json.dumps(payload, indent=2))
     console.print(f"wrote {args.out / 'compare.json'} and {', '.join(p.name for p in plots)}")
     return rows

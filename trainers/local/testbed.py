@@ -39,25 +39,62 @@ def profile(home: Path | None, problems: int = 256) -> dict:
     return out
 
 
+def _f(x) -> str:
+    return "-" if x is None or x != x else f"{x:.1f}"
+
+
 def print_table(rows: dict, console: Console) -> None:
     t = Table(title="warm start at T=1 (val, groups of 8): what a length term can act on")
     cols = ["family", "set", "acc %", "invalid %", "all-fail %", "correct len", "oracle",
             "room %", *PARTS]
     for c in cols:
         t.add_column(c, justify="left" if c in ("family", "set") else "right")
-
-    def f(x):
-        return "-" if x is None or x != x else f"{x:.1f}"
-
     for fam, r in rows.items():
-        t.add_row(fam, r["set"], f(r["t1_accuracy"]), f(r["t1_invalid"]),
-                  f(r["all_fail_groups"]), f(r["correct_length_mean"]),
-                  f(r["oracle_length_mean"]), f(r["room_pct"]),
-                  *[f(r[f"correct_{p}_tokens"]) for p in PARTS])
+        t.add_row(fam, r["set"], _f(r["t1_accuracy"]), _f(r["t1_invalid"]),
+                  _f(r["all_fail_groups"]), _f(r["correct_length_mean"]),
+                  _f(r["oracle_length_mean"]), _f(r["room_pct"]),
+                  *[_f(r[f"correct_{p}_tokens"]) for p in PARTS])
     console.print(t)
     console.print("correct len: mean tokens of a correct answer (EOS included); oracle: the "
                   "shortest correct form; room: how much shorter the oracle is; the last "
                   "columns split a correct answer's tokens by part (evals.tasks.anatomy)")
+
+
+def mean_profiles(results: list[dict], labels: list[str]) -> dict:
+    """Per algorithm and family, the mean over its seeds of the trained policies' profiles
+    (``TrainConfig.profile_after``; a number missing in a seed, e.g. the length of correct
+    answers when none was correct, is left out of that mean)."""
+    out = {}
+    for label in labels:
+        runs = [r["profile"] for r in results if r["algorithm"] == label
+                and r.get("status") == "ok" and r.get("profile")]
+        if not runs:
+            continue
+        fams = {}
+        for fam, first in runs[0].items():
+            row = {}
+            for k, v in first.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    xs = [run[fam][k] for run in runs if run[fam].get(k) == run[fam].get(k)]
+                    row[k] = sum(xs) / len(xs) if xs else float("nan")
+            fams[fam] = {**row, "seeds": len(runs)}
+        out[label] = fams
+    return out
+
+
+def print_profiles(profiles: dict, console: Console) -> None:
+    """``compare --profile``'s table: what each algorithm's RL left in a correct answer."""
+    t = Table(title="after RL, at T=1 (val, groups of 8; mean over seeds): tokens of a "
+                    "correct answer by part")
+    cols = ["algorithm", "family", "seeds", "acc %", "correct len", *PARTS]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("algorithm", "family") else "right")
+    for label, fams in profiles.items():
+        for fam, r in fams.items():
+            t.add_row(label, fam, str(r["seeds"]), _f(r["t1_accuracy"]),
+                      _f(r["correct_length_mean"]),
+                      *[_f(r[f"correct_{p}_tokens"]) for p in PARTS])
+    console.print(t)
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,7 @@ from evals.metrics import auc
 from evals.tasks import BOS, PromptStream, decode, encode, grade
 from trainers.algorithm import Algorithm, CandidateError, Rollouts
 from trainers.local import engine as engines
-from trainers.local.evaluate import EvalConfig, evaluate
+from trainers.local.evaluate import EvalConfig, evaluate, testbed_profile
 from trainers.local.model import TinyGPT, left_pad
 
 CURVE_KEYS = ("overall", "acc@1", "valid", "length")
@@ -64,9 +64,18 @@ class TrainConfig:
     # The task families trained and evaluated (evals.tasks.FAMILY_SETS): "search", or
     # "transfer" for a campaign's transfer stage (families the search never saw).
     families: str = "search"
+    # After the final evaluation, also profile the trained policy at T=1 per family
+    # (evaluate.testbed_profile: accuracy, length of correct answers, tokens by part):
+    # what RL removed from or added to an answer. ``compare --profile`` turns it on.
+    profile_after: bool = False
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["profile_after"]:
+            # off: the dict (and every cached result keyed by it) is what it was before
+            # the field existed
+            del d["profile_after"]
+        return d
 
 
 def train_config_from_dict(d: dict) -> TrainConfig:
@@ -76,6 +85,9 @@ def train_config_from_dict(d: dict) -> TrainConfig:
         if isinstance(d.get(key), dict):
             d[key] = EvalConfig(**d[key])
     return TrainConfig(**d)
+
+
+PROFILE_PROBLEMS = 128  # val problems per family in TrainConfig.profile_after's profile
 
 
 @dataclass
@@ -89,9 +101,13 @@ class TrainResult:
     auc: dict[str, float]                # mean over the periodic evaluations
     cpu_seconds: float
     train_cpu_seconds: float
+    profile: dict | None = None          # TrainConfig.profile_after: per-family profile
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["profile"] is None:
+            del d["profile"]
+        return d
 
 
 class NullProgress:
@@ -215,7 +231,10 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
                                    which=cfg.families)})
             break
     final = evaluate(policy, cfg.final_eval, engine=cfg.engine, which=cfg.families)
+    profile = testbed_profile(policy, problems=PROFILE_PROBLEMS, which=cfg.families) \
+        if cfg.profile_after else None
     return TrainResult(
         algorithm=algo.name, seed=seed, steps_done=step + 1, curve=curve, evals=evals,
         final=final, auc={k: auc([e[k] for e in evals]) for k in CURVE_KEYS},
-        cpu_seconds=time.process_time() - t_start, train_cpu_seconds=train_cpu)
+        cpu_seconds=time.process_time() - t_start, train_cpu_seconds=train_cpu,
+        profile=profile)
