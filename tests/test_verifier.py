@@ -18,7 +18,8 @@ from trainers.baselines import BASELINES, baseline_source
 ROOT = Path(__file__).resolve().parent.parent
 KNOWN = {**{name: baseline_source(name) for name in BASELINES},
          **{Path(p).stem: Path(p).read_text()
-            for p in sorted(glob.glob(str(ROOT / "evals/calibration/*.py")))}}
+            for p in sorted(glob.glob(str(ROOT / "evals/calibration/*.py"))
+                           + glob.glob(str(ROOT / "evals/length_frontier/*.py")))}}
 
 
 def cand(body: str, name: str = "test-cand") -> str:
@@ -206,7 +207,8 @@ def test_a_hook_the_proposal_never_mentions_is_only_a_warning():
 
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "rloo", "gspo", "cispo",
-                                  "length_gated", "validity_mask"])
+                                  "length_gated", "validity_mask", "gated_010",
+                                  "gated_025", "gated_all_correct", "gated_no_std"])
 def test_known_algorithms_docstrings_are_consistent_with_their_code(name):
     doc = ast.get_docstring(ast.parse(KNOWN[name]))
     assert check_consistency(doc, KNOWN[name])[0] == []
