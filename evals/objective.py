@@ -24,11 +24,19 @@ The search needs one number per seed to climb. Under ``length="minimize"``::
 where L is the mean greedy response length and (Overall_ref, L_ref) are GRPO's (the run's
 seed baseline, evaluated first). Within the margin only length counts, so accuracy above
 GRPO's buys nothing; below it, each point must be paid with 10% of length, more than any
-shortening the testbed allows pays for a few points. Averaged over seeds, the penalty is
-an expectation: a candidate whose Overall is as noisy as GRPO's pays about as much as
-GRPO does, so ranking is by shortening first. Under ``length="ignore"``, fitness is
-Overall. Without a reference, fitness is Overall; the loop scores the seed baseline
-against its own mean (graph.graph.evaluate), so GRPO's fitness is about 0 under "concise".
+shortening the testbed allows pays for a few points. Under ``length="ignore"``, fitness
+is Overall. Without a reference, fitness is Overall.
+
+Over several seeds the penalty is charged on the candidate's *mean* Overall, as the
+contract and the promotion rule read it (``seed_fitnesses``): a candidate's fitness is
+the fitness of its seeds' mean Overall and mean length. Charging each seed's own Overall
+instead (the rule until the second v2 "concise" campaign) turns seed noise into penalty:
+with a seed's Overall varying by 4-6 points, a seed below the floor costs 10x its
+shortfall and one above it pays nothing back, so GRPO scored -4.4 against its own mean,
+and a candidate 4.9% shorter than GRPO at the same mean Overall (87.7 vs 87.8) scored
+-22.0 and ranked 10th of 13 (docs/campaigns/v2-accurate-and-concise-2). The loop scores
+the seed baseline against its own mean (graph.graph.evaluate), so GRPO's fitness is 0
+under "concise".
 
 Specs written before the contract (``length_weight``, ``accuracy_tolerance``) are read as
 the contract: a positive weight is ``length="minimize"`` with the tolerance as margin.
@@ -112,6 +120,23 @@ def fitness(spec: ObjectiveSpec, overall: float, length: float,
     ref_overall, ref_length = reference
     below = max(0.0, ref_overall - spec.margin - overall)
     return float(shortening(length, ref_length) - spec.penalty * below)
+
+
+def seed_fitnesses(spec: ObjectiveSpec, finals: list[tuple[float, float]],
+                   reference: tuple[float, float] | None = None) -> list[float]:
+    """Per-seed fitness of one candidate's seeds, ``finals`` = [(Overall, length), ...],
+    whose mean is the fitness of the seeds' means: the shortening is each seed's own
+    (linear, so it averages exactly), the penalty is charged once on the mean Overall.
+    Under ``length="ignore"`` (or without a reference) each seed's Overall."""
+    if not finals:
+        return []
+    if not spec.minimizes_length or reference is None:
+        return [float(o) for o, _ in finals]
+    ref_overall, ref_length = reference
+    mean_overall = sum(o for o, _ in finals) / len(finals)
+    below = max(0.0, ref_overall - spec.margin - mean_overall)
+    return [float(shortening(length, ref_length) - spec.penalty * below)
+            for _, length in finals]
 
 
 def within_margin(spec: ObjectiveSpec, delta_overall: float) -> bool:

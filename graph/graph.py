@@ -42,7 +42,7 @@ from agents.judge import consistency_judge
 from agents.proposal import Proposal
 from agents.scientist import propose
 from agents.builtin.genes import Genome
-from evals.objective import ObjectiveSpec, fitness
+from evals.objective import ObjectiveSpec, seed_fitnesses
 from graph import steering
 from graph.context import Context
 from graph.state import CandidateOutput, CandidateState, RunState
@@ -352,16 +352,19 @@ def evaluate(state: CandidateState, runtime: Runtime[Context]) -> dict:
     spec = ObjectiveSpec.model_validate(state["objective"])  # the run state's JSON
     reference = state.get("reference") or (  # round 0: the seed baseline is the reference
         mean_final([r["final"] for r in state["results"]]) if state["round"] == 0 else None)
-    for r in state["results"]:
-        r["fitness"] = seed_fitness(spec, reference, r["final"])
-    fits = [r["fitness"] for r in state["results"]]
+    fits = candidate_fitnesses(spec, reference, [r["final"] for r in state["results"]])
+    for r, f in zip(state["results"], fits):
+        r["fitness"] = f
     return {"fitness": sum(fits) / len(fits), "status": EVALUATED}
 
 
-def seed_fitness(spec: ObjectiveSpec, reference: dict | None, final: dict) -> float:
-    """The fitness of one seed's final evaluation under the run's objective."""
+def candidate_fitnesses(spec: ObjectiveSpec, reference: dict | None,
+                        finals: list[dict]) -> list[float]:
+    """The fitness of each of a candidate's seeds (their final val evaluations) under
+    the run's objective; their mean is the fitness of the seeds' means
+    (evals.objective.seed_fitnesses)."""
     ref = (reference["overall"], reference["length"]) if reference else None
-    return fitness(spec, final["overall"], final["length"], ref)
+    return seed_fitnesses(spec, [(f["overall"], f["length"]) for f in finals], ref)
 
 
 def analyst(state: CandidateState, runtime: Runtime[Context]) -> dict:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from evals.objective import ObjectiveSpec, fitness
+from evals.objective import ObjectiveSpec, seed_fitnesses
 from memory.schema import EVALUATED
 
 TESTBED_KEYS = ("steps", "train_overrides", "warm_config", "preset", "trainer_config",
@@ -136,13 +136,14 @@ def import_candidates(archive, run_id: int, sources: Iterable[int], spec: Object
                 continue
             mine = [mapping[p] for p, _ in parents.get(c.id, []) if p in mapping]
             kinds = [k for p, k in parents.get(c.id, []) if p in mapping]
+            olds = [e for e in archive.evaluations(c.id) if "val" in e.metrics]
+            moved = [(e.metrics["val"]["overall"] + shift, e.metrics["val"]["length"] * ratio)
+                     for e in olds]
             evals = [{"seed": e.seed, "backend": e.backend, "metrics": e.metrics,
-                      "fitness": fitness(spec, e.metrics["val"]["overall"] + shift,
-                                         e.metrics["val"]["length"] * ratio, ref),
-                      "objectives": {"overall": e.metrics["val"]["overall"] + shift,
-                                     "neg_length": -e.metrics["val"]["length"] * ratio},
+                      "fitness": fit, "objectives": {"overall": o, "neg_length": -length},
                       "curves": e.curves, "wall_time": 0.0}
-                     for e in archive.evaluations(c.id) if "val" in e.metrics]
+                     for e, (o, length), fit in zip(olds, moved,
+                                                    seed_fitnesses(spec, moved, ref))]
             origin = {"run": rid, "candidate": c.id, "name": c.name}
             if rebase:
                 origin.update(overall_shift=shift, length_ratio=ratio)

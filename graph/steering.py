@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from evals.objective import ObjectiveSpec, fitness, objective_from_directive
+from evals.objective import ObjectiveSpec, objective_from_directive, seed_fitnesses
 from memory.schema import EVALUATED
 
 THREAD_ID = re.compile(r"^(?:run-)?(\d+)$")   # a steering session's thread: run-<run id>
@@ -442,15 +442,16 @@ def record_instruction(archive, run_id: int, before: Steering, after: Steering,
 
 
 def rescore(archive, run_id: int, spec: ObjectiveSpec, reference: dict | None) -> int:
+    """Every evaluation of the run scored again under ``spec``, a candidate's seeds
+    together (evals.objective.seed_fitnesses: the penalty reads their mean Overall)."""
     ref = (reference["overall"], reference["length"]) if reference else None
-
-    def score(ev) -> float | None:
-        val = (ev.metrics or {}).get("val")
-        if not val:
-            return ev.fitness
-        return fitness(spec, val["overall"], val["length"], ref)
-
-    return archive.rescore(run_id, score)
+    new: dict[int, float] = {}
+    for c in archive.candidates(run_id):
+        evals = [e for e in archive.evaluations(c.id) if (e.metrics or {}).get("val")]
+        fits = seed_fitnesses(spec, [(e.metrics["val"]["overall"], e.metrics["val"]["length"])
+                                     for e in evals], ref)
+        new.update({e.id: f for e, f in zip(evals, fits)})
+    return archive.rescore(run_id, lambda ev: new.get(ev.id, ev.fitness))
 
 
 def pause_payload(archive, state: dict, steer: Steering, budget: dict,

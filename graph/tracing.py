@@ -135,7 +135,7 @@ def final_metrics(state: dict, results: list) -> dict:
     """Flat final metrics of a trained candidate: means over seeds of the held-out
     evaluation, and the fitness under the run's objective (as the evaluate node has it)."""
     from evals.objective import ObjectiveSpec
-    from graph.graph import seed_fitness
+    from graph.graph import candidate_fitnesses
 
     spec = ObjectiveSpec.model_validate(state["objective"])  # the run state's JSON
     finals = [r["final"] for r in results if r]
@@ -151,7 +151,7 @@ def final_metrics(state: dict, results: list) -> dict:
             out[f"{key.split('/')[0]}_acc"] = mean([f[key] for f in finals])
     out["length"] = mean([f["length"] for f in finals])
     out["validity"] = mean([f["valid"] for f in finals])
-    out["fitness"] = mean([seed_fitness(spec, state.get("reference"), f) for f in finals])
+    out["fitness"] = mean(candidate_fitnesses(spec, state.get("reference"), finals))
     out["seeds"] = len(finals)
     return out
 

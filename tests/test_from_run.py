@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.objective import ObjectiveSpec, fitness
+from evals.objective import ObjectiveSpec, seed_fitnesses
 
 TINY = Path(__file__).parent / "data" / "tiny_context.json"
 REPO = Path(__file__).resolve().parents[1]
@@ -57,9 +57,9 @@ def test_same_testbed_reuses_every_candidate_without_training_it(homes):
             assert [e.seed for e in new] == [e.seed for e in old]
             assert [e.metrics for e in new] == [e.metrics for e in old]     # as measured
             assert all(e.wall_time == 0 for e in new)                    # no training here
-            assert [e.fitness for e in new] == pytest.approx(
-                [fitness(spec, e.metrics["val"]["overall"], e.metrics["val"]["length"], ref)
-                 for e in old])                                  # under the new objective
+            assert [e.fitness for e in new] == pytest.approx(seed_fitnesses(  # the new
+                spec, [(e.metrics["val"]["overall"], e.metrics["val"]["length"])  # objective
+                       for e in old], ref))
             # lineage mirrored between the copies
             assert sorted(a.parents(copy.id)) == sorted(copies[p].id for p in a.parents(orig.id))
         # the one new candidate trained; it builds on a copy (nothing else is in the run)

@@ -2,7 +2,8 @@
 as possible while Overall stays within a margin of GRPO's), not a weight on length."""
 import pytest
 
-from evals.objective import ObjectiveSpec, fitness, objective_from_directive, within_margin
+from evals.objective import (ObjectiveSpec, fitness, objective_from_directive, seed_fitnesses,
+                             within_margin)
 
 
 def test_keywords_map_to_objectives():
@@ -58,3 +59,28 @@ def test_specs_written_before_the_contract_read_as_the_contract():
         ObjectiveSpec.model_validate({"directive": "d", "length": "maximize"})
     with pytest.raises(ValueError):
         ObjectiveSpec.model_validate({"directive": "d", "length": "minimize", "margin": 50})
+
+
+def test_over_seeds_the_penalty_reads_the_mean_overall_so_noise_is_not_charged():
+    concise = objective_from_directive("accurate and concise")
+    # GRPO's own three seeds, scored against their own means: 0 (the contract's value),
+    # where charging each seed's Overall made seed noise a penalty (-5.6 here)
+    grpo = [(85.0, 42.0), (90.0, 44.0), (88.0, 43.0)]
+    ref = (sum(o for o, _ in grpo) / 3, sum(length for _, length in grpo) / 3)
+    fits = seed_fitnesses(concise, grpo, ref)
+    assert sum(fits) / 3 == pytest.approx(0.0)
+    assert sum(fitness(concise, o, length, ref) for o, length in grpo) / 3 == pytest.approx(
+        -10 * (ref[0] - 1 - 85.0) / 3)
+    # any candidate: the mean of its seeds' fitnesses is the fitness of its means
+    cand = [(80.0, 30.0), (92.0, 33.0), (86.5, 36.0)]
+    mean = (sum(o for o, _ in cand) / 3, sum(length for _, length in cand) / 3)
+    assert sum(seed_fitnesses(concise, cand, ref)) / 3 == pytest.approx(
+        fitness(concise, *mean, ref))
+    below = [(80.0, 30.0), (82.0, 33.0)]  # mean 81: 6.67 points below the floor
+    assert sum(seed_fitnesses(concise, below, ref)) / 2 == pytest.approx(
+        fitness(concise, 81.0, 31.5, ref)) and fitness(concise, 81.0, 31.5, ref) < 0
+    # "accurate": each seed's Overall, as before; no reference: the same
+    accurate = objective_from_directive("accurate")
+    assert seed_fitnesses(accurate, cand, ref) == [80.0, 92.0, 86.5]
+    assert seed_fitnesses(concise, cand, None) == [80.0, 92.0, 86.5]
+    assert seed_fitnesses(concise, [], ref) == []

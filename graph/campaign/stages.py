@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from evals.objective import ObjectiveSpec, fitness, shortening, within_margin
+from evals.objective import ObjectiveSpec, fitness, seed_fitnesses, shortening, within_margin
 
 TEST_SEED_OFFSET = 2000      # fresh seeds of the test stage (search uses the run seed)
 TRANSFER_SEED_OFFSET = 3000  # fresh seeds of the transfer stage
@@ -203,8 +203,8 @@ def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
             runs = by.get(label, [])
             if not runs:
                 continue
-            fits = [fitness(spec, r["final"]["overall"], r["final"]["length"], ref)
-                    for r in runs]
+            fits = seed_fitnesses(spec, [(r["final"]["overall"], r["final"]["length"])
+                                         for r in runs], ref)
             overall, length = _mean(runs, "overall"), _mean(runs, "length")
             out.append({"name": label, "fitness": float(np.mean(fits)),
                         "overall": overall, "length": length,
