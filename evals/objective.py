@@ -132,11 +132,8 @@ def seed_fitnesses(spec: ObjectiveSpec, finals: list[tuple[float, float]],
         return []
     if not spec.minimizes_length or reference is None:
         return [float(o) for o, _ in finals]
-    ref_overall, ref_length = reference
     mean_overall = sum(o for o, _ in finals) / len(finals)
-    below = max(0.0, ref_overall - spec.margin - mean_overall)
-    return [float(shortening(length, ref_length) - spec.penalty * below)
-            for _, length in finals]
+    return [fitness(spec, mean_overall, length, reference) for _, length in finals]
 
 
 def within_margin(spec: ObjectiveSpec, delta_overall: float) -> bool:
