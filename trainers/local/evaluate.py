@@ -32,7 +32,7 @@ class EvalConfig:
     size: int = 400            # problems per family, greedy
     pass_problems: int = 128   # hard-family problems sampled for pass@k
     n_samples: int = PASS_K    # samples per problem at T=1 (>= every k reported)
-    max_response: int = 64
+    max_response: int = 80  # testbed v3: two re-checks of a 6-digit sum fit
     batch: int = 1024
     seed: int = 1234           # sampling seed (fixed: every policy sees the same draws)
 

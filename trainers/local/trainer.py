@@ -52,7 +52,7 @@ class TrainConfig:
     minibatches: int = 2
     lr: float = 2e-4
     grad_clip: float = 1.0
-    max_response: int = 64
+    max_response: int = 80  # testbed v3: two re-checks of a 6-digit sum fit
     eval_every: int = 20
     curve_eval: EvalConfig = field(default_factory=lambda: EvalConfig(
         size=96, pass_problems=24, n_samples=16))
