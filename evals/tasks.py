@@ -6,7 +6,8 @@ optional restatement of the problem, an optional scratchpad of column steps (lea
 significant column first, carries and borrows written out), optional filler, optional
 re-checks of the answer, and the final answer in a required format, then EOS::
 
-    00432+00097;2+7=9;3+9=12;4+1=5;~=529;#529.  (restated, steps, filler, a re-check)
+    2+7=9;3+9=12;4+1=5;~~=529;=529;#529.        (steps, filler, two re-checks)
+    00432+00097;2+7=9;3+9=12;4+1=5;#529.        (restated first: allowed, testbed v2)
     2+7=9;3+9=12;4+1=5;#529.                    (the steps accuracy may need)
     #529.                                       (the shortest correct form: the oracle)
 
@@ -27,10 +28,12 @@ borrows, and ``mul3``, a three-digit number times one digit. A campaign trains i
 winner and the baselines on them with RL at the end, to see what transfers.
 
 **Verbosity.** Real reasoning models over-think; the warm start does too, in measured
-proportions (``CorpusNoise``): it restates the problem, re-checks its answer, writes
-filler and redundant steps, and writes scratchpads on problems easy enough to answer
-directly. None of it changes correctness; the scratchpad on hard problems is what
-accuracy needs. ``anatomy`` splits a response into these parts, ``oracle_length`` is the
+proportions (``CorpusNoise``): it re-checks its answer (twice, greedily), writes filler
+and redundant steps, and writes scratchpads on problems easy enough to answer directly.
+None of it changes correctness; the scratchpad on hard problems is what accuracy needs.
+Testbed v2 also restated the problem first; that turned out to be verbosity the model
+needs (GRPO raised it to every answer, and removing it cost accuracy), so testbed v3
+writes none (docs/testbed.md). ``anatomy`` splits a response into these parts, ``oracle_length`` is the
 shortest correct response, so the room for shortening is a number (``python -m
 trainers.local.testbed``). Problems are split into train / val / test by a hash of
 (op, a, b), so the splits are disjoint and fixed forever.
@@ -100,11 +103,16 @@ WIDTH = max(f.digits for f in ALL_FAMILIES)
 HARD_FAMILY = "add5"
 
 # Overall, in the spirit of the original benchmark mix: the hard family is scored by
-# greedy acc@1 and by pass@16 at T=1 (the AIME-style pass@k) and weighted highest.
+# its T=1 accuracy (pass@1, the mean over 16 draws: reasoning benchmarks' avg@k) and by
+# pass@16 at T=1 (the AIME-style pass@k), and weighted highest; the easy families by
+# greedy acc@1. Testbed v2 scored add5 by greedy acc@1; with testbed v3's 80-token budget
+# the warm start's greedy add5 answers no longer overrun the budget, greedy add5 accuracy
+# is 79% before RL and GRPO does not raise it, while its T=1 accuracy goes 26% -> 57%
+# (RL trains the T=1 policy; docs/testbed.md), so v3 scores what RL changes.
 OVERALL_WEIGHTS = {
     "add2/acc@1": 0.15,
     "add3/acc@1": 0.25,
-    "add5/acc@1": 0.30,
+    "add5/pass@1": 0.30,
     "add5/pass@16": 0.30,
 }
 # The transfer families' Overall: greedy accuracy and T=1 accuracy (pass@1), equal weights.

@@ -45,7 +45,7 @@ def test_compare_writes_table_json_and_plots_and_resumes(tiny_warm, tiny_train_c
 def test_compare_profile_reports_each_trained_policys_answer_by_part(
         tiny_warm, tiny_train_config, tmp_path, capsys):
     from evals.tasks import FAMILY_SETS
-    from trainers.local.testbed import PARTS
+    from trainers.local.testbed import ABLATION, PARTS
     from trainers.local.trainer import TrainConfig, train_config_from_dict
 
     warm, home, _ = tiny_warm
@@ -67,7 +67,10 @@ def test_compare_profile_reports_each_trained_policys_answer_by_part(
                 xs = [r["profile"][fam][key] for r in runs
                       if r["profile"][fam][key] == r["profile"][fam][key]]
                 assert got == pytest.approx(sum(xs) / len(xs)) if xs else got != got, key
-    assert "tokens of a correct answer by part" in capsys.readouterr().out
+        assert set(ABLATION) <= set(row), row  # the re-check ablation, per family
+    printed = capsys.readouterr().out
+    assert "tokens of a correct answer by part" in printed
+    assert "re-checks cut" in printed
     # off by default, and then the config (the key of every cached result) is unchanged
     assert "profile_after" not in TrainConfig().as_dict()
     assert train_config_from_dict(TrainConfig(profile_after=True).as_dict()).profile_after
@@ -146,3 +149,23 @@ def test_bench_engines_bad_flags_exit_2(tmp_path, capsys):
         assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
+
+
+def test_checks_ablation_scores_the_same_greedy_answers_as_evaluate_and_cuts_re_checks(
+        tiny_warm):
+    """The ablation's own greedy decoding agrees with evaluate()'s acc@1 on the same
+    problems, and on a warm start that re-checks (the v3 corpus: 80% of answers) it
+    answers again with '#' forced before the re-checks."""
+    from trainers.local.evaluate import EvalConfig, checks_ablation, evaluate
+
+    _, _, model = tiny_warm
+    got = checks_ablation(model, problems=24, max_response=48)
+    ref = evaluate(model, EvalConfig(size=24, pass_problems=2, n_samples=16, max_response=48))
+    assert set(got) == {"add2", "add3", "add5"}
+    for fam, row in got.items():
+        assert row["greedy_acc"] == pytest.approx(ref[f"{fam}/acc@1"]), fam
+        assert 0 <= row["rechecked_pct"] <= 100
+    rechecked = [row for row in got.values() if row["rechecked_pct"] > 0]
+    assert rechecked, got  # the tiny warm start re-checks somewhere
+    for row in rechecked:
+        assert 0 <= row["checks_cut_acc"] <= 100 and 0 <= row["rechecked_acc"] <= 100

@@ -76,6 +76,8 @@ def summarize(results: list[dict], labels: list[str], seeds: list[int]) -> list[
               if f.name != HARD_FAMILY and f"{f.name}/pass@1" in runs[0]["final"]}
         if t1:  # a transfer stage's: T=1 accuracy per family beside the greedy one
             row["families_t1"] = t1
+        if f"{HARD_FAMILY}/pass@1" in runs[0]["final"]:
+            row["pass@1"] = float(fin(f"{HARD_FAMILY}/pass@1").mean())
         if f"{HARD_FAMILY}/pass@{PASS_K}" in runs[0]["final"]:
             row[f"pass@{PASS_K}"] = float(fin(f"{HARD_FAMILY}/pass@{PASS_K}").mean())
         row["auc_overall"] = float(np.mean([r["auc"]["overall"] for r in runs]))
@@ -109,16 +111,18 @@ def print_table(rows: list[dict], console: Console, split: str = "val") -> None:
     t = Table(title=f"Embedded testbed: final {split} metrics (mean over seeds); deltas vs "
                     f"{base}, paired 95% CI", show_lines=False)
     for col in ["algorithm", "seeds", "Overall", *[f.name for f in FAMILIES],
-                f"{HARD_FAMILY} pass@{PASS_K}", "AUC", "length", "valid%", "validAUC",
+                f"{HARD_FAMILY} T=1", f"{HARD_FAMILY} pass@{PASS_K}", "AUC", "length",
+                "valid%", "validAUC",
                 "dOverall", "dAUC", "dLength", "dValidAUC", "CPU-s/seed"]:
         t.add_column(col, justify="left" if col == "algorithm" else "right")
     for r in rows:
         if "overall_mean" not in r:
-            t.add_row(r["algorithm"], "0", "[red]failed[/red]", *[""] * 13)
+            t.add_row(r["algorithm"], "0", "[red]failed[/red]", *[""] * 14)
             continue
         d = lambda k: r[k]["text"] if k in r and r["algorithm"] != base else "-"  # noqa
         t.add_row(r["algorithm"], str(len(r["seeds"])),
                   f"{r['overall_mean']:.1f}", *[f"{v:.1f}" for v in r["families"].values()],
+                  f"{r['pass@1']:.1f}" if "pass@1" in r else "-",
                   f"{r[f'pass@{PASS_K}']:.1f}", f"{r['auc_overall']:.1f}",
                   f"{r['mean_length']:.1f}", f"{r['validity']:.1f}",
                   f"{r['validity_auc']:.1f}",

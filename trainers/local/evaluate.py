@@ -10,6 +10,7 @@ Decoding runs on the model's device (its sampling generator too); grading on the
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,3 +173,55 @@ def testbed_profile(model: TinyGPT, split: str = "val", problems: int = 256,
                                              if parts else float("nan"))
         out[fam.name] = row
     return {f: {k: float(x) for k, x in d.items()} for f, d in out.items()}
+
+
+_FIRST_CHECK = re.compile(r"(?:=\d+;)+#")  # the re-checks right before the answer marker
+
+
+def _greedy(model: TinyGPT, prefixes: list[str], max_new: int) -> list[tuple[str, bool]]:
+    """Greedy continuations (text, terminated) of BOS + each prefix."""
+    device = _device(model)
+    generate, _ = engines.select("fast")
+    out = []
+    for lo in range(0, len(prefixes), 1024):
+        ids, mask = left_pad([[BOS] + encode(x) for x in prefixes[lo:lo + 1024]],
+                             device=device)
+        g = generate(model, ids, mask, max_new, 0.0, None)
+        out += [(decode(t), bool(e)) for t, e in zip(g.tokens.cpu().tolist(),
+                                                   g.terminated.cpu().tolist())]
+    return out
+
+
+@torch.no_grad()
+def checks_ablation(model: TinyGPT, split: str = "val", problems: int = 128,
+                    max_response: int = EvalConfig.max_response, which: str = "search"
+                    ) -> dict[str, dict[str, float]]:
+    """Does ``model`` need its re-checks (``=N;`` before ``#``)? Per family, greedy on
+    ``problems`` held-out problems: its accuracy (``greedy_acc``), the share of its answers
+    that re-check (``rechecked_pct``), and on those answers the accuracy as written
+    (``rechecked_acc``) and when ``#`` is forced where the first re-check starts, the
+    same policy answering after the same steps without them (``checks_cut_acc``)."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for fam in families(which):
+        probs = heldout_set(fam.name, split, problems)
+        natural = _greedy(model, [p.prompt for p in probs], max_response)
+        graded = [grade(p, t, term).correct for p, (t, term) in zip(probs, natural)]
+        cut = [(i, m.start()) for i, (t, term) in enumerate(natural)
+               if term and (m := _FIRST_CHECK.search(t))]
+        forced = _greedy(model, [probs[i].prompt + natural[i][0][:at] + "#" for i, at in cut],
+                         max_response) if cut else []
+        prefix_len = [at + 1 for _, at in cut]
+        cut_ok = [grade(probs[i], natural[i][0][:at] + "#" + t,
+                        term and n + len(t) + 1 <= max_response).correct
+                  for (i, at), n, (t, term) in zip(cut, prefix_len, forced)]
+        nan = float("nan")
+        out[fam.name] = {
+            "greedy_acc": 100 * float(np.mean(graded)),
+            "rechecked_pct": 100 * len(cut) / len(probs),
+            "rechecked_acc": 100 * float(np.mean([graded[i] for i, _ in cut])) if cut else nan,
+            "checks_cut_acc": 100 * float(np.mean(cut_ok)) if cut else nan,
+        }
+    model.train(was_training)
+    return out

@@ -20,6 +20,8 @@ from pathlib import Path
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from evals.tasks import OVERALL_WEIGHTS, TRANSFER_WEIGHTS
+
 # A job's wall-clock bound: generous (a default-budget job takes ~100 s alone, ~2x that
 # beside others), yet it stops a candidate that hangs or sleeps.
 BASE_TIMEOUT_S = 600.0
@@ -108,7 +110,10 @@ def run_jobs(jobs: list[Job], workers: int, results_dir: Path | None = None,
 
 
 def _result_path(results_dir: Path, job: Job) -> Path:
-    keyed = [job.source, job.train_config, job.warm_config]
+    # What the result's Overall means is part of its key: a cached result scored by an
+    # older formula (testbed v2's greedy add5 accuracy) is never read as this one's.
+    keyed = [job.source, job.train_config, job.warm_config,
+             {"overall": OVERALL_WEIGHTS, "transfer": TRANSFER_WEIGHTS}]
     if job.device != "cpu":  # a GPU result is not a CPU result (CPU names unchanged)
         keyed.append(job.device)
     key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 PARTS = ("restate", "steps", "redundant", "filler", "checks", "answer")
+ABLATION = ("greedy_acc", "rechecked_pct", "rechecked_acc", "checks_cut_acc")
 
 
 def profile(home: Path | None, problems: int = 256) -> dict:
@@ -86,15 +87,21 @@ def print_profiles(profiles: dict, console: Console) -> None:
     """``compare --profile``'s table: what each algorithm's RL left in a correct answer."""
     t = Table(title="after RL, at T=1 (val, groups of 8; mean over seeds): tokens of a "
                     "correct answer by part")
-    cols = ["algorithm", "family", "seeds", "acc %", "correct len", *PARTS]
+    cols = ["algorithm", "family", "seeds", "acc %", "correct len", *PARTS,
+            "greedy acc %", "re-checked %", "acc as written", "acc, re-checks cut"]
     for c in cols:
         t.add_column(c, justify="left" if c in ("algorithm", "family") else "right")
     for label, fams in profiles.items():
         for fam, r in fams.items():
             t.add_row(label, fam, str(r["seeds"]), _f(r["t1_accuracy"]),
                       _f(r["correct_length_mean"]),
-                      *[_f(r[f"correct_{p}_tokens"]) for p in PARTS])
+                      *[_f(r[f"correct_{p}_tokens"]) for p in PARTS],
+                      *[_f(r.get(k)) for k in ABLATION])
     console.print(t)
+    console.print("last four columns, greedy: accuracy; the share of answers that re-check "
+                  "(=N; before #); on those, accuracy as written and with # forced where "
+                  "the first re-check starts (evaluate.checks_ablation: does the policy "
+                  "need its re-checks?)")
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,7 @@ from evals.metrics import auc
 from evals.tasks import BOS, PromptStream, decode, encode, grade
 from trainers.algorithm import Algorithm, CandidateError, Rollouts
 from trainers.local import engine as engines
-from trainers.local.evaluate import EvalConfig, evaluate, testbed_profile
+from trainers.local.evaluate import EvalConfig, checks_ablation, evaluate, testbed_profile
 from trainers.local.model import TinyGPT, left_pad
 
 CURVE_KEYS = ("overall", "acc@1", "valid", "length")
@@ -65,7 +65,8 @@ class TrainConfig:
     # "transfer" for a campaign's transfer stage (families the search never saw).
     families: str = "search"
     # After the final evaluation, also profile the trained policy at T=1 per family
-    # (evaluate.testbed_profile: accuracy, length of correct answers, tokens by part):
+    # (evaluate.testbed_profile: accuracy, length of correct answers, tokens by part)
+    # and greedily with its re-checks cut (evaluate.checks_ablation: are they needed?):
     # what RL removed from or added to an answer. ``compare --profile`` turns it on.
     profile_after: bool = False
 
@@ -231,8 +232,14 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
                                    which=cfg.families)})
             break
     final = evaluate(policy, cfg.final_eval, engine=cfg.engine, which=cfg.families)
-    profile = testbed_profile(policy, problems=PROFILE_PROBLEMS, which=cfg.families) \
-        if cfg.profile_after else None
+    profile = None
+    if cfg.profile_after:
+        profile = testbed_profile(policy, problems=PROFILE_PROBLEMS, which=cfg.families)
+        ablation = checks_ablation(policy, problems=PROFILE_PROBLEMS,
+                                   max_response=cfg.final_eval.max_response,
+                                   which=cfg.families)
+        for fam, row in ablation.items():
+            profile[fam].update(row)
     return TrainResult(
         algorithm=algo.name, seed=seed, steps_done=step + 1, curve=curve, evals=evals,
         final=final, auc={k: auc([e[k] for e in evals]) for k in CURVE_KEYS},
