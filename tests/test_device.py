@@ -252,18 +252,25 @@ def test_the_trainer_node_and_the_smoke_run_carry_a_cuda_device(monkeypatch, tmp
                        ("check_hooks", None), ("smoke_train", "cuda")]  # checks stay on CPU
 
 
-def test_a_job_payload_and_its_cache_name_are_unchanged_on_cpu():
+def test_a_job_payload_and_its_cache_name_are_unchanged_on_cpu(monkeypatch):
     from pathlib import Path
 
+    from evals.tasks import OVERALL_WEIGHTS, TRANSFER_WEIGHTS
+    from trainers.local import jobs
     from trainers.local.jobs import Job, _result_path
 
     cpu = Job("grpo", "src", 0, "/h", {"steps": 2}, {"steps": 3})
     gpu = Job("grpo", "src", 0, "/h", {"steps": 2}, {"steps": 3}, "cuda")
     assert "device" not in cpu.payload() and gpu.payload()["device"] == "cuda"
-    old_key = hashlib.sha256(json.dumps(["src", {"steps": 2}, {"steps": 3}],
-                                        sort_keys=True).encode()).hexdigest()[:10]
-    assert _result_path(Path("r"), cpu).name == f"grpo-seed0-{old_key}.json"
+    key = hashlib.sha256(json.dumps(
+        ["src", {"steps": 2}, {"steps": 3},
+         {"overall": OVERALL_WEIGHTS, "transfer": TRANSFER_WEIGHTS}],
+        sort_keys=True).encode()).hexdigest()[:10]
+    assert _result_path(Path("r"), cpu).name == f"grpo-seed0-{key}.json"
     assert _result_path(Path("r"), gpu) != _result_path(Path("r"), cpu)
+    # a result scored by another Overall formula is another cache entry
+    monkeypatch.setattr(jobs, "OVERALL_WEIGHTS", {**OVERALL_WEIGHTS, "add2/acc@1": 0.2})
+    assert _result_path(Path("r"), cpu).name != f"grpo-seed0-{key}.json"
 
 
 def test_a_hook_returning_a_tensor_on_another_device_is_a_contract_failure():
