@@ -169,3 +169,14 @@ def test_checks_ablation_scores_the_same_greedy_answers_as_evaluate_and_cuts_re_
     assert rechecked, got  # the tiny warm start re-checks somewhere
     for row in rechecked:
         assert 0 <= row["checks_cut_acc"] <= 100 and 0 <= row["rechecked_acc"] <= 100
+
+
+def test_recheck_start_finds_whole_re_checks_not_a_steps_tail():
+    from trainers.local.evaluate import recheck_start
+
+    assert recheck_start("2+7=9;3+9=12;4+1=5;=529;=529;#529.") == len("2+7=9;3+9=12;4+1=5;")
+    assert recheck_start("2+7=9;3+9=12;4+1=5;~~=529;#529.") == len("2+7=9;3+9=12;4+1=5;~~")
+    assert recheck_start("=529;#529.") == 0
+    assert recheck_start("2+7=9;3+9=12;4+1=5;#529.") is None   # the last step is not one
+    assert recheck_start("2+7=9;3+9=12;4+1=5;~#529.") is None
+    assert recheck_start("#529.") is None

@@ -175,7 +175,15 @@ def testbed_profile(model: TinyGPT, split: str = "val", problems: int = 256,
     return {f: {k: float(x) for k, x in d.items()} for f, d in out.items()}
 
 
-_FIRST_CHECK = re.compile(r"(?:=\d+;)+#")  # the re-checks right before the answer marker
+# The re-checks right before the answer marker: whole ``=N;`` items (at the start, or
+# after a step's ';' or filler), not the ``=n;`` that ends a column step.
+_RECHECKS = re.compile(r"(?:^|(?<=[;~]))(?:=\d+;)+#")
+
+
+def recheck_start(response: str) -> int | None:
+    """Where the re-checks before ``#`` start in ``response`` (None: it has none)."""
+    m = _RECHECKS.search(response)
+    return m.start() if m else None
 
 
 def _greedy(model: TinyGPT, prefixes: list[str], max_new: int) -> list[tuple[str, bool]]:
@@ -208,8 +216,8 @@ def checks_ablation(model: TinyGPT, split: str = "val", problems: int = 128,
         probs = heldout_set(fam.name, split, problems)
         natural = _greedy(model, [p.prompt for p in probs], max_response)
         graded = [grade(p, t, term).correct for p, (t, term) in zip(probs, natural)]
-        cut = [(i, m.start()) for i, (t, term) in enumerate(natural)
-               if term and (m := _FIRST_CHECK.search(t))]
+        cut = [(i, at) for i, (t, term) in enumerate(natural)
+               if term and (at := recheck_start(t)) is not None]
         forced = _greedy(model, [probs[i].prompt + natural[i][0][:at] + "#" for i, at in cut],
                          max_response) if cut else []
         prefix_len = [at + 1 for _, at in cut]
