@@ -35,8 +35,8 @@ Testbed v2 also restated the problem first; that turned out to be verbosity the 
 needs (GRPO raised it to every answer, and removing it cost accuracy), so testbed v3
 writes none (docs/testbed.md). ``anatomy`` splits a response into these parts,
 ``oracle_length`` is the shortest correct response, so the room for shortening is a
-number (``python -m trainers.local.testbed``). Problems are split into train / val / test by a hash of
-(op, a, b), so the splits are disjoint and fixed forever.
+number (``python -m trainers.local.testbed``). Problems are split into train / val /
+test by a hash of (op, a, b), so the splits are disjoint and fixed forever.
 """
 from __future__ import annotations
 
