@@ -1,4 +1,4 @@
-"""The real testbed at its default sizes (slow: builds the ~4 CPU-min warm start once
+"""The real testbed at its default sizes (slow: builds the ~5 CPU-min warm start once
 per home; set POISE_HOME to reuse a cached one). Run with ``pytest -m slow``."""
 import os
 from dataclasses import replace
