@@ -44,22 +44,34 @@ def _rollout(model: TinyGPT, problems: list[Problem], cfg: EvalConfig, temperatu
     """Per problem: correct, valid, length (tokens incl. EOS). ``repeats``: runs of that
     many consecutive problems are the same one (the fast engine prefills it once)."""
     correct, valid, length = [], [], []
+    shared = repeats if cfg.batch % repeats == 0 else 1  # a batch must not split a run
+    decoded = _decode(model, [p.prompt for p in problems], cfg.max_response, temperature,
+                      generator, engine, cfg.batch, shared)
+    for p, (text, term, n) in zip(problems, decoded):
+        g = grade(p, text, term)
+        correct.append(g.correct)
+        valid.append(g.valid)
+        length.append(float(n))
+    return np.array(correct), np.array(valid), np.array(length)
+
+
+def _decode(model: TinyGPT, prefixes: list[str], max_new: int, temperature: float,
+            generator: torch.Generator | None, engine: str = "fast", batch: int = 1024,
+            group_size: int = 1) -> list[tuple[str, bool, int]]:
+    """Continuations of BOS + each prefix, ``batch`` rows at a time: (text, terminated,
+    tokens generated including EOS) per prefix."""
     device = _device(model)
     generate, _ = engines.select(engine)
-    shared = repeats if cfg.batch % repeats == 0 else 1  # a batch must not split a run
-    for lo in range(0, len(problems), cfg.batch):
-        chunk = problems[lo:lo + cfg.batch]
-        ids, mask = left_pad([[BOS] + encode(p.prompt) for p in chunk], device=device)
-        gen = generate(model, ids, mask, cfg.max_response, temperature, generator,
-                       group_size=shared)
-        for p, toks, term, n in zip(chunk, gen.tokens.cpu().tolist(),
-                                    gen.terminated.cpu().tolist(),
-                                    gen.mask.sum(-1).cpu().tolist()):
-            g = grade(p, decode(toks), bool(term))
-            correct.append(g.correct)
-            valid.append(g.valid)
-            length.append(float(n))
-    return np.array(correct), np.array(valid), np.array(length)
+    out = []
+    for lo in range(0, len(prefixes), batch):
+        ids, mask = left_pad([[BOS] + encode(x) for x in prefixes[lo:lo + batch]],
+                             device=device)
+        gen = generate(model, ids, mask, max_new, temperature, generator,
+                       group_size=group_size)
+        out += [(decode(t), bool(e), int(n)) for t, e, n in zip(
+            gen.tokens.cpu().tolist(), gen.terminated.cpu().tolist(),
+            gen.mask.sum(-1).cpu().tolist())]
+    return out
 
 
 def _device(model: TinyGPT) -> torch.device:
@@ -136,26 +148,19 @@ def testbed_profile(model: TinyGPT, split: str = "val", problems: int = 256,
     answer), its mean tokens."""
     cfg = EvalConfig(split=split)
     gen = torch.Generator(device=_device(model)).manual_seed(seed)
-    generate, _ = engines.select("fast")
     out = {}
     for fam in families(which):
         probs = heldout_set(fam.name, split, problems)
         repeated = [p for p in probs for _ in range(group_size)]
         texts, c, v, n = [], [], [], []
-        for lo in range(0, len(repeated), cfg.batch):
-            chunk = repeated[lo:lo + cfg.batch]
-            ids, mask = left_pad([[BOS] + encode(p.prompt) for p in chunk],
-                                 device=_device(model))
-            g = generate(model, ids, mask, cfg.max_response, 1.0, gen, group_size=group_size)
-            for p, toks, term, k in zip(chunk, g.tokens.cpu().tolist(),
-                                        g.terminated.cpu().tolist(),
-                                        g.mask.sum(-1).cpu().tolist()):
-                text = decode(toks)
-                graded = grade(p, text, bool(term))
-                texts.append(text if graded.correct else None)
-                c.append(graded.correct)
-                v.append(graded.valid)
-                n.append(float(k))
+        decoded = _decode(model, [p.prompt for p in repeated], cfg.max_response, 1.0, gen,
+                          "fast", cfg.batch, group_size)
+        for p, (text, term, k) in zip(repeated, decoded):
+            graded = grade(p, text, term)
+            texts.append(text if graded.correct else None)
+            c.append(graded.correct)
+            v.append(graded.valid)
+            n.append(float(k))
         c, v, n = np.array(c), np.array(v), np.array(n)
         groups = c.reshape(len(probs), group_size)
         parts = [anatomy(p, t) for p, t in zip(repeated, texts) if t is not None]
@@ -186,20 +191,6 @@ def recheck_start(response: str) -> int | None:
     return m.start() if m else None
 
 
-def _greedy(model: TinyGPT, prefixes: list[str], max_new: int) -> list[tuple[str, bool]]:
-    """Greedy continuations (text, terminated) of BOS + each prefix."""
-    device = _device(model)
-    generate, _ = engines.select("fast")
-    out = []
-    for lo in range(0, len(prefixes), 1024):
-        ids, mask = left_pad([[BOS] + encode(x) for x in prefixes[lo:lo + 1024]],
-                             device=device)
-        g = generate(model, ids, mask, max_new, 0.0, None)
-        out += [(decode(t), bool(e)) for t, e in zip(g.tokens.cpu().tolist(),
-                                                   g.terminated.cpu().tolist())]
-    return out
-
-
 @torch.no_grad()
 def checks_ablation(model: TinyGPT, split: str = "val", problems: int = 128,
                     max_response: int = EvalConfig.max_response, which: str = "search"
@@ -214,16 +205,16 @@ def checks_ablation(model: TinyGPT, split: str = "val", problems: int = 128,
     out = {}
     for fam in families(which):
         probs = heldout_set(fam.name, split, problems)
-        natural = _greedy(model, [p.prompt for p in probs], max_response)
-        graded = [grade(p, t, term).correct for p, (t, term) in zip(probs, natural)]
-        cut = [(i, at) for i, (t, term) in enumerate(natural)
+        natural = _decode(model, [p.prompt for p in probs], max_response, 0.0, None)
+        graded = [grade(p, t, term).correct for p, (t, term, _) in zip(probs, natural)]
+        cut = [(i, at) for i, (t, term, _) in enumerate(natural)
                if term and (at := recheck_start(t)) is not None]
-        forced = _greedy(model, [probs[i].prompt + natural[i][0][:at] + "#" for i, at in cut],
-                         max_response) if cut else []
-        prefix_len = [at + 1 for _, at in cut]
+        forced = _decode(model, [probs[i].prompt + natural[i][0][:at] + "#" for i, at in cut],
+                         max_response, 0.0, None) if cut else []
+        # the forced prefix (at + 1 tokens) counts against the budget too
         cut_ok = [grade(probs[i], natural[i][0][:at] + "#" + t,
-                        term and n + len(t) + 1 <= max_response).correct
-                  for (i, at), n, (t, term) in zip(cut, prefix_len, forced)]
+                        term and at + 1 + n <= max_response).correct
+                  for (i, at), (t, term, n) in zip(cut, forced)]
         nan = float("nan")
         out[fam.name] = {
             "greedy_acc": 100 * float(np.mean(graded)),

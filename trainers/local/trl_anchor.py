@@ -9,8 +9,9 @@ is a pre-LayerNorm GPT-2 with exact GELU, learned positions and tied embeddings,
 character vocabulary a ``PreTrainedTokenizerFast``. Both trainers then run GRPO with the
 same shape: 16 prompts from the seed's prompt stream x 8 samples at T=1, responses capped
 at the trainer's budget (``TrainConfig.max_response``), two Adam updates per generation
-(minibatches of 64 groups-aligned rows; lr 2e-4, betas (0.9, 0.99), grad clip 1.0), PPO clip 0.2, a k3 KL to the start with
-beta 0.001, seq-mean-token-mean loss, the task's correctness reward. One cycle is one
+(minibatches of 64 groups-aligned rows; lr 2e-4, betas (0.9, 0.99), grad clip 1.0), PPO
+clip 0.2, a k3 KL to the start with beta 0.001, seq-mean-token-mean loss, the task's
+correctness reward. One cycle is one
 generation plus its updates; the first cycle of each is a warm-up, not counted. TRL runs
 on the CPU as its docs say (``use_cpu=True``, ``bf16=False``, no gradient checkpointing),
 one thread, in this process: only the shipped GRPO runs here, no candidate code. POISE's
