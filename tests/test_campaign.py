@@ -343,3 +343,22 @@ def test_the_winner_under_a_length_directive_is_the_shortest_within_the_margin()
     assert winner["name"] == "short-but-worse" and rule.startswith("no promoted candidate")
     winner, rule = pick_winner(rows, objective_from_directive("accurate"))
     assert winner["name"] == "short-but-worse" and "best mean fitness" in rule
+
+
+def test_transfer_table_grpo_row_has_no_difference_with_itself():
+    """GRPO's transfer row shows '-' (as in the test table), not a '+0.0 [+0.0, +0.0]'
+    CI of GRPO against itself; the other rows keep their paired CI."""
+    from graph.campaign.report import transfer_lines
+
+    def row(name, text):
+        return {"algorithm": name, "seeds": [3000, 3001], "overall_mean": 40.0,
+                "families": {"sub2": 50.0, "mul3": 30.0},
+                "families_t1": {"sub2": 45.0, "mul3": 25.0}, "mean_length": 32.0,
+                "validity": 99.8, "delta_vs_baseline_ci95": {"text": text}}
+    lines = transfer_lines({"seeds": [3000, 3001], "best_baseline": "rloo",
+                            "rows": [row("grpo", "+0.0 [+0.0, +0.0]"),
+                                     row("winner:x", "+2.8 [+0.7, +5.0]")]})
+    grpo = next(x for x in lines if x.startswith("| grpo |"))
+    winner = next(x for x in lines if x.startswith("| winner:x |"))
+    assert grpo.endswith("| 32.0 | 99.8 | - |")
+    assert winner.endswith("| +2.8 [+0.7, +5.0] |")

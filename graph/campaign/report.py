@@ -183,7 +183,8 @@ def transfer_lines(transfer: dict | None) -> list[str]:
         if "overall_mean" not in r:
             lines.append(f"| {r['algorithm']} | 0 | failed |" + " |" * (3 + 2 * len(fams)))
             continue
-        d = r.get("delta_vs_baseline_ci95", {}).get("text", "-")
+        d = ("-" if r["algorithm"] == "grpo"   # GRPO against itself: no difference
+             else r.get("delta_vs_baseline_ci95", {}).get("text", "-"))
         t1 = r.get("families_t1", {})
         lines.append(f"| {r['algorithm']} | {len(r['seeds'])} | {r['overall_mean']:.1f} | "
                      + " | ".join(f"{r['families'].get(f, nan):.1f} | {t1.get(f, nan):.1f}"
