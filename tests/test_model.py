@@ -79,3 +79,21 @@ def test_warm_start_is_cached_and_deterministic(tmp_path):
         assert torch.equal(va, vb) and torch.equal(va, vc), k
     other = WarmStartConfig(model=CFG, examples=300, steps=16, batch_size=16)
     assert checkpoint_path(other, tmp_path) != checkpoint_path(cfg, tmp_path)
+
+
+def test_warm_start_build_ignores_the_callers_thread_count(tmp_path):
+    """compare and the campaign build the warm start in their main process, where torch
+    runs two threads; the build trains on one thread (restored after), so every
+    entry point gets the weights that testbed.py's one-thread build gets."""
+    cfg = WarmStartConfig(examples=400, steps=8, batch_size=32)  # the default model size
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        multi = load_or_build(cfg, tmp_path / "multi")
+        assert torch.get_num_threads() == 4  # the caller's setting is restored
+        torch.set_num_threads(1)
+        single = load_or_build(cfg, tmp_path / "single")
+    finally:
+        torch.set_num_threads(threads)
+    for (k, va), vb in zip(multi.state_dict().items(), single.state_dict().values()):
+        assert torch.equal(va, vb), k

@@ -127,7 +127,20 @@ def _batch(pairs) -> tuple[torch.Tensor, torch.Tensor]:
 def train_sft(cfg: WarmStartConfig, progress=None, device: str = "cpu"
               ) -> tuple[TinyGPT, dict]:
     """SFT from a fresh init (made on the CPU, so every device starts from the same
-    weights), trained on ``device``."""
+    weights), trained on ``device``. On the CPU it trains on one thread whatever the
+    caller's setting (restored after): a multi-threaded build sums in another order and
+    gives other weights under the same key."""
+    if device_kind(device) != "cpu":
+        return _train_sft(cfg, progress, device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_sft(cfg, progress, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_sft(cfg: WarmStartConfig, progress, device: str) -> tuple[TinyGPT, dict]:
     torch.manual_seed(cfg.seed)
     model = TinyGPT(cfg.model).to(device)
     corpus = sft_corpus(cfg.examples, cfg.seed, cfg.noise)
