@@ -38,3 +38,18 @@ def test_validity_mask_uses_valid_samples_for_the_baseline():
     torch.testing.assert_close(adv[:3], ref)
     assert adv[3] == -1.0
     assert isinstance(algo, Algorithm)
+
+
+def test_solved_brevity_prices_length_only_in_all_correct_groups():
+    # group 0: all correct (lengths 4, 8, 12, 16); group 1: mixed, lengths ignored
+    b = _batch([True] * 4 + [True, False, True, False], [True] * 8,
+               [4, 8, 12, 16, 4, 8, 20, 20])
+    b.step, b.total_steps = 5, 11  # t = 5 / 10
+    algo = load_algorithm("evals/length_frontier/solved_brevity_nx.py")
+    r = algo.shape_reward(b)
+    solved = 1 - torch.tensor([4.0, 8, 12, 16]) / 20
+    torch.testing.assert_close(r, torch.cat([solved, torch.tensor([1.0, 0, 1, 0])]))
+    adv = algo.compute_advantages(b, r)
+    for grp, lo in ((r[:4], 0), (r[4:], 4)):  # (r - mean) / max(std + t, 0.05)
+        torch.testing.assert_close(adv[lo:lo + 4], (grp - grp.mean()) / (grp.std() + 0.5))
+    assert adv[0] > adv[1] > adv[2] > adv[3]  # shorter correct answers win where solved
