@@ -4,6 +4,7 @@ baselines; the scientist is seeded, steered by tags/directive/evidence and novel
 analyst flags each condition on synthetic curves and nothing on a healthy one."""
 import ast
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from agents.builtin.genes import (BASELINE_GENOMES, CATALOG, SLOTS, Genome, all_
 from agents.builtin.scientist import NoNovelProposal, Proposal, propose
 from trainers.algorithm import Algorithm, Rollouts, load_algorithm
 
-LENGTH_GENES = {"gated_length", "uniform_length", "overlong"}
+LENGTH_GENES = {"gated_length", "solved_length", "uniform_length", "overlong"}
 
 
 # ----------------------------------------------------------------------------- batches
@@ -127,8 +128,8 @@ def check_module(source: str) -> Algorithm:
 
 def test_catalog_covers_the_mechanisms_of_the_brief():
     kinds = {s: set(CATALOG[s]) for s in SLOTS}
-    assert kinds["reward"] == {"plain", "gated_length", "uniform_length", "format_penalty",
-                               "overlong", "expr"}
+    assert kinds["reward"] == {"plain", "gated_length", "solved_length", "uniform_length",
+                               "format_penalty", "overlong", "expr"}
     assert kinds["validity"] == {"none", "stats", "loss"}
     assert kinds["baseline"] == {"group_mean", "loo", "batch_mean", "none"}
     assert kinds["normalization"] == {"group_std", "batch_std", "none", "bernoulli", "beta",
@@ -200,6 +201,12 @@ def test_length_and_validity_genes_compute_what_they_say():
     r = Algorithm.from_source(Genome.grpo().with_genes(
         gene("reward", "gated_length", alpha=0.5)).render()).shape_reward(b)
     torch.testing.assert_close(r, torch.tensor([1 - 0.5 * 4 / 16, 0.5, 0.0, 0.0]))
+    solved = Algorithm.from_source(Genome.grpo().with_genes(
+        gene("reward", "solved_length", alpha=0.5)).render())
+    torch.testing.assert_close(solved.shape_reward(b), torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    b2 = make_batch([True] * 4, [True] * 4, [4, 16, 4, 16], g=4)  # a solved group
+    torch.testing.assert_close(solved.shape_reward(b2),
+                               torch.tensor([1 - 0.5 * 4 / 16, 0.5, 1 - 0.5 * 4 / 16, 0.5]))
     r = Algorithm.from_source(Genome.grpo().with_genes(
         gene("reward", "format_penalty", penalty=1.0)).render()).shape_reward(b)
     torch.testing.assert_close(r, torch.tensor([1.0, 1.0, 0.0, -1.0]))
@@ -254,8 +261,12 @@ def test_concise_directive_favours_length_genes():
         return sum(p.genome.reward.kind in LENGTH_GENES for p in run_many(directive))
     concise, plain = length_share("concise"), length_share("")
     assert concise > 100 and concise > 3 * plain, (concise, plain)
-    gated = sum(p.genome.reward.kind == "gated_length" for p in run_many("short answers"))
-    assert gated > 80  # correctness-gated above the other length terms
+    kinds = Counter(p.genome.reward.kind for p in run_many("short answers"))
+    # the correctness-gated terms (on every correct answer, or only in solved groups)
+    # above the ungated ones
+    assert kinds["gated_length"] + kinds["solved_length"] > 120, kinds
+    assert min(kinds["gated_length"], kinds["solved_length"]) > 3 * max(
+        kinds["uniform_length"], kinds["overlong"]), kinds
 
 
 TAG_EFFECTS = {
@@ -491,3 +502,25 @@ def test_a_catalog_ablation_never_proposes_the_removed_genes():
         excluded_kinds(["reward=bogus"])
     with pytest.raises(ValueError, match="leaves the slot empty"):
         excluded_kinds(["kl=none", "kl=k3"])
+
+
+def test_solved_length_with_the_std_t_scale_is_the_hand_written_frontier_mechanism():
+    """The catalog writes evals/length_frontier/solved_brevity_nx.py (designed by hand
+    from the v3 frontier): solved_length alpha 1 with the composed scale std + t."""
+    genome = Genome.from_signature(
+        "reward=solved_length(alpha=1);validity=none;baseline=group_mean;"
+        "normalization=expr(f=add std t);filtering=none;clipping=dual_clip(eps=0.2,c=3);"
+        "aggregation=seq_mean_token_mean;kl=k3(beta=0.001);schedule=none")
+    rendered = check_module(genome.render())
+    hand = load_algorithm("evals/length_frontier/solved_brevity_nx.py")
+    rng = torch.Generator().manual_seed(0)
+    for step in (0, 40, 79):
+        correct = torch.rand(64, generator=rng) < 0.7
+        correct[:8] = True  # at least one solved group
+        b = make_batch(correct.tolist(), [True] * 64,
+                       torch.randint(5, 80, (64,), generator=rng).tolist(), g=8,
+                       max_length=80, step=step, total_steps=80)
+        r = rendered.shape_reward(b)
+        torch.testing.assert_close(r, hand.shape_reward(b))
+        torch.testing.assert_close(rendered.compute_advantages(b, r),
+                                   hand.compute_advantages(b, r))

@@ -2,10 +2,13 @@
 
 The record (tests/data/golden_run.json) was first written by the code before the round-2
 redesign (commit 81afd18's loop, recorded with ``python tests/test_golden_run.py``) and
-re-recorded twice: when testbed v2 changed the task vocabulary and corpus (so every tiny
+re-recorded three times: when testbed v2 changed the task vocabulary and corpus (so every tiny
 warm start changed; docs/testbed.md), and when testbed v3 changed the corpus defaults
 and the response budget (curves, reflections, lengths and validity changed; every name,
-status, parent, code hash and fitness stayed the same): a loop run on the builtin agents and a
+status, parent, code hash and fitness stayed the same), and when the builtin catalog gained
+the solved_length reward gene (the scientist's draws among reward kinds changed, so the
+three proposed candidates changed; the GRPO seed's entry and the compare part stayed the
+same): a loop run on the builtin agents and a
 ``trainers.local.compare`` of two baselines, both on the tiny testbed. A refactor that keeps behaviour keeps every name, status, parent,
 code hash, fitness, curve and reflection. Training is deterministic for one torch build
 on one CPU kernel family; where this machine's torch or CPU capability differs from the

@@ -223,7 +223,7 @@ def _explained(genome: Genome | None, m: dict) -> bool:
     kind = genome.reward.kind
     if kind == "plain":
         return True  # reward is accuracy: a gap is sampling noise, not hacking
-    if kind in ("gated_length", "overlong"):
+    if kind in ("gated_length", "solved_length", "overlong"):
         return acc >= -DROP
     if kind == "format_penalty" and "validity_early" in m:
         return m["validity_late"] > m["validity_early"] and acc >= -DROP
@@ -273,7 +273,7 @@ def _why_next(tag: str, g: Genome | None) -> tuple[str, str]:
                    "so length grows unchecked")
         else:
             why = "nothing in the reward prices length"
-        if g and g.reward.kind in ("gated_length", "uniform_length"):
+        if g and g.reward.kind in ("gated_length", "uniform_length", "solved_length"):
             why = f"the length term (alpha={g.reward['alpha']:g}) is too weak to hold length"
         return why, ("a correctness-gated length penalty, the overlong penalty, or "
                      "token-sum-norm aggregation")

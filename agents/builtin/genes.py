@@ -75,6 +75,13 @@ for _s in (
           "r = 1[correct] * (1 - {alpha} * L / L_max)",
           "rewards shorter correct answers without ever letting length buy reward over "
           "correctness", Param("alpha", (0.1, 0.25, 0.5), 0.25)),
+    _spec("reward", "solved_length", "sl",
+          "length penalty only in solved groups: where every answer of the group is "
+          "correct each earns 1 - {alpha} * L/L_max; elsewhere reward is correctness",
+          "r = 1[correct] * (1 - {alpha} * 1[all of g(i) correct] * L / L_max)",
+          "prices length only on problems the policy no longer gets wrong, so brevity "
+          "never competes with learning a problem it can still fail",
+          Param("alpha", (0.25, 0.5, 1.0), 0.5)),
     _spec("reward", "uniform_length", "ul",
           "uniform length penalty on every answer, right or wrong",
           "r = 1[correct] - {alpha} * L / L_max",
@@ -497,7 +504,7 @@ class Genome:
         if sched.kind == "none":
             return []
         target = sched["target"]
-        needs = {"alpha": ("reward", ("gated_length", "uniform_length")),
+        needs = {"alpha": ("reward", ("gated_length", "uniform_length", "solved_length")),
                  "format_penalty": ("reward", ("format_penalty",)),
                  "kl_beta": ("kl", ("k3",))}
         if target in needs:

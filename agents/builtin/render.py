@@ -134,6 +134,16 @@ def _shape_reward(genome: "Genome", constants: list[str]) -> str:
             lines.append("    return batch.correct.float() * (1.0 - alpha * frac)      # (N,)")
         else:
             lines.append("    return batch.correct.float() - alpha * frac              # (N,)")
+    elif r.kind == "solved_length":
+        constants.append(f"ALPHA = {r['alpha']!r}")
+        lines += [f"    alpha = {_coef(genome, 'alpha', 'ALPHA')}",
+                  "    c = batch.correct.float()                                     # (N,)",
+                  "    g = int(batch.group.max()) + 1",
+                  "    count = c.new_zeros(g).index_add_(0, batch.group, torch.ones_like(c))",
+                  "    hits = c.new_zeros(g).index_add_(0, batch.group, c)             # (B,)",
+                  "    solved = (hits >= count).float()[batch.group]  # (N,) 1 where all correct",
+                  "    frac = batch.length.float() / batch.max_length                 # (N,)",
+                  "    return c * (1.0 - alpha * solved * frac)                       # (N,)"]
     elif r.kind == "format_penalty":
         constants.append(f"FORMAT_PENALTY = {r['penalty']!r}")
         lines += [f"    penalty = {_coef(genome, 'format_penalty', 'FORMAT_PENALTY')}",

@@ -87,7 +87,8 @@ _VALIDITY = [K("validity", "stats", 3.0), K("validity", "loss", 0.5),
 
 TAG_RULES: dict[str, list[Rule]] = {
     "entropy-collapse": _EXPLORATION,
-    "length-explosion": [K("reward", "gated_length", 3.0), K("reward", "overlong", 2.0),
+    "length-explosion": [K("reward", "gated_length", 3.0), K("reward", "solved_length", 2.0),
+                         K("reward", "overlong", 2.0),
                          K("reward", "uniform_length", 1.0), D("reward", "alpha", +1.5),
                          K("aggregation", "seq_mean_token_sum_norm", 2.0),
                          K("aggregation", "token_mean", 0.5)],
@@ -110,7 +111,8 @@ TAG_RULES: dict[str, list[Rule]] = {
 
 DIRECTIVE_RULES: list[tuple[tuple[str, ...], list[Rule]]] = [
     (("concise", "short", "brief", "length", "compact", "terse"),
-     [K("reward", "gated_length", 4.0), K("reward", "overlong", 1.0),
+     [K("reward", "gated_length", 4.0), K("reward", "solved_length", 4.0),
+      K("reward", "overlong", 1.0),
       K("reward", "uniform_length", 0.5), K("aggregation", "seq_mean_token_sum_norm", 1.0),
       K("schedule", "warmup", 0.5), V("schedule", "target", "alpha", 1.0)]),
     (("accurate", "accuracy", "correct", "pass@", "reasoning"),
