@@ -153,13 +153,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def build_warm_start(payload: dict) -> bytes:
     """Build (or load) the payload's warm start in this node's home; its checkpoint
-    bytes. Trusted code only: no candidate is involved."""
-    import torch
-
+    bytes. Trusted code only: no candidate is involved. (The build trains on one thread
+    itself, so every node gets the same weights.)"""
     from trainers.local.warmstart import checkpoint_path, load_or_build
     from trainers.sandbox.tasks import warm_start_config
 
-    torch.set_num_threads(1)  # as in the sandbox child: the same weights
     warm = warm_start_config(payload)
     home = _node_home(payload["home"])
     load_or_build(warm, home)

@@ -166,6 +166,12 @@ def _mechanism_bullets(words: str) -> list[str]:
     return out
 
 
+def _vs_grpo(row: dict, key: str) -> str:
+    """A table row's paired CI vs GRPO; "-" on GRPO's own row (no difference with itself)
+    or where the row has none."""
+    return "-" if row["algorithm"] == "grpo" or key not in row else row[key]["text"]
+
+
 def transfer_lines(transfer: dict | None) -> list[str]:
     """The transfer stage's table: per algorithm, Overall and accuracy per transfer
     family on their test split, paired deltas vs GRPO."""
@@ -183,13 +189,12 @@ def transfer_lines(transfer: dict | None) -> list[str]:
         if "overall_mean" not in r:
             lines.append(f"| {r['algorithm']} | 0 | failed |" + " |" * (3 + 2 * len(fams)))
             continue
-        d = ("-" if r["algorithm"] == "grpo"   # GRPO against itself: no difference
-             else r.get("delta_vs_baseline_ci95", {}).get("text", "-"))
         t1 = r.get("families_t1", {})
         lines.append(f"| {r['algorithm']} | {len(r['seeds'])} | {r['overall_mean']:.1f} | "
                      + " | ".join(f"{r['families'].get(f, nan):.1f} | {t1.get(f, nan):.1f}"
                                   for f in fams)
-                     + f" | {r['mean_length']:.1f} | {r['validity']:.1f} | {d} |")
+                     + f" | {r['mean_length']:.1f} | {r['validity']:.1f} | "
+                       f"{_vs_grpo(r, 'delta_vs_baseline_ci95')} |")
     lines += ["", "Transfer Overall = mean of each family's greedy accuracy and T=1 accuracy "
                   "(pass@1 over 16 draws), evals.tasks.TRANSFER_WEIGHTS."]
     vb = transfer.get("vs_best_baseline") or {}
@@ -238,12 +243,11 @@ def write_report(out: Path, payload: dict) -> Path:
         if "overall_mean" not in r:
             lines.append(f"| {r['algorithm']} | 0 | failed |" + " |" * (6 + len(FAMILIES)))
             continue
-        d = lambda k: r[k]["text"] if k in r and r["algorithm"] != "grpo" else "-"  # noqa
         lines.append(f"| {r['algorithm']} | {len(r['seeds'])} | {r['overall_mean']:.1f} | "
                      + " | ".join(f"{v:.1f}" for v in r["families"].values())
                      + f" | {r[f'pass@{PASS_K}']:.1f} | {r['mean_length']:.1f} | "
-                       f"{r['validity']:.1f} | {d('delta_vs_baseline_ci95')} | "
-                       f"{d('length_delta_vs_baseline_ci95')} |")
+                       f"{r['validity']:.1f} | {_vs_grpo(r, 'delta_vs_baseline_ci95')} | "
+                       f"{_vs_grpo(r, 'length_delta_vs_baseline_ci95')} |")
     lines += transfer_lines(payload.get("transfer"))
     vb = t["vs_best_baseline"]
     lines += ["", f"Winner vs the best baseline ({t['best_baseline']}): Overall "
@@ -359,10 +363,10 @@ def print_summary(payload: dict, console: Console) -> None:
         if "overall_mean" not in r:
             tab.add_row(r["algorithm"], "0", "failed", "", "", "", "")
             continue
-        d = lambda k: r[k]["text"] if k in r and r["algorithm"] != "grpo" else "-"  # noqa
         tab.add_row(r["algorithm"], str(len(r["seeds"])), f"{r['overall_mean']:.1f}",
-                    f"{r['mean_length']:.1f}", f"{r['validity']:.1f}", d("delta_vs_baseline_ci95"),
-                    d("length_delta_vs_baseline_ci95"))
+                    f"{r['mean_length']:.1f}", f"{r['validity']:.1f}",
+                    _vs_grpo(r, "delta_vs_baseline_ci95"),
+                    _vs_grpo(r, "length_delta_vs_baseline_ci95"))
     console.print(tab)
     console.print(rank_line(payload["promote"].get("screen_vs_promotion")))
     for line in verdict_lines(payload):

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
+from typing import Iterator
 
 GPU_PRESET_NAME = "gpu"
 _GPU_MODEL = {"n_layer": 6, "n_head": 8, "d_model": 256}
@@ -84,6 +86,20 @@ def resolve_device(spec: str | None = "auto") -> str:
 def is_cuda(device) -> bool:
     """True for a CUDA device (string or torch.device); no torch import for strings."""
     return str(device).startswith("cuda")
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block, the caller's setting
+    restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def device_kind(device) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from evals.tasks import BOS, EOS, PAD, VOCAB_SIZE, CorpusNoise, encode, sft_corpus
-from trainers.local.device import device_kind
+from trainers.local.device import device_kind, torch_threads
 from trainers.local.model import ModelConfig, TinyGPT, positions_for
 from trainers.home import resolve_home
 
@@ -132,12 +132,8 @@ def train_sft(cfg: WarmStartConfig, progress=None, device: str = "cpu"
     gives other weights under the same key."""
     if device_kind(device) != "cpu":
         return _train_sft(cfg, progress, device)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _train_sft(cfg, progress, device)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_sft(cfg: WarmStartConfig, progress, device: str) -> tuple[TinyGPT, dict]:
