@@ -60,6 +60,12 @@ def test_campaign_writes_every_stage(campaign):
     for r in prom["rows"] + prom["sampled_rows"]:
         assert r["seeds"] == 2 and r["screen_seeds"] == 2
         assert r["screen_fitness"] == pytest.approx(screen[r["name"]])
+    # each promoted run against GRPO's at every evaluation of training, the final last
+    for r in prom["rows"] + prom["sampled_rows"]:
+        steps = [s["step"] for s in r["by_step"]]
+        assert steps == sorted(steps) and steps[-1] == 3 and len(steps) >= 2
+        assert all(s["delta_overall"] == 0.0 and s["seeds"] == 2 for s in r["by_step"])
+        assert r["by_step"][-1]["shorter_pct"] == pytest.approx(r["shorter_pct"])
     rank = prom["screen_vs_promotion"]
     assert rank["n"] == 2 and rank["names"] == [prom["winner"], other]
     assert rank["rho"] is None and "need 3" in rank["note"]
@@ -90,6 +96,7 @@ def test_campaign_writes_every_stage(campaign):
     assert comp["promote_wall_s"] > 0 and comp["test_wall_s"] > 0
     md = (out / "campaign.md").read_text()
     assert "Wall time: search" in md
+    assert "| step 3 |" in md and f"| {prom['winner']} | +0.0 / " in md
     # the ablation settings reach the search run, and the report says them
     assert ("Search: parent selection `greedy`; catalog without paper; composition rate 1."
             in md)
@@ -172,6 +179,27 @@ def test_rank_correlation_is_spearmans_rho_or_says_why_not():
     flat = [dict(r, fitness=5.0) for r in rows]
     assert rank_correlation(flat)["rho"] is None
     assert "constant" in rank_correlation(flat)["note"]
+
+
+def test_step_deltas_pair_seeds_at_every_evaluation_both_runs_have():
+    from graph.campaign.stages import step_deltas
+
+    def run(seed, curve, final, steps=40):
+        return {"seed": seed, "steps_done": steps,
+                "evals": [{"step": s, "overall": o, "length": n} for s, o, n in curve],
+                "final": {"overall": final[0], "length": final[1]}}
+
+    ref = [run(1, [(20, 80, 40), (30, 80, 40)], (82, 40)), run(2, [(20, 70, 40)], (72, 50)),
+           run(9, [(20, 0, 1)], (0, 1))]                   # seed 9: the candidate lacks it
+    cand = [run(1, [(20, 81, 30), (30, 85, 30)], (80, 30)), run(2, [(20, 68, 30)], (71, 30))]
+    got = step_deltas(cand, ref)
+    # step 30 is missing from seed 2's runs, so only the steps every pair has
+    assert [g["step"] for g in got] == [20, 40]
+    assert got[0] == {"step": 20, "delta_overall": pytest.approx(-0.5), "seeds": 2,
+                      "shorter_pct": pytest.approx(25.0)}
+    assert got[1]["delta_overall"] == pytest.approx(-1.5)
+    assert got[1]["shorter_pct"] == pytest.approx(100 * (45 - 30) / 45)
+    assert step_deltas([], ref) == []
 
 
 def test_the_best_baseline_is_the_top_mean_and_a_stage_with_none_says_which():

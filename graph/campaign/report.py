@@ -277,6 +277,7 @@ def write_report(out: Path, payload: dict) -> Path:
         lines += ["", f"Winner rule: {payload['promote']['winner_rule']}: "
                       f"**{payload['promote']['winner']}**."]
     lines += ["", rank_line(payload["promote"].get("screen_vs_promotion"))]
+    lines += promotion_curve_lines(payload)
     lines += composed_lines(payload.get("composed"))
     if payload.get("rediscovery"):
         lines += ["", "## Rediscovery", ""]
@@ -307,6 +308,28 @@ def write_report(out: Path, payload: dict) -> Path:
     path = out / "campaign.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def promotion_curve_lines(payload: dict) -> list[str]:
+    """The promoted candidates against GRPO at each evaluation of the promotion runs
+    (same seeds): Overall difference and % shorter per step, the screen's budget marked,
+    so a cost that shows only after the screen's steps is visible."""
+    rows = [r for r in payload["promote"]["rows"] + payload["promote"].get("sampled_rows", [])
+            if r.get("by_step")]
+    if not rows:
+        return []
+    screen = (payload.get("plan") or {}).get("search", {}).get("steps")
+    steps = sorted({s["step"] for r in rows for s in r["by_step"]})
+    head = [f"step {s}" + (" (the screen's budget)" if s == screen else "") for s in steps]
+    lines = ["", "Over training (val, the promotion runs, paired with GRPO's seeds): "
+                 "dOverall vs GRPO / % shorter at each evaluation.", "",
+             "| candidate | " + " | ".join(head) + " |", "|---" * (1 + len(steps)) + "|"]
+    for r in rows:
+        at = {s["step"]: s for s in r["by_step"]}
+        lines.append(f"| {r['name']} | " + " | ".join(
+            f"{at[s]['delta_overall']:+.1f} / {at[s]['shorter_pct']:.0f}%" if s in at else "-"
+            for s in steps) + " |")
+    return lines
 
 
 def _plan_section(payload: dict) -> list[str]:

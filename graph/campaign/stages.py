@@ -212,7 +212,8 @@ def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
                         "shorter_pct": shortening(length, ref[1]),
                         "within_margin": within_margin(spec, overall - ref[0]),
                         "seeds": len(runs), "screen_fitness": screen[label]["fitness"],
-                        "screen_seeds": screen[label]["seeds"]})
+                        "screen_seeds": screen[label]["seeds"],
+                        "by_step": step_deltas(runs, by["grpo"])})
     if not rows:
         raise CampaignError("every promoted candidate failed to train")
     rows.sort(key=lambda r: -r["fitness"])
@@ -224,6 +225,29 @@ def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
             "sampled_rows": sample_rows,
             "screen_vs_promotion": rank_correlation(rows + sample_rows),
             "cpu_seconds": _cpu(results)}
+
+
+def step_deltas(runs: list[dict], ref_runs: list[dict]) -> list[dict]:
+    """A candidate's paired difference from GRPO at each evaluation of training (the
+    curve evaluations and the final one), over the seeds both trained: where along the
+    budget a mechanism's cost or gain shows, e.g. whether the screen's shorter budget
+    could have seen it."""
+    ref = {r["seed"]: r for r in ref_runs}
+
+    def at(run: dict) -> dict[int, dict]:
+        return {**{e["step"]: e for e in run.get("evals", [])},
+                run.get("steps_done", 0): run["final"]}
+
+    pairs = [(at(r), at(ref[r["seed"]])) for r in runs if r["seed"] in ref]
+    steps = sorted(set.intersection(*(set(a) & set(b) for a, b in pairs))) if pairs else []
+    out = []
+    for step in steps:
+        d = [a[step]["overall"] - b[step]["overall"] for a, b in pairs]
+        length = float(np.mean([a[step]["length"] for a, _ in pairs]))
+        ref_length = float(np.mean([b[step]["length"] for _, b in pairs]))
+        out.append({"step": step, "delta_overall": float(np.mean(d)), "seeds": len(d),
+                    "shorter_pct": shortening(length, ref_length)})
+    return out
 
 
 def pick_winner(rows: list[dict], spec: ObjectiveSpec) -> tuple[dict, str]:
