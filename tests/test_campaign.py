@@ -181,6 +181,25 @@ def test_rank_correlation_is_spearmans_rho_or_says_why_not():
     assert "constant" in rank_correlation(flat)["note"]
 
 
+@pytest.mark.parametrize("directive, extra, steps", [
+    ("accurate and concise", [], 80),                 # a length directive: the full budget
+    ("short answers", ["--steps", "30"], 30),
+    ("accurate", [], 40),
+    ("accurate", ["--steps", "20"], 20),              # never longer than the full budget
+    ("accurate and concise", ["--screen-steps", "10"], 10),   # the flag wins
+])
+def test_the_screen_budget_defaults_to_the_full_one_under_a_length_directive(
+        tmp_path, directive, extra, steps):
+    from graph.campaign.cli import parse_args
+    from graph.campaign.plan import make_plan
+    from trainers.local.trainer import TrainConfig
+
+    assert TrainConfig().steps == 80
+    args = parse_args(["--directive", directive, "--out", str(tmp_path), *extra])
+    assert args.screen_steps == steps
+    assert make_plan(args)["search"]["steps"] == steps
+
+
 def test_step_deltas_pair_seeds_at_every_evaluation_both_runs_have():
     from graph.campaign.stages import step_deltas
 

@@ -5,8 +5,9 @@
 Multi-fidelity, three stages, each resumable (rerun the same command after a kill):
 
 1. **search** — the POISE loop (builtin agents, ``graph.run``) proposes ``--candidates``
-   candidates from GRPO, each trained once at a short budget (``--screen-steps``) and
-   scored on the val split under the directive's objective.
+   candidates from GRPO, each trained at a screening budget (``--screen-steps``: 40, or
+   the full budget under a length directive) on ``--screen-seeds`` seeds and scored on
+   the val split under the directive's objective.
 2. **promote** — the ``--promote`` best distinct candidates and GRPO are retrained at the
    full budget with ``--promote-seeds`` fresh seeds, still on val; the best mean fitness
    is the campaign's winner (under a length directive, the contract's rule: the shortest
