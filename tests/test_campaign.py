@@ -181,23 +181,33 @@ def test_rank_correlation_is_spearmans_rho_or_says_why_not():
     assert "constant" in rank_correlation(flat)["note"]
 
 
-@pytest.mark.parametrize("directive, extra, steps", [
-    ("accurate and concise", [], 80),                 # a length directive: the full budget
-    ("short answers", ["--steps", "30"], 30),
-    ("accurate", [], 40),
-    ("accurate", ["--steps", "20"], 20),              # never longer than the full budget
-    ("accurate and concise", ["--screen-steps", "10"], 10),   # the flag wins
+@pytest.mark.parametrize("directive, extra, steps, full", [
+    ("accurate and concise", [], 80, 80),             # a length directive: the full budget
+    ("short answers", ["--steps", "30"], 30, 30),
+    ("accurate", [], 40, 80),
+    ("accurate", ["--steps", "20"], 20, 20),          # never longer than the full budget
+    ("accurate and concise", ["--screen-steps", "10"], 10, 80),   # the flag wins
+    # the tiny config's train overrides set the full budget (4 steps) when --steps does not
+    ("accurate and concise", ["--config", str(TINY)], 4, 4),
+    ("accurate", ["--config", str(TINY)], 4, 4),
+    ("accurate and concise", ["--config", str(TINY), "--steps", "6"], 6, 6),
 ])
 def test_the_screen_budget_defaults_to_the_full_one_under_a_length_directive(
-        tmp_path, directive, extra, steps):
-    from graph.campaign.cli import parse_args
+        tmp_path, directive, extra, steps, full):
+    from graph.campaign.cli import parse_args, resolve_screen_steps
     from graph.campaign.plan import make_plan
+    from graph.campaign.stages import load_config
     from trainers.local.trainer import TrainConfig
 
     assert TrainConfig().steps == 80
+    assert json.loads(TINY.read_text())["train_overrides"]["steps"] == 4
     args = parse_args(["--directive", directive, "--out", str(tmp_path), *extra])
+    cfg = load_config(args)
+    resolve_screen_steps(args, cfg)
     assert args.screen_steps == steps
-    assert make_plan(args)["search"]["steps"] == steps
+    plan = make_plan(args, cfg)
+    assert plan["search"]["steps"] == steps
+    assert plan["promote"]["steps"] == plan["test"]["steps"] == full
 
 
 def test_step_deltas_pair_seeds_at_every_evaluation_both_runs_have():

@@ -16,8 +16,8 @@ from evals.objective import ObjectiveSpec
 from graph.campaign.plan import followed, make_plan, register
 from graph.campaign.report import (plot_best_so_far, plot_pareto, print_summary, verdicts,
                                    write_report)
-from graph.campaign.stages import (CampaignError, State, composed, lineage, load_config,
-                                   mechanism, promote, rediscovery, search, test_stage,
+from graph.campaign.stages import (CampaignError, State, composed, full_steps, lineage,
+                                   load_config, mechanism, promote, rediscovery, search, test_stage,
                                    transfer_stage)
 from graph.run import gene_names_arg, rate_arg
 from memory.selection import RULES
@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--home", default=None, help="POISE home (default $POISE_HOME or ./.poise)")
     p.add_argument("--screen-steps", type=int, default=None,
                    help="training steps of the search stage (default 40; under a length "
-                        "directive the full budget, --steps: a length mechanism's Overall "
+                        "directive the full budget of promotion and test: a length mechanism's Overall "
                         "cost shows in the second half of training)")
     p.add_argument("--screen-seeds", type=int, default=3,
                    help="training seeds per candidate in the search stage; its fitness is "
@@ -104,20 +104,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--job-timeout must be a positive number of seconds")
     if not args.directive.strip():
         p.error("--directive is empty: say what to optimize, e.g. \"accurate\"")
-    if args.screen_steps is None:
-        args.screen_steps = default_screen_steps(args.directive, args.steps)
     return args
 
 
-def default_screen_steps(directive: str, steps: int | None) -> int:
-    """The search stage's budget: 40 steps, or the full budget under a length directive.
-    Measured on testbed v3 (docs/campaigns/v3-accurate-and-concise-3 and -4): at step 40
-    length mechanisms are already ~25% shorter at little Overall cost and lose 3-9 points
-    by step 80, so a 40-step screen promotes what the contract then rejects."""
-    from evals.objective import objective_from_directive
-    from trainers.local.trainer import TrainConfig
+def resolve_screen_steps(args, cfg: dict) -> None:
+    """``--screen-steps`` when given, else its default from the directive and the full
+    budget (``--steps``, else ``--config``'s train overrides, else the trainer's)."""
+    if args.screen_steps is None:
+        args.screen_steps = default_screen_steps(args.directive, full_steps(args, cfg))
 
-    full = steps if steps is not None else TrainConfig().steps
+
+def default_screen_steps(directive: str, full: int) -> int:
+    """The search stage's budget: 40 steps, or the full budget ``full`` under a length
+    directive. Measured on testbed v3 (docs/campaigns/v3-accurate-and-concise-3 and -4):
+    at step 40 length mechanisms are already ~25% shorter at little Overall cost and lose
+    3-9 points by step 80, so a 40-step screen promotes what the contract then rejects."""
+    from evals.objective import objective_from_directive
+
     return full if objective_from_directive(directive).minimizes_length else min(40, full)
 
 
@@ -152,12 +155,13 @@ def _main(args, console: Console) -> int:
     except OSError as e:
         raise CampaignError(f"cannot create --out {args.out}: {e.strerror}") from None
     cfg = load_config(args)
+    resolve_screen_steps(args, cfg)
     state = State(args.out)
     if state.get("directive", args.directive) != args.directive:
         raise CampaignError(f"{args.out} holds a campaign for \"{state.get('directive')}\"; "
                             "use another --out")
     state.set("directive", args.directive)
-    changes = register(args.out, state, make_plan(args))  # before anything trains
+    changes = register(args.out, state, make_plan(args, cfg))  # before anything trains
     run_id = search(args, home, state, console)
     with Archive(home) as a:
         spec = ObjectiveSpec.model_validate(a.run(run_id).config["objective"]).model_copy(

@@ -13,15 +13,15 @@ from pathlib import Path
 
 from evals.tasks import TRANSFER_FAMILIES
 from graph.campaign.stages import (PROMOTE_SEED_OFFSET, TEST_SEED_OFFSET,
-                                   TRANSFER_SEED_OFFSET, baseline_names)
+                                   TRANSFER_SEED_OFFSET, baseline_names, full_steps)
 
 
-def make_plan(args) -> dict:
-    """What the campaign will do, from its arguments alone (nothing trained yet)."""
+def make_plan(args, cfg: dict) -> dict:
+    """What the campaign will do, from its arguments and ``--config`` alone (nothing
+    trained yet)."""
     from evals.objective import objective_from_directive
-    from trainers.local.trainer import TrainConfig
 
-    steps = args.steps if args.steps is not None else TrainConfig().steps
+    steps = full_steps(args, cfg)
     baselines = baseline_names(args)
     test = list(range(TEST_SEED_OFFSET, TEST_SEED_OFFSET + args.seeds))
     confirm = (list(range(test[-1] + 1, TEST_SEED_OFFSET + args.confirm_seeds))

@@ -138,6 +138,12 @@ def _train_config(args, cfg: dict, steps: int | None, split: str) -> dict:
     return d
 
 
+def full_steps(args, cfg: dict) -> int:
+    """The full training budget of promotion and test: ``--steps``, else the config's
+    train overrides', else the trainer's default."""
+    return _train_config(args, cfg, args.steps, "val")["steps"]
+
+
 def _jobs(entries: list[tuple[str, str]], seeds: list[int], home: Path, train_config: dict,
           warm: dict | None):
     from trainers.local.jobs import Job
