@@ -89,7 +89,8 @@ def propose(model: Any | None, directive: str, evidence: Sequence[dict], *,
             rng: Any, parent_code: str = "", parent_summary: str = "",
             references: Sequence[Any] = (), taken_names: Iterable[str] = (),
             budget: Any = None, backend: str = "", excluded_genes: Sequence[str] = (),
-            compose_rate: float = 0.0, objective: str = "") -> Proposal:
+            compose_rate: float = 0.0, objective: str = "",
+            length_contract: bool | None = None) -> Proposal:
     """The scientist's proposal for a child of the parent: the LLM's (``model``) from
     the parent's code and summary, the evidence and the archive ``references``; without
     a model, the builtin draw from the parent's genome (GRPO's when it has none), the
@@ -97,7 +98,9 @@ def propose(model: Any | None, directive: str, evidence: Sequence[dict], *,
     and ``references_shown`` say which reflections and candidates the scientist saw.
     ``excluded_genes``: catalog genes (slot=kind, or "paper") the builtin draw may not use;
     ``compose_rate``: the fraction of its proposals that compose a reward / normalization
-    expression from primitives."""
+    expression from primitives; ``length_contract``: the run's objective minimizes length
+    within a margin (the builtin draw steers the length coefficient by the constraint;
+    None: the directive's words say)."""
     if model is not None:
         return propose_llm(model, parent_code, parent_summary, directive, evidence,
                            references, taken_names=taken_names, budget=budget,
@@ -109,7 +112,7 @@ def propose(model: Any | None, directive: str, evidence: Sequence[dict], *,
     refs = [Genome.from_signature(sig) for sig in reference_signatures]
     proposal = builtin.propose(parent, directive, evidence, refs, rng,
                                excluded=excluded_kinds(excluded_genes),
-                               compose=compose_rate)
+                               compose=compose_rate, contract=length_contract)
     return proposal.model_copy(update={"evidence_shown": _ids(evidence, "reflection_id")})
 
 

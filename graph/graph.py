@@ -210,7 +210,7 @@ def scientist(state: CandidateState, runtime: Runtime[Context]) -> dict:
             math=genome.math()).state()}
     ctx = runtime.context
     model = model_for("scientist", ctx)
-    llm = {}
+    spec, llm = ObjectiveSpec.model_validate(state["objective"]), {}
     if model is not None:  # what the LLM scientist reads of the archive
         archive = archive_for(ctx.home)
         cands = [c for c in archive.candidates(state["run_id"])
@@ -225,14 +225,14 @@ def scientist(state: CandidateState, runtime: Runtime[Context]) -> dict:
                               for c in cands if c.id != parent.id][-8:],
                "taken_names": [c.name for c in archive.candidates(state["run_id"])],
                "budget": budget_for("scientist", ctx, model),
-               "backend": describe_backend(ctx.executor),
-               "objective": ObjectiveSpec.model_validate(state["objective"]).describe()}
+               "backend": describe_backend(ctx.executor), "objective": spec.describe()}
     with llm_scope(state, ctx, "scientist"):
         proposal = propose(model, state["directive"], state["evidence"],
                            parent_signature=state.get("parent_signature"),
                            reference_signatures=state.get("references", []),
                            rng=_rng(state, ctx), excluded_genes=ctx.exclude_genes,
-                           compose_rate=ctx.compose_rate, **llm)
+                           compose_rate=ctx.compose_rate,
+                           length_contract=spec.minimizes_length, **llm)
     return {"proposal": proposal.state()}
 
 

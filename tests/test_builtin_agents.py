@@ -306,6 +306,48 @@ def test_length_collapse_and_regression_pull_back():
                               for p in run_many(parent=parent))
 
 
+def _alpha_levels(directive, tags, parent, contract=None, n=300):
+    """Counter of the alpha level (0: the kind's lowest value, 2: its highest) of each
+    length-gene child of ``parent`` whose one reflection (about the parent) has ``tags``."""
+    rng = random.Random(5)
+    refl = [{"text": "", "tags": list(tags), "genome": parent.signature()}]
+    kids = [propose(parent, directive, refl, [], rng, contract=contract) for _ in range(n)]
+    return Counter(CATALOG["reward"][r.kind].params[0].values.index(r["alpha"])
+                   for r in (p.genome.reward for p in kids)
+                   if r.kind in ("gated_length", "solved_length"))
+
+
+def test_length_contract_spends_slack_on_alpha_and_backs_off_after_a_regression():
+    parent = Genome.grpo().with_genes(gene("reward", "solved_length", alpha=0.5))
+    prefs = sci.preferences(parent, "accurate and concise",
+                            [{"tags": [], "genome": parent.signature()}])
+    assert prefs.direction[("reward", "alpha")] == sci.CONTRACT_PUSH
+    assert any("slack" in r for r in prefs.reasons[("reward", "alpha")])
+    down = sci.preferences(parent, "accurate and concise",
+                           [{"tags": ["regression"], "genome": parent.signature()}])
+    assert down.direction[("reward", "alpha")] == -sci.CONTRACT_PUSH
+    # no reflection about the parent, or no contract: no push
+    other = Genome.grpo().signature()
+    assert ("reward", "alpha") not in sci.preferences(
+        parent, "concise", [{"tags": [], "genome": other}]).direction
+    assert ("reward", "alpha") not in sci.preferences(
+        parent, "accurate", [{"tags": [], "genome": parent.signature()}]).direction
+    # the objective's word overrides the directive's words
+    assert ("reward", "alpha") not in sci.preferences(
+        parent, "concise", [{"tags": [], "genome": parent.signature()}],
+        contract=False).direction
+    assert sci.preferences(parent, "efficient", [{"tags": [], "genome": parent.signature()}],
+                           contract=True).direction[("reward", "alpha")] > 0
+
+    # what the children draw: the strongest alpha of a length gene far more often while
+    # the parent holds GRPO's Overall, the weakest more often after a regression
+    held = _alpha_levels("accurate and concise", [], parent)
+    fell = _alpha_levels("accurate and concise", ["regression"], parent)
+    free = _alpha_levels("accurate and concise", [], parent, contract=False)
+    assert held[2] > 3 * free[2] and held[2] > held[0], (held, free)
+    assert fell[0] > 2 * free[0] and fell[0] > fell[2], (fell, free)
+
+
 def test_fitness_evidence_steers_toward_genes_of_fitter_genomes():
     rng = random.Random(0)
     reflections = []

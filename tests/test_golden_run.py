@@ -8,7 +8,9 @@ and the response budget (curves, reflections, lengths and validity changed; ever
 status, parent, code hash and fitness stayed the same), and when the builtin catalog gained
 the solved_length reward gene (the scientist's draws among reward kinds changed, so the
 three proposed candidates changed; the GRPO seed's entry and the compare part stayed the
-same): a loop run on the builtin agents and a
+same), and when the scientist began steering the length coefficient under a length
+contract (one proposal's hypothesis gained that reason; every genome stayed the same):
+a loop run on the builtin agents and a
 ``trainers.local.compare`` of two baselines, both on the tiny testbed. A refactor that keeps behaviour keeps every name, status, parent,
 code hash, fitness, curve and reflection. Training is deterministic for one torch build
 on one CPU kernel family; where this machine's torch or CPU capability differs from the

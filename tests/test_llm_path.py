@@ -504,3 +504,36 @@ def test_the_window_is_read_from_the_server_and_the_prompts_name_the_backend(mon
     assert "response tokens of the model's tokenizer" in prompt
     write_code_llm(model, PROPOSAL, "")
     assert "local trainer on the CPU testbed" in model.calls[1][0].content
+
+
+@pytest.mark.parametrize("directive,length,expect,absent", [
+    # an LLM objective read "keep it tight" as a length contract: the builtin scientist
+    # follows the spec, not the directive's words
+    ("keep it tight", "minimize", "the objective minimizes length", "asks for 'concise'"),
+    # and "concise" read as accuracy only: no length rule fires
+    ("concise", "ignore", None, "length"),
+])
+def test_the_builtin_scientist_follows_the_runs_objective_not_the_words(
+        tmp_path, directive, length, expect, absent):
+    from evals.objective import ObjectiveSpec
+
+    home = tmp_path / "home"
+    spec = ObjectiveSpec(directive=directive, length=length)
+    ctx = Context(home=str(home), candidates=3, width=1, seeds=1, smoke=False, seed=1,
+                  warm_config=TINY["warm_config"], train_overrides=TINY["train_overrides"])
+    with Archive(home) as a:
+        run_id = a.start_run(spec.directive, {})
+    builder.compile(checkpointer=InMemorySaver()).invoke(
+        {"run_id": run_id, "directive": spec.directive, "objective": spec.model_dump(),
+         "round": 0, "reference": None},
+        {"configurable": {"thread_id": "t"}, "recursion_limit": 400}, context=ctx)
+    with Archive(home) as a:
+        proposals = [c.proposal for c in a.candidates(run_id)][1:]
+    assert len(proposals) == 3
+    text = "\n".join(proposals)
+    hypotheses = "\n".join(p.split("\nmechanism:")[0] for p in proposals)
+    assert absent not in hypotheses
+    if expect:
+        assert expect in text
+        # the parent (GRPO) held its own Overall: the contract's push on the length term
+        assert "spend the slack on a stronger length term" in text

@@ -3,7 +3,8 @@
 The search is random under the caller's ``random.Random`` and biased, never scripted:
 
 - evidence sets preferences. Each reflection tag (the analyst's vocabulary, e.g.
-  "entropy-collapse") and each directive keyword ("concise", "accurate", ...) raises or
+  "entropy-collapse") and each directive keyword ("concise", "accurate", ...; the length
+  rules follow the run's objective: they apply when it minimizes length) raises or
   lowers the score of some genes and pushes some parameters up or down (``TAG_RULES``,
   ``DIRECTIVE_RULES``); reflections about the parent itself count double. Reflections
   that carry a fitness and a genome signature add an evidence score per gene: how far
@@ -20,6 +21,12 @@ The search is random under the caller's ``random.Random`` and biased, never scri
   may draw is redrawn, so what comes out is a mechanism the catalog does not hold. A
   parent's composed gene, when a mutation picks its slot, is refined as an expression
   (probability 0.6) rather than swapped for a catalog gene.
+- a length contract (the objective minimizes length within a margin of GRPO's Overall,
+  e.g. "concise") steers the length coefficient by the constraint, as a dual update does:
+  while the reflections about the parent show it holding GRPO's Overall (no
+  "regression" tag) the reward's alpha is pushed up (the slack is spent on length); once
+  the parent fell below (a "regression"), alpha is pushed down. Without a reflection
+  about the parent there is no push.
 - novelty: a genome whose signature is the parent's or any archive reference's is
   redrawn, up to ``max_tries`` times, then with larger unbiased jumps; ``NoNovelProposal``
   if even those all collide.
@@ -38,12 +45,14 @@ from agents.builtin import expr
 from agents.builtin.genes import (CATALOG, EXPRESSION_SITES, SCHEDULE_TARGETS, SLOT_TITLES,
                                   SLOTS, Gene, Genome, as_expression, catalog_match, gene)
 from agents.proposal import Proposal  # what propose returns: kind, genome and parents set
+from evals.objective import BREVITY_WORDS
 
 CROSSOVER_RATE = 0.3
 KIND_TEMPERATURE = 0.7      # kind weight = exp(KIND_TEMPERATURE * score)
 TAG_CAP = 2.5               # the most one tag can weigh, however many reflections repeat it
 EVIDENCE_WEIGHT = 1.0       # score per standard deviation of fitness above the mean
 MAX_TRIES = 48
+CONTRACT_PUSH = 1.5         # direction weight on the length coefficient under a contract
 
 
 class NoNovelProposal(RuntimeError):
@@ -110,7 +119,7 @@ TAG_RULES: dict[str, list[Rule]] = {
 }
 
 DIRECTIVE_RULES: list[tuple[tuple[str, ...], list[Rule]]] = [
-    (("concise", "short", "brief", "length", "compact", "terse"),
+    (BREVITY_WORDS,   # the objective's brevity words: the length rules follow the contract
      [K("reward", "gated_length", 4.0), K("reward", "solved_length", 4.0),
       K("reward", "overlong", 1.0),
       K("reward", "uniform_length", 0.5), K("aggregation", "seq_mean_token_sum_norm", 1.0),
@@ -168,7 +177,14 @@ class Preferences:
         return out
 
 
-def preferences(parent: Genome, directive: str, reflections: Sequence[dict]) -> Preferences:
+LENGTH_WORDS = DIRECTIVE_RULES[0][0]
+
+
+def preferences(parent: Genome, directive: str, reflections: Sequence[dict],
+                contract: bool | None = None) -> Preferences:
+    """``contract``: the objective minimizes length within a margin (None: read from the
+    directive's words, ``LENGTH_WORDS``, as the builtin objective reads them); it decides
+    the length rules of ``DIRECTIVE_RULES`` too, so an LLM objective's spec is followed."""
     prefs = Preferences()
     parent_sig = parent.signature()
     tag_weight: dict[str, float] = {}
@@ -190,13 +206,40 @@ def preferences(parent: Genome, directive: str, reflections: Sequence[dict]) -> 
             prefs.add(K(slot, getattr(grpo, slot).kind, 1.5), 1.0,
                       "the parent regressed: revert toward GRPO")
     text = directive.lower()
+    if contract is None:
+        contract = any(word in text for word in LENGTH_WORDS)
     for words, rules in DIRECTIVE_RULES:
         hit = next((word for word in words if word in text), None)
-        if hit:
-            for rule in rules:
-                prefs.add(rule, 1.0, f"the directive asks for {hit!r}")
+        why = f"the directive asks for {hit!r}" if hit else None
+        if words is LENGTH_WORDS:   # the objective's word, whatever the directive's words
+            why = (why or "the objective minimizes length") if contract else None
+        for rule in rules if why else ():
+            prefs.add(rule, 1.0, why)
+    if contract:
+        _contract_push(prefs, parent_sig, reflections)
     _add_fitness_evidence(prefs, reflections)
     return prefs
+
+
+def _contract_push(prefs: Preferences, parent_sig: str, reflections: Sequence[dict]) -> None:
+    """Under a length contract: a stronger length term while the parent holds GRPO's
+    Overall, a weaker one once it fell below (the analyst's "regression" tag)."""
+    about = [ref for ref in reflections if _signature(ref) == parent_sig]
+    if not about:
+        return
+    own = []
+    for ref in about:
+        tags = ref.get("tags") or ()
+        own += [str(t).strip().lower() for t in
+                (tags.split(",") if isinstance(tags, str) else tags)]
+    if "regression" in own:
+        prefs.add(D("reward", "alpha", -CONTRACT_PUSH), 1.0,
+                  "the parent scored a point or more below GRPO's Overall (a regression): "
+                  "a weaker length term")
+    else:
+        prefs.add(D("reward", "alpha", +CONTRACT_PUSH), 1.0,
+                  "the parent holds GRPO's Overall under the length contract: spend the "
+                  "slack on a stronger length term")
 
 
 def _add_fitness_evidence(prefs: Preferences, reflections: Sequence[dict]) -> None:
@@ -403,14 +446,16 @@ def crossover(rng: random.Random, prefs: Preferences, a: Genome, b: Genome) -> G
 def propose(parent: Genome | None, directive: str, reflections: list[dict],
             archive_refs: list[Genome], rng: random.Random, *,
             max_tries: int = MAX_TRIES, excluded: frozenset = frozenset(),
-            compose: float = 0.0) -> Proposal:
+            compose: float = 0.0, contract: bool | None = None) -> Proposal:
     """A novel genome, by mutation of ``parent`` (GRPO if None) or crossover with an
     archive reference, with a hypothesis that states the change and the evidence.
     ``excluded``: (slot, kind) pairs no child may carry (``genes.excluded_kinds``);
     ``compose``: the probability that a proposal composes a new reward or normalization
-    expression from primitives instead of drawing from the catalog (0: catalog only)."""
+    expression from primitives instead of drawing from the catalog (0: catalog only);
+    ``contract``: the objective minimizes length within a margin (None: the directive's
+    words say)."""
     base = parent or Genome.grpo()
-    prefs = preferences(base, directive, reflections)
+    prefs = preferences(base, directive, reflections, contract)
     prefs.excluded = frozenset(excluded)
     prefs.compose = float(compose)
     seen = {g.signature() for g in archive_refs} | {base.signature()}
