@@ -338,6 +338,10 @@ def test_length_contract_spends_slack_on_alpha_and_backs_off_after_a_regression(
         contract=False).direction
     assert sci.preferences(parent, "efficient", [{"tags": [], "genome": parent.signature()}],
                            contract=True).direction[("reward", "alpha")] > 0
+    # without a spec the directive is read as the builtin objective reads it: whole words
+    # ("shortcuts" is not "short")
+    assert ("reward", "alpha") not in sci.preferences(
+        parent, "accurate, no shortcuts", [{"tags": [], "genome": parent.signature()}]).direction
 
     # what the children draw: the strongest alpha of a length gene far more often while
     # the parent holds GRPO's Overall, the weakest more often after a regression

@@ -45,7 +45,7 @@ from agents.builtin import expr
 from agents.builtin.genes import (CATALOG, EXPRESSION_SITES, SCHEDULE_TARGETS, SLOT_TITLES,
                                   SLOTS, Gene, Genome, as_expression, catalog_match, gene)
 from agents.proposal import Proposal  # what propose returns: kind, genome and parents set
-from evals.objective import BREVITY_WORDS
+from evals.objective import BREVITY_WORDS, objective_from_directive
 
 CROSSOVER_RATE = 0.3
 KIND_TEMPERATURE = 0.7      # kind weight = exp(KIND_TEMPERATURE * score)
@@ -177,23 +177,29 @@ class Preferences:
         return out
 
 
-LENGTH_WORDS = DIRECTIVE_RULES[0][0]
+def _tags(ref: dict) -> list[str]:
+    """A reflection's tags, normalized ("Length_collapse" -> "length-collapse")."""
+    tags = ref.get("tags") or ()
+    return [str(t).strip().lower().replace("_", "-").replace(" ", "-")
+            for t in (tags.split(",") if isinstance(tags, str) else tags)]
 
 
 def preferences(parent: Genome, directive: str, reflections: Sequence[dict],
                 contract: bool | None = None) -> Preferences:
-    """``contract``: the objective minimizes length within a margin (None: read from the
-    directive's words, ``LENGTH_WORDS``, as the builtin objective reads them); it decides
-    the length rules of ``DIRECTIVE_RULES`` too, so an LLM objective's spec is followed."""
+    """``contract``: the objective minimizes length within a margin (None: as the builtin
+    objective reads the directive, ``evals.objective.objective_from_directive``); it
+    decides the length rules of ``DIRECTIVE_RULES`` too, so an LLM objective's spec is
+    followed."""
     prefs = Preferences()
     parent_sig = parent.signature()
     tag_weight: dict[str, float] = {}
+    own: list[str] | None = None   # the tags of the reflections about the parent
     for ref in reflections:
-        w = 2.0 if _signature(ref) == parent_sig else 1.0
-        tags = ref.get("tags") or ()
-        for tag in tags.split(",") if isinstance(tags, str) else tags:
-            t = str(tag).strip().lower().replace("_", "-").replace(" ", "-")
-            tag_weight[t] = tag_weight.get(t, 0.0) + w
+        about_parent = _signature(ref) == parent_sig
+        if about_parent:
+            own = (own or []) + _tags(ref)
+        for t in _tags(ref):
+            tag_weight[t] = tag_weight.get(t, 0.0) + (2.0 if about_parent else 1.0)
     for tag, w in tag_weight.items():
         w = min(TAG_CAP, w)
         for rule in TAG_RULES.get(tag, ()):
@@ -207,31 +213,24 @@ def preferences(parent: Genome, directive: str, reflections: Sequence[dict],
                       "the parent regressed: revert toward GRPO")
     text = directive.lower()
     if contract is None:
-        contract = any(word in text for word in LENGTH_WORDS)
+        contract = bool(text.strip()) and objective_from_directive(directive).minimizes_length
     for words, rules in DIRECTIVE_RULES:
         hit = next((word for word in words if word in text), None)
         why = f"the directive asks for {hit!r}" if hit else None
-        if words is LENGTH_WORDS:   # the objective's word, whatever the directive's words
+        if words is BREVITY_WORDS:  # the objective's word, whatever the directive's words
             why = (why or "the objective minimizes length") if contract else None
         for rule in rules if why else ():
             prefs.add(rule, 1.0, why)
-    if contract:
-        _contract_push(prefs, parent_sig, reflections)
+    if contract and own is not None:
+        _contract_push(prefs, own)
     _add_fitness_evidence(prefs, reflections)
     return prefs
 
 
-def _contract_push(prefs: Preferences, parent_sig: str, reflections: Sequence[dict]) -> None:
-    """Under a length contract: a stronger length term while the parent holds GRPO's
-    Overall, a weaker one once it fell below (the analyst's "regression" tag)."""
-    about = [ref for ref in reflections if _signature(ref) == parent_sig]
-    if not about:
-        return
-    own = []
-    for ref in about:
-        tags = ref.get("tags") or ()
-        own += [str(t).strip().lower() for t in
-                (tags.split(",") if isinstance(tags, str) else tags)]
+def _contract_push(prefs: Preferences, own: list[str]) -> None:
+    """Under a length contract, given the tags of the reflections about the parent: a
+    stronger length term while it holds GRPO's Overall, a weaker one once it fell below
+    (the analyst's "regression" tag)."""
     if "regression" in own:
         prefs.add(D("reward", "alpha", -CONTRACT_PUSH), 1.0,
                   "the parent scored a point or more below GRPO's Overall (a regression): "

@@ -38,8 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--home", default=None, help="POISE home (default $POISE_HOME or ./.poise)")
     p.add_argument("--screen-steps", type=int, default=None,
                    help="training steps of the search stage (default 40; under a length "
-                        "directive the full budget of promotion and test: a length mechanism's Overall "
-                        "cost shows in the second half of training)")
+                        "directive the full budget of promotion and test: a length "
+                        "mechanism's Overall cost shows in the second half of training)")
     p.add_argument("--screen-seeds", type=int, default=3,
                    help="training seeds per candidate in the search stage; its fitness is "
                         "their mean (default 3)")
