@@ -196,9 +196,10 @@ def preferences(parent: Genome, directive: str, reflections: Sequence[dict],
     own: list[str] | None = None   # the tags of the reflections about the parent
     for ref in reflections:
         about_parent = _signature(ref) == parent_sig
+        tags = _tags(ref)
         if about_parent:
-            own = (own or []) + _tags(ref)
-        for t in _tags(ref):
+            own = (own or []) + tags
+        for t in tags:
             tag_weight[t] = tag_weight.get(t, 0.0) + (2.0 if about_parent else 1.0)
     for tag, w in tag_weight.items():
         w = min(TAG_CAP, w)
