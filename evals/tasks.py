@@ -43,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -423,15 +423,50 @@ def _malform(text: str, rng: random.Random) -> str:
     return text[:i] + "#" + text[i:]                # doubled marker
 
 
-def sft_corpus(size: int, seed: int, noise: CorpusNoise = CorpusNoise()
-               ) -> list[tuple[Problem, str]]:
+CORPUS_FIELDS = ("sft_weight", "scratch_prob")
+
+
+def corpus_families(overrides: dict | None = None) -> tuple[Family, ...]:
+    """Every family as the warm-start corpus writes it, with per-family overrides of its
+    share of the corpus and of answers written with a scratchpad, e.g.
+    ``{"add2": {"sft_weight": 0.8}}`` (a variant testbed; docs/testbed.md). Raises
+    ValueError naming an unknown family or field, or a value out of range."""
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(FAMILY_BY_NAME))
+    if unknown:
+        raise ValueError(f"corpus: unknown family {unknown[0]!r} (one of "
+                         f"{', '.join(FAMILY_BY_NAME)})")
+    out = []
+    for fam in ALL_FAMILIES:
+        over = overrides.get(fam.name) or {}
+        if not isinstance(over, dict):
+            raise ValueError(f"corpus: {fam.name} must map fields to numbers, got {over!r}")
+        bad = sorted(set(over) - set(CORPUS_FIELDS))
+        if bad:
+            raise ValueError(f"corpus: {fam.name}: unknown field {bad[0]!r} (one of "
+                             f"{', '.join(CORPUS_FIELDS)})")
+        for k, v in over.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                    0 <= v <= (1 if k == "scratch_prob" else float("inf"))):
+                raise ValueError(f"corpus: {fam.name}.{k} must be a number "
+                                 f"{'in [0, 1]' if k == 'scratch_prob' else '>= 0'}, "
+                                 f"got {v!r}")
+        out.append(replace(fam, **over))
+    if not any(f.sft_weight > 0 for f in out):
+        raise ValueError("corpus: every family's sft_weight is 0")
+    return tuple(out)
+
+
+def sft_corpus(size: int, seed: int, noise: CorpusNoise = CorpusNoise(),
+               families: tuple[Family, ...] = ALL_FAMILIES) -> list[tuple[Problem, str]]:
     """``size`` (problem, response) pairs from the train split of every family (search
-    and transfer, by ``sft_weight``), deterministic in seed."""
+    and transfer, by ``sft_weight``; ``families``: ``corpus_families(overrides)`` for a
+    variant), deterministic in seed."""
     rng = random.Random(f"sft-{seed}")
-    weights = [f.sft_weight for f in ALL_FAMILIES]
+    weights = [f.sft_weight for f in families]
     out = []
     for _ in range(size):
-        fam = rng.choices(ALL_FAMILIES, weights=weights)[0]
+        fam = rng.choices(families, weights=weights)[0]
         p = sample_problem(fam, rng, "train")
         out.append((p, sft_example(p, fam, rng, noise)))
     return out

@@ -1,5 +1,6 @@
 """The compare and bench commands end to end on a tiny configuration."""
 import json
+import re
 
 import pytest
 
@@ -171,6 +172,46 @@ def test_checks_ablation_scores_the_same_greedy_answers_as_evaluate_and_cuts_re_
         assert 0 <= row["checks_cut_acc"] <= 100 and 0 <= row["rechecked_acc"] <= 100
 
 
+def test_checks_ablation_answers_directly_as_the_reference_engine_does(tiny_warm):
+    """``direct_acc``: greedy with '#' forced as the first response token, graded as
+    written ('#' + continuation), equals the reference engine's decoding of the same
+    forced prefix; ``scratch_pct`` is the share of greedy answers that start with a
+    column step."""
+    import torch
+
+    from evals.tasks import BOS, decode, encode, grade, heldout_set
+    from trainers.local.evaluate import checks_ablation
+    from trainers.local.model import generate, left_pad
+
+    _, _, model = tiny_warm
+    got = checks_ablation(model, problems=16, max_response=48)
+    for fam in ("add2", "add5"):
+        probs = heldout_set(fam, "val", 16)
+        want = []
+        for forced in (True, False):
+            ids, mask = left_pad([[BOS] + encode(p.prompt + ("#" if forced else ""))
+                                  for p in probs])
+            gen = generate(model, ids, mask, 48 - forced, 0.0, torch.Generator())
+            texts = [decode(row) for row in gen.tokens.tolist()]
+            if forced:
+                want.append(100 * sum(grade(p, "#" + t, bool(done)).correct for p, t, done
+                                      in zip(probs, texts, gen.terminated)) / len(probs))
+            else:
+                want.append(100 * sum(re.match(r"1?\d[-+*]\d", t.lstrip("~")) is not None
+                                      for t in texts) / len(probs))
+        assert got[fam]["direct_acc"] == pytest.approx(want[0]), fam
+        assert got[fam]["scratch_pct"] == pytest.approx(want[1]), fam
+
+
+@pytest.mark.parametrize("text,scratch", [
+    ("2+7=9;3+9=12;#529.", True), ("~~2+7=9;#9.", True), ("12-5=7;#7.", True),
+    ("3*4+1=13;#13.", True), ("00432+00097;2+7=9;#1.", True),
+    ("#529.", False), ("~#5.", False), ("=529;#529.", False), ("", False)])
+def test_scratchpad_is_a_leading_column_step(text, scratch):
+    from trainers.local.evaluate import _STEPS
+    assert (_STEPS.match(text) is not None) is scratch
+
+
 def test_recheck_start_finds_whole_re_checks_not_a_steps_tail():
     from trainers.local.evaluate import recheck_start
 
@@ -180,3 +221,73 @@ def test_recheck_start_finds_whole_re_checks_not_a_steps_tail():
     assert recheck_start("2+7=9;3+9=12;4+1=5;#529.") is None   # the last step is not one
     assert recheck_start("2+7=9;3+9=12;4+1=5;~#529.") is None
     assert recheck_start("#529.") is None
+
+
+def test_compare_warm_config_builds_and_records_a_variant_warm_start(
+        tiny_warm, tiny_train_config, tmp_path):
+    """--warm-config: a JSON file of WarmStartConfig fields (here the tiny model with the
+    add2 corpus overridden) is the warm start every job trains from: built once under
+    its own key in the home, recorded in compare.json."""
+    from dataclasses import asdict
+
+    from trainers.local.warmstart import checkpoint_path, warm_config_from_dict
+
+    warm, _, _ = tiny_warm
+    variant = {**asdict(warm), "corpus": {"add2": {"sft_weight": 0.8, "scratch_prob": 0.3}}}
+    path = tmp_path / "warm.json"
+    path.write_text(json.dumps(variant))
+    home, out = tmp_path / "home", tmp_path / "cmp"
+    compare.main(["--algorithms", "grpo", "--seeds", "1", "--out", str(out), "--home",
+                  str(home), "--workers", "1", "--quiet", "--warm-config", str(path)],
+                 train_config=tiny_train_config)
+    data = json.loads((out / "compare.json").read_text())
+    key = warm_config_from_dict(variant).key()
+    assert key != warm.key()
+    assert data["warm_key"] == key
+    assert data["warm_config"]["corpus"] == variant["corpus"]
+    assert checkpoint_path(warm_config_from_dict(variant), home).is_file()
+    assert [p.name for p in (home / "checkpoints").glob("*.pt")] == [f"warmstart-{key}.pt"]
+
+
+@pytest.mark.parametrize("text,message", [
+    (None, "No such file"),
+    ("{", "not JSON"),
+    ("[1]", "expected a JSON object"),
+    ('{"stepz": 3}', "unknown field 'stepz'"),
+    ('{"corpus": {"add9": {}}}', "unknown family 'add9'"),
+    ('{"corpus": {"add2": {"scratch_prob": 2}}}', "add2.scratch_prob must be a number in [0, 1]"),
+])
+def test_compare_and_testbed_refuse_a_bad_warm_config_in_one_line(tmp_path, capsys, text,
+                                                                  message):
+    from trainers.local import testbed
+
+    path = tmp_path / "warm.json"
+    if text is not None:
+        path.write_text(text)
+    for main, argv in ((compare.main, ["--algorithms", "grpo"]), (testbed.main, [])):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--out", str(tmp_path / "o"), "--warm-config", str(path)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_testbed_profiles_a_variant_warm_start_with_its_direct_answers(tiny_warm, tmp_path):
+    """``python -m trainers.local.testbed --warm-config``: the table's JSON holds, per
+    family, the greedy scratchpad share and the accuracy answered directly."""
+    from dataclasses import asdict
+
+    from trainers.local import testbed
+
+    warm, home, _ = tiny_warm
+    path = tmp_path / "warm.json"
+    path.write_text(json.dumps(asdict(warm)))
+    assert testbed.main(["--out", str(tmp_path / "tb"), "--home", str(home), "--problems",
+                         "8", "--warm-config", str(path)]) == 0
+    rows = json.loads((tmp_path / "tb" / "testbed.json").read_text())
+    assert set(rows) == {"add2", "add3", "add5", "sub2", "mul3"}
+    for fam, row in rows.items():
+        assert 0 <= row["scratch_pct"] <= 100 and 0 <= row["direct_acc"] <= 100, fam
+    assert [p.name for p in (home / "checkpoints").glob("*.pt")] == [
+        f"warmstart-{warm.key()}.pt"]  # the cached tiny warm start, not a new build

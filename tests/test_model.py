@@ -81,6 +81,26 @@ def test_warm_start_is_cached_and_deterministic(tmp_path):
     assert checkpoint_path(other, tmp_path) != checkpoint_path(cfg, tmp_path)
 
 
+def test_a_corpus_override_is_a_warm_start_of_its_own_and_the_default_key_holds(tmp_path):
+    """An empty corpus override is the default mix under the key it always had (so
+    cached warm starts stay valid); an override builds other weights under another key."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    base = WarmStartConfig(model=CFG, examples=300, steps=15, batch_size=16)
+    blob = {k: v for k, v in asdict(base).items() if k != "corpus"}
+    assert base.key() == hashlib.sha256(json.dumps(blob, sort_keys=True).encode()
+                                        ).hexdigest()[:12]
+    variant = WarmStartConfig(model=CFG, examples=300, steps=15, batch_size=16,
+                              corpus={"add2": {"sft_weight": 2.0, "scratch_prob": 0.0}})
+    assert variant.key() != base.key()
+    a, b = load_or_build(base, tmp_path), load_or_build(variant, tmp_path)
+    assert checkpoint_path(variant, tmp_path).is_file()
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                     b.state_dict().values()))
+
+
 def test_warm_start_build_ignores_the_callers_thread_count(tmp_path):
     """compare and the campaign build the warm start in their main process, where torch
     runs two threads; the build trains on one thread (restored after), so every

@@ -1,6 +1,7 @@
 """The task suite: strict format, disjoint splits, imperfect corpus, length variety,
 transfer families, and verbosity a policy can drop (anatomy, oracle)."""
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -186,3 +187,39 @@ def test_overall_weights_favour_the_hard_family():
     hard = sum(w for k, w in OVERALL_WEIGHTS.items() if k.startswith("add5"))
     assert abs(sum(OVERALL_WEIGHTS.values()) - 1) < 1e-9 and hard > 0.5
     assert set(k.split("/")[0] for k in OVERALL_WEIGHTS) <= set(FAMILY_BY_NAME)
+
+
+def test_corpus_overrides_change_the_mix_and_the_scratchpad_share():
+    from evals.tasks import corpus_families
+
+    fams = corpus_families({"add2": {"sft_weight": 0.8, "scratch_prob": 0.3}})
+    assert [f.name for f in fams] == [f.name for f in ALL_FAMILIES]
+    add2 = next(f for f in fams if f.name == "add2")
+    assert (add2.sft_weight, add2.scratch_prob) == (0.8, 0.3)
+    assert corpus_families({}) == ALL_FAMILIES == corpus_families(None)
+    clean = CorpusNoise(wrong_carry=0, redundant_step=0, max_filler=0, malformed_base=0,
+                        malformed_per_char=0, check=0)
+    pairs = sft_corpus(4000, seed=3, noise=clean, families=fams)
+    add2_pairs = [(p, r) for p, r in pairs if p.family == "add2"]
+    share = 0.8 / (0.8 + sum(f.sft_weight for f in ALL_FAMILIES if f.name != "add2"))
+    assert abs(len(add2_pairs) / len(pairs) - share) < 0.03
+    scratch = sum(not r.startswith("#") for _, r in add2_pairs) / len(add2_pairs)
+    assert abs(scratch - 0.3) < 0.04
+    # the default mix is the corpus it always was
+    assert sft_corpus(300, seed=3) == sft_corpus(300, seed=3, families=corpus_families())
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"add9": {}}, "unknown family 'add9'"),
+    ({"add2": {"digits": 3}}, "unknown field 'digits'"),
+    ({"add2": {"scratch_prob": 1.5}}, "in [0, 1]"),
+    ({"add2": {"sft_weight": -1}}, ">= 0"),
+    ({"add2": {"sft_weight": "x"}}, "must be a number"),
+    ({"add2": 0.5}, "must map fields to numbers"),
+    ({f.name: {"sft_weight": 0} for f in ALL_FAMILIES}, "every family's sft_weight is 0"),
+])
+def test_corpus_overrides_refuse_what_they_cannot_mean(overrides, message):
+    from evals.tasks import corpus_families
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        corpus_families(overrides)

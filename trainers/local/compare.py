@@ -40,7 +40,7 @@ from trainers.local.device import DeviceError, gpu_preset, is_cuda, resolve_devi
 from trainers.local.jobs import Job, run_jobs
 from trainers.local.trainer import TrainConfig
 from trainers.local.warmstart import (WarmStartConfig, default_home, load_or_build,
-                                      warm_config_from_dict)
+                                      read_warm_config, warm_config_from_dict)
 
 OVERALL_KEY = "overall"
 
@@ -231,6 +231,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="with --logger mlflow: the tracking URI (default "
                         "$MLFLOW_TRACKING_URI, else the file store DIR/mlruns)")
+    p.add_argument("--warm-config", type=Path, default=None, metavar="JSON",
+                   help="JSON file of WarmStartConfig fields: a variant warm start (e.g. "
+                        "its corpus mix, docs/testbed.md), built once and cached by its key")
     p.add_argument("--device", default="auto", metavar="DEV",
                    help="auto (default: cuda when available, else cpu), cpu, cuda or "
                         "cuda:N; on CUDA the GPU preset's model and batch "
@@ -283,6 +286,11 @@ def track(results: list[dict], out: Path, names: list[str], tracking_uri: str | 
 def main(argv=None, *, train_config: TrainConfig | None = None,
          warm_config: WarmStartConfig | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.warm_config is not None:
+        try:
+            warm_config = read_warm_config(args.warm_config)
+        except ValueError as e:
+            _fail(str(e))
     console = Console(width=None if sys.stdout.isatty() else 220)
     try:
         specs = [s for s in args.algorithms.split(",") if s.strip()]
@@ -333,7 +341,8 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
     plots = plot_curves(results, labels, args.out)
     payload = {"algorithms": labels, "seeds": seeds, "split": args.split,
                "device": args.device, "preset": "gpu" if preset else None,
-               "model": asdict(warm.model), "train_config": cfg.as_dict(), "results": rows,
+               "model": asdict(warm.model), "warm_config": asdict(warm),
+               "warm_key": warm.key(), "train_config": cfg.as_dict(), "results": rows,
                "plots": [p.name for p in plots],
                **({"profiles": profiles} if profiles is not None else {})}
     (args.out / "compare.json").write_text(json.dumps(payload, indent=2))

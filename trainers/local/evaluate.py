@@ -185,6 +185,11 @@ def testbed_profile(model: TinyGPT, split: str = "val", problems: int = 256,
 _RECHECKS = re.compile(r"(?:^|(?<=[;~]))(?:=\d+;)+#")
 
 
+# A scratchpad: the response's first item (after any restatement or filler) is a column
+# step, ``d<op>d...=n;``.
+_STEPS = re.compile(r"^(?:\d+[-+*]\d+;)?~*1?\d[-+*]\d")
+
+
 def recheck_start(response: str) -> int | None:
     """Where the re-checks before ``#`` start in ``response`` (None: it has none)."""
     m = _RECHECKS.search(response)
@@ -195,11 +200,14 @@ def recheck_start(response: str) -> int | None:
 def checks_ablation(model: TinyGPT, split: str = "val", problems: int = 128,
                     max_response: int = EvalConfig.max_response, which: str = "search"
                     ) -> dict[str, dict[str, float]]:
-    """Does ``model`` need its re-checks (``=N;`` before ``#``)? Per family, greedy on
-    ``problems`` held-out problems: its accuracy (``greedy_acc``), the share of its answers
-    that re-check (``rechecked_pct``), and on those answers the accuracy as written
-    (``rechecked_acc``) and when ``#`` is forced where the first re-check starts, the
-    same policy answering after the same steps without them (``checks_cut_acc``)."""
+    """Does ``model`` need its re-checks (``=N;`` before ``#``) and its scratchpad? Per
+    family, greedy on ``problems`` held-out problems: its accuracy (``greedy_acc``), the
+    share of its answers that re-check (``rechecked_pct``), and on those answers the
+    accuracy as written (``rechecked_acc``) and when ``#`` is forced where the first
+    re-check starts, the same policy answering after the same steps without them
+    (``checks_cut_acc``); the share of its answers that write column steps
+    (``scratch_pct``) and its accuracy on every problem when ``#`` is forced as the first
+    token, the same policy answering directly (``direct_acc``)."""
     was_training = model.training
     model.eval()
     out = {}
@@ -215,12 +223,18 @@ def checks_ablation(model: TinyGPT, split: str = "val", problems: int = 128,
         cut_ok = [grade(probs[i], natural[i][0][:at] + "#" + t,
                         term and at + 1 + n <= max_response).correct
                   for (i, at), (t, term, n) in zip(cut, forced)]
+        direct = _decode(model, [p.prompt + "#" for p in probs], max_response, 0.0, None)
+        direct_ok = [grade(p, "#" + t, term and 1 + n <= max_response).correct
+                     for p, (t, term, n) in zip(probs, direct)]
         nan = float("nan")
         out[fam.name] = {
             "greedy_acc": 100 * float(np.mean(graded)),
             "rechecked_pct": 100 * len(cut) / len(probs),
             "rechecked_acc": 100 * float(np.mean([graded[i] for i, _ in cut])) if cut else nan,
             "checks_cut_acc": 100 * float(np.mean(cut_ok)) if cut else nan,
+            "scratch_pct": 100 * float(np.mean([_STEPS.match(t) is not None
+                                                for t, _, _ in natural])),
+            "direct_acc": 100 * float(np.mean(direct_ok)),
         }
     model.train(was_training)
     return out

@@ -6,8 +6,10 @@ For the search families and the transfer families (evals/tasks.py), at T=1 in gr
 *correct* answers the mean length, the oracle (the shortest correct form, ``#<answer>.``)
 and the room for shortening (1 - oracle / mean), and the mean tokens of each part of a
 correct answer (restatement, column steps, redundant steps, filler, re-checks, the
-answer itself). Prints a table and writes ``OUT/testbed.json``. Builds the warm start on
-first use (cached in the home).
+answer itself); greedy, the share of answers that write column steps and the accuracy
+with ``#`` forced as the first token (can the warm start answer without its scratchpad?
+``evaluate.checks_ablation``). Prints a table and writes ``OUT/testbed.json``. Builds the
+warm start on first use (cached in the home).
 """
 from __future__ import annotations
 
@@ -20,23 +22,29 @@ from rich.console import Console
 from rich.table import Table
 
 PARTS = ("restate", "steps", "redundant", "filler", "checks", "answer")
-ABLATION = ("greedy_acc", "rechecked_pct", "rechecked_acc", "checks_cut_acc")
+ABLATION = ("greedy_acc", "rechecked_pct", "rechecked_acc", "checks_cut_acc", "scratch_pct",
+            "direct_acc")
+DIRECT = ("scratch_pct", "direct_acc")
 
 
-def profile(home: Path | None, problems: int = 256) -> dict:
+def profile(home: Path | None, problems: int = 256, warm=None) -> dict:
+    """Per family, the warm start's profile (``warm``: a WarmStartConfig, default the
+    testbed's)."""
     import torch
 
-    from trainers.local.evaluate import testbed_profile
+    from trainers.local.evaluate import checks_ablation, testbed_profile
     from trainers.local.warmstart import WarmStartConfig, load_or_build
 
     torch.set_num_threads(1)
-    model = load_or_build(WarmStartConfig(), home)
+    model = load_or_build(warm or WarmStartConfig(), home)
     out = {}
     for which in ("search", "transfer"):
+        greedy = checks_ablation(model, problems=problems, which=which)
         for fam, row in testbed_profile(model, problems=problems, which=which).items():
             mean, oracle = row["correct_length_mean"], row["oracle_length_mean"]
             out[fam] = {"set": which, **row,
-                        "room_pct": 100 * (1 - oracle / mean) if mean == mean else None}
+                        "room_pct": 100 * (1 - oracle / mean) if mean == mean else None,
+                        **{k: greedy[fam][k] for k in DIRECT}}
     return out
 
 
@@ -47,18 +55,21 @@ def _f(x) -> str:
 def print_table(rows: dict, console: Console) -> None:
     t = Table(title="warm start at T=1 (val, groups of 8): what a length term can act on")
     cols = ["family", "set", "acc %", "invalid %", "all-fail %", "correct len", "oracle",
-            "room %", *PARTS]
+            "room %", *PARTS, "greedy scratch %", "direct acc %"]
     for c in cols:
         t.add_column(c, justify="left" if c in ("family", "set") else "right")
     for fam, r in rows.items():
         t.add_row(fam, r["set"], _f(r["t1_accuracy"]), _f(r["t1_invalid"]),
                   _f(r["all_fail_groups"]), _f(r["correct_length_mean"]),
                   _f(r["oracle_length_mean"]), _f(r["room_pct"]),
-                  *[_f(r[f"correct_{p}_tokens"]) for p in PARTS])
+                  *[_f(r[f"correct_{p}_tokens"]) for p in PARTS],
+                  *[_f(r.get(k)) for k in DIRECT])
     console.print(t)
     console.print("correct len: mean tokens of a correct answer (EOS included); oracle: the "
-                  "shortest correct form; room: how much shorter the oracle is; the last "
-                  "columns split a correct answer's tokens by part (evals.tasks.anatomy)")
+                  "shortest correct form; room: how much shorter the oracle is; then a "
+                  "correct answer's tokens by part (evals.tasks.anatomy); last, greedy: the "
+                  "share of answers that write column steps, and the accuracy with '#' "
+                  "forced as the first token (can the policy answer without a scratchpad?)")
 
 
 def mean_profiles(results: list[dict], labels: list[str]) -> dict:
@@ -88,7 +99,8 @@ def print_profiles(profiles: dict, console: Console) -> None:
     t = Table(title="after RL, at T=1 (val, groups of 8; mean over seeds): tokens of a "
                     "correct answer by part")
     cols = ["algorithm", "family", "seeds", "acc %", "correct len", *PARTS,
-            "greedy acc %", "re-checked %", "acc as written", "acc, re-checks cut"]
+            "greedy acc %", "re-checked %", "acc as written", "acc, re-checks cut",
+            "scratch %", "acc, answered directly"]
     for c in cols:
         t.add_column(c, justify="left" if c in ("algorithm", "family") else "right")
     for label, fams in profiles.items():
@@ -98,10 +110,12 @@ def print_profiles(profiles: dict, console: Console) -> None:
                       *[_f(r[f"correct_{p}_tokens"]) for p in PARTS],
                       *[_f(r.get(k)) for k in ABLATION])
     console.print(t)
-    console.print("last four columns, greedy: accuracy; the share of answers that re-check "
+    console.print("last six columns, greedy: accuracy; the share of answers that re-check "
                   "(=N; before #); on those, accuracy as written and with # forced where "
-                  "the first re-check starts (evaluate.checks_ablation: does the policy "
-                  "need its re-checks?)")
+                  "the first re-check starts; the share of answers that write column "
+                  "steps, and the accuracy on every problem with # forced as the first "
+                  "token (evaluate.checks_ablation: does the policy need its re-checks, "
+                  "its scratchpad?)")
 
 
 def main(argv=None) -> int:
@@ -110,11 +124,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="directory for testbed.json")
     p.add_argument("--home", type=Path, default=None, help="POISE home (warm start cache)")
     p.add_argument("--problems", type=int, default=256, help="val problems per family")
+    p.add_argument("--warm-config", type=Path, default=None, metavar="JSON",
+                   help="JSON file of WarmStartConfig fields: profile a variant warm start "
+                        "(e.g. its corpus mix; built once, cached by its key)")
     args = p.parse_args(argv)
     if args.problems < 1:
         p.error("--problems must be at least 1")
+    warm = None
+    if args.warm_config is not None:
+        from trainers.local.warmstart import read_warm_config
+        try:
+            warm = read_warm_config(args.warm_config)
+        except ValueError as e:
+            p.exit(2, f"python -m trainers.local.testbed: {e}\n")
     console = Console()
-    rows = profile(args.home, args.problems)
+    rows = profile(args.home, args.problems, warm)
     print_table(rows, console)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "testbed.json").write_text(json.dumps(rows, indent=2))

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from evals.tasks import BOS, EOS, PAD, VOCAB_SIZE, CorpusNoise, encode, sft_corpus
+from evals.tasks import (BOS, EOS, PAD, VOCAB_SIZE, CorpusNoise, corpus_families, encode,
+                         sft_corpus)
 from trainers.local.device import device_kind, torch_threads
 from trainers.local.model import ModelConfig, TinyGPT, positions_for
 from trainers.home import resolve_home
@@ -46,12 +47,21 @@ class WarmStartConfig:
     lr: float = 3e-3
     warmup: int = 50
     seed: int = 0
+    # Per-family overrides of the corpus mix (evals.tasks.corpus_families), e.g.
+    # {"add2": {"sft_weight": 0.8}}: a variant testbed with a warm start of its own.
+    corpus: dict = field(default_factory=dict)
     # Bump when the model or training code changes numerics, so a stale cache built by
     # older code is never mistaken for this config's warm start.
     code_version: int = 7
 
+    def __post_init__(self):
+        corpus_families(self.corpus)  # ValueError on an unknown family, field or value
+
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        if not d["corpus"]:  # the default mix: the key (and cache file) it always had
+            del d["corpus"]
+        blob = json.dumps(d, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -64,6 +74,31 @@ def warm_config_from_dict(d: dict) -> WarmStartConfig:
     if isinstance(d.get("noise"), dict):
         d["noise"] = CorpusNoise(**d["noise"])
     return WarmStartConfig(**d)
+
+
+def read_warm_config(path: str | Path) -> WarmStartConfig:
+    """A WarmStartConfig from a JSON file of its fields (``--warm-config``), e.g.
+    ``{"examples": 144000, "steps": 4500, "corpus": {"add2": {"sft_weight": 0.8}}}``;
+    ValueError with a one-line reason when the file is missing, not JSON or not a
+    valid config."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"--warm-config {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--warm-config {path}: not JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"--warm-config {path}: expected a JSON object of WarmStartConfig "
+                         "fields")
+    unknown = sorted(set(d) - {f for f in WarmStartConfig.__dataclass_fields__})
+    if unknown:
+        raise ValueError(f"--warm-config {path}: unknown field {unknown[0]!r} (one of "
+                         f"{', '.join(WarmStartConfig.__dataclass_fields__)})")
+    try:
+        return warm_config_from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--warm-config {path}: {e}") from None
 
 
 def default_home() -> Path:
@@ -139,7 +174,7 @@ def train_sft(cfg: WarmStartConfig, progress=None, device: str = "cpu"
 def _train_sft(cfg: WarmStartConfig, progress, device: str) -> tuple[TinyGPT, dict]:
     torch.manual_seed(cfg.seed)
     model = TinyGPT(cfg.model).to(device)
-    corpus = sft_corpus(cfg.examples, cfg.seed, cfg.noise)
+    corpus = sft_corpus(cfg.examples, cfg.seed, cfg.noise, corpus_families(cfg.corpus))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01,
                             betas=(0.9, 0.98))
     order = torch.randperm(len(corpus), generator=torch.Generator().manual_seed(cfg.seed))
