@@ -210,6 +210,36 @@ def test_the_screen_budget_defaults_to_the_full_one_under_a_length_directive(
     assert plan["promote"]["steps"] == plan["test"]["steps"] == full
 
 
+def test_the_plan_states_the_testbed_it_trains_on(tmp_path):
+    """A campaign on a variant warm start (``--config``'s warm_config, e.g. a corpus mix
+    of docs/direct-answers) registers it, with its cache key, in the plan; without
+    --config the plan says the defaults."""
+    from graph.campaign.cli import parse_args
+    from graph.campaign.plan import make_plan, plan_lines
+    from graph.campaign.stages import load_config
+    from trainers.local.warmstart import WarmStartConfig, warm_config_from_dict
+
+    warm = {"examples": 144000, "steps": 4500, "seed": 1,
+            "corpus": {"add2": {"sft_weight": 0.8}}}
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"warm_config": warm}))
+    lines = {}
+    for name, extra in (("variant", ["--config", str(path)]), ("default", [])):
+        args = parse_args(["--directive", "accurate and concise", "--out",
+                           str(tmp_path / name), *extra])
+        plan = make_plan(args, load_config(args))
+        lines[name] = [x for x in plan_lines(plan, []) if x.startswith("- Testbed")]
+        if name == "variant":
+            key = warm_config_from_dict(warm).key()
+            assert key != WarmStartConfig().key()
+            assert plan["testbed"] == {"warm_config": warm, "warm_key": key,
+                                       "train_overrides": None}
+    assert lines["default"] == ["- Testbed: the default warm start and trainer settings."]
+    (line,) = lines["variant"]
+    assert '"corpus": {"add2": {"sft_weight": 0.8}}' in line
+    assert f"(key {warm_config_from_dict(warm).key()})" in line
+
+
 def test_step_deltas_pair_seeds_at_every_evaluation_both_runs_have():
     from graph.campaign.stages import step_deltas
 

@@ -148,6 +148,13 @@ def test_the_preset_is_chosen_on_cuda_unless_the_model_is_given():
         "device": "cpu", "warm_config": mine, "train_overrides": {}, "preset": None}
     assert describe("cpu") == "cpu; model: the default testbed (3 layers, d_model 96)"
     assert describe("cpu", mine) == "cpu; model: 1 layers, d_model 32"
+    corpus = {"seed": 1, "corpus": {"add2": {"sft_weight": 0.8}}}  # docs/direct-answers
+    assert describe("cpu", corpus) == ("cpu; model: the testbed's (3 layers, d_model 96); "
+                                       "warm start: corpus, seed from --config")
+    assert describe("cpu", {**mine, **corpus}) == (
+        "cpu; model: 1 layers, d_model 32; warm start: corpus, seed from --config")
+    assert describe("cpu", gpu_preset()["warm_config"], GPU_PRESET_NAME) == (
+        "cpu; GPU preset: 6 layers, d_model 256")
 
 
 # ----------------------------------------------------------------------------- same results

@@ -60,6 +60,7 @@ def make_plan(args, cfg: dict) -> dict:
                              f"are trained on seeds {confirm[0]}..{confirm[-1]} whatever the "
                              "first seeds show" if confirm else
                              "none: the verdicts use the test seeds only")},
+        "testbed": _testbed(cfg),
         "verdicts": {"margin": args.margin,
                      "rule": "paired 95% t CI of the difference in Overall: better if its "
                              "lower bound > 0, worse if its upper bound < 0, not worse if "
@@ -138,12 +139,35 @@ def _span(seeds: list[int]) -> str:
     return f"{seeds[0]}..{seeds[-1]} ({len(seeds)})"
 
 
+def _testbed(cfg: dict) -> dict:
+    """What the jobs train from: ``--config``'s warm start (its fields and cache key) and
+    train overrides, or None for the testbed's defaults."""
+    from trainers.local.warmstart import warm_config_from_dict
+
+    warm = cfg.get("warm_config")
+    return {"warm_config": warm, "warm_key": warm_config_from_dict(warm).key() if warm
+            else None, "train_overrides": cfg.get("train_overrides")}
+
+
+def _testbed_line(t: dict | None) -> str:
+    if not t or (t.get("warm_config") is None and not t.get("train_overrides")):
+        return "- Testbed: the default warm start and trainer settings."
+    parts = []
+    if t.get("warm_config") is not None:
+        parts.append(f"warm start {json.dumps(t['warm_config'], sort_keys=True)} (key "
+                     f"{t['warm_key']})")
+    if t.get("train_overrides"):
+        parts.append(f"train overrides {json.dumps(t['train_overrides'], sort_keys=True)}")
+    return f"- Testbed (--config): {'; '.join(parts)}."
+
+
 def plan_lines(plan: dict, changes: list[dict]) -> list[str]:
     """The plan in markdown, as registered, then any change made after the start."""
     s, p, t, c, v = (plan[k] for k in ("search", "promote", "test", "confirm", "verdicts"))
     lines = [f"## Preregistered plan (registered {plan.get('registered_at', '?')}, before "
              "any training)", "",
              f"- Directive \"{plan['directive']}\"; objective: {plan['objective']}.",
+             _testbed_line(plan.get("testbed")),
              f"- Search ({s['split']}): {s['candidates']} candidates, {s['width']} per round, "
              f"{s['steps']} steps x {s['seeds_per_candidate']} seed(s) each, search seed "
              f"{s['search_seed']}, selection {s['selection']}, catalog "

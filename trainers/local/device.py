@@ -166,10 +166,16 @@ def describe(device: str, warm_config: dict | None = None,
     else:
         where = "cpu"
     model = (warm_config or {}).get("model") if warm_config else None
+    # a warm start other than the testbed's (another corpus mix, SFT length or seed)
+    variant = sorted(k for k in (warm_config or {}) if k != "model"
+                     ) if preset != GPU_PRESET_NAME else []
+    extra = f"; warm start: {', '.join(variant)} from --config" if variant else ""
     if model:
         size = f"{model.get('n_layer', 3)} layers, d_model {model.get('d_model', 96)}"
         how = "GPU preset" if preset == GPU_PRESET_NAME else "model"
-        return f"{where}; {how}: {size}"
+        return f"{where}; {how}: {size}{extra}"
+    if variant:
+        return f"{where}; model: the testbed's (3 layers, d_model 96){extra}"
     return f"{where}; model: the default testbed (3 layers, d_model 96)"
 
 
