@@ -22,9 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 PARTS = ("restate", "steps", "redundant", "filler", "checks", "answer")
-ABLATION = ("greedy_acc", "rechecked_pct", "rechecked_acc", "checks_cut_acc", "scratch_pct",
-            "direct_acc")
-DIRECT = ("scratch_pct", "direct_acc")
+DIRECT = ("scratch_pct", "direct_acc")  # does the policy need its scratchpad?
+ABLATION = ("greedy_acc", "rechecked_pct", "rechecked_acc", "checks_cut_acc", *DIRECT)
 
 
 def profile(home: Path | None, problems: int = 256, warm=None) -> dict:
