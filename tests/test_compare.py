@@ -170,6 +170,11 @@ def test_checks_ablation_scores_the_same_greedy_answers_as_evaluate_and_cuts_re_
     assert rechecked, got  # the tiny warm start re-checks somewhere
     for row in rechecked:
         assert 0 <= row["checks_cut_acc"] <= 100 and 0 <= row["rechecked_acc"] <= 100
+    # without the re-check ablation (the testbed CLI's case): the same greedy, scratchpad
+    # and direct numbers, and no re-check keys
+    lean = checks_ablation(model, problems=24, max_response=48, rechecks=False)
+    for fam, row in lean.items():
+        assert row == {k: got[fam][k] for k in ("greedy_acc", "scratch_pct", "direct_acc")}
 
 
 def test_checks_ablation_answers_directly_as_the_reference_engine_does(tiny_warm):

@@ -198,8 +198,8 @@ def recheck_start(response: str) -> int | None:
 
 @torch.no_grad()
 def checks_ablation(model: TinyGPT, split: str = "val", problems: int = 128,
-                    max_response: int = EvalConfig.max_response, which: str = "search"
-                    ) -> dict[str, dict[str, float]]:
+                    max_response: int = EvalConfig.max_response, which: str = "search",
+                    rechecks: bool = True) -> dict[str, dict[str, float]]:
     """Does ``model`` need its re-checks (``=N;`` before ``#``) and its scratchpad? Per
     family, greedy on ``problems`` held-out problems: its accuracy (``greedy_acc``), the
     share of its answers that re-check (``rechecked_pct``), and on those answers the
@@ -207,7 +207,8 @@ def checks_ablation(model: TinyGPT, split: str = "val", problems: int = 128,
     re-check starts, the same policy answering after the same steps without them
     (``checks_cut_acc``); the share of its answers that write column steps
     (``scratch_pct``) and its accuracy on every problem when ``#`` is forced as the first
-    token, the same policy answering directly (``direct_acc``)."""
+    token, the same policy answering directly (``direct_acc``). ``rechecks=False`` skips
+    the re-check ablation's decode (its two keys are then absent)."""
     was_training = model.training
     model.eval()
     out = {}
@@ -216,7 +217,7 @@ def checks_ablation(model: TinyGPT, split: str = "val", problems: int = 128,
         natural = _decode(model, [p.prompt for p in probs], max_response, 0.0, None)
         graded = [grade(p, t, term).correct for p, (t, term, _) in zip(probs, natural)]
         cut = [(i, at) for i, (t, term, _) in enumerate(natural)
-               if term and (at := recheck_start(t)) is not None]
+               if rechecks and term and (at := recheck_start(t)) is not None]
         forced = _decode(model, [probs[i].prompt + natural[i][0][:at] + "#" for i, at in cut],
                          max_response, 0.0, None) if cut else []
         # the forced prefix (at + 1 tokens) counts against the budget too
@@ -229,12 +230,16 @@ def checks_ablation(model: TinyGPT, split: str = "val", problems: int = 128,
         nan = float("nan")
         out[fam.name] = {
             "greedy_acc": 100 * float(np.mean(graded)),
-            "rechecked_pct": 100 * len(cut) / len(probs),
-            "rechecked_acc": 100 * float(np.mean([graded[i] for i, _ in cut])) if cut else nan,
-            "checks_cut_acc": 100 * float(np.mean(cut_ok)) if cut else nan,
             "scratch_pct": 100 * float(np.mean([_STEPS.match(t) is not None
                                                 for t, _, _ in natural])),
             "direct_acc": 100 * float(np.mean(direct_ok)),
         }
+        if rechecks:
+            out[fam.name].update({
+                "rechecked_pct": 100 * len(cut) / len(probs),
+                "rechecked_acc": (100 * float(np.mean([graded[i] for i, _ in cut]))
+                                  if cut else nan),
+                "checks_cut_acc": 100 * float(np.mean(cut_ok)) if cut else nan,
+            })
     model.train(was_training)
     return out

@@ -38,7 +38,7 @@ def profile(home: Path | None, problems: int = 256, warm=None) -> dict:
     model = load_or_build(warm or WarmStartConfig(), home)
     out = {}
     for which in ("search", "transfer"):
-        greedy = checks_ablation(model, problems=problems, which=which)
+        greedy = checks_ablation(model, problems=problems, which=which, rechecks=False)
         for fam, row in testbed_profile(model, problems=problems, which=which).items():
             mean, oracle = row["correct_length_mean"], row["oracle_length_mean"]
             out[fam] = {"set": which, **row,
