@@ -269,6 +269,32 @@ def test_concise_directive_favours_length_genes():
         kinds["uniform_length"], kinds["overlong"]), kinds
 
 
+def test_analyst_tags_steer_but_do_not_outvote_the_directive():
+    """Under "accurate and concise", reflections about the parent tagged "instability"
+    (in docs/campaigns/v5c-accurate-and-concise the analyst tagged 4 of 11 ordinary runs
+    so, on grad-norm spikes) still draw the stabilizing genes, but the directive's length
+    terms keep most of their share: tags add at most TAG_SCORE_CAP to a gene and the
+    directive weighs DIRECTIVE_WEIGHT. Before the cap, four such reflections cut the length
+    share from 54% to 11% of the children (10 of the campaign's first 11 candidates had no
+    length term)."""
+    def shares(reflections):
+        rng, parent = random.Random(3), Genome.grpo()
+        kids = [propose(parent, "accurate and concise",
+                        [dict(r, genome=parent.signature()) for r in reflections], [], rng,
+                        compose=0.3).genome for _ in range(400)]
+        length = sum(k.reward.kind in LENGTH_GENES for k in kids) / len(kids)
+        stable = sum(k.kl.get("beta", 0) > 0.001 or k.clipping.get("eps", 1) < 0.2
+                     for k in kids) / len(kids)
+        return length, stable
+    calm = shares([])
+    rough = shares([{"text": "", "tags": ["instability", "improvement"]}] * 4)
+    assert rough[1] > calm[1] + 0.08, (rough, calm)       # the tag still steers
+    assert rough[0] > 0.5 * calm[0] and rough[0] > 0.25, (rough, calm)
+    prefs = sci.preferences(Genome.grpo(), "accurate and concise",
+                            [{"tags": ["instability"] * 3, "genome": "x"}] * 5)
+    assert max(prefs.direction.values()) <= sci.TAG_SCORE_CAP + sci.CONTRACT_PUSH
+
+
 TAG_EFFECTS = {
     "entropy-collapse": lambda g: g.clipping.kind == "clip_higher",
     "length-explosion": lambda g: (g.reward.kind in LENGTH_GENES
