@@ -33,7 +33,7 @@ and redundant steps, and writes scratchpads on problems easy enough to answer di
 None of it changes correctness; the scratchpad on hard problems is what accuracy needs.
 Testbed v2 also restated the problem first; that turned out to be verbosity the model
 needs (GRPO raised it to every answer, and removing it cost accuracy), so testbed v3
-writes none (docs/testbed.md). ``anatomy`` splits a response into these parts,
+writes none, and testbed v4 writes more of the filler GRPO keeps (docs/testbed.md). ``anatomy`` splits a response into these parts,
 ``oracle_length`` is the shortest correct response, so the room for shortening is a
 number (``python -m trainers.local.testbed``). Problems are split into train / val /
 test by a hash of (op, a, b), so the splits are disjoint and fixed forever.
@@ -311,7 +311,12 @@ class CorpusNoise:
 
     wrong_carry: float = 0.10     # a carry (borrow) dropped in one column: a wrong answer
     redundant_step: float = 0.15  # one step written twice (correct but longer)
-    max_filler: int = 4           # 0..max filler tokens, uniform (correct but longer)
+    # Testbed v4 (docs/testbed.md, "A second candidate: more filler"): 0-8 filler tokens
+    # (v3: 0-4). GRPO keeps the filler it is given, so a length term has tokens to remove
+    # that accuracy does not need: on 5 val seeds the solved-group length penalty cut
+    # length 36% at +0.4 Overall vs GRPO (docs/more-filler/calibration-F8.json), and the
+    # hard family keeps v3's share of all-fail groups (19.1%; 0-12 filler left 12.5%).
+    max_filler: int = 8           # 0..max filler tokens, uniform (correct but longer)
     # Testbed v3 (docs/testbed.md): no restatement by default. Testbed v2 restated the
     # problem in 60% of answers; GRPO raised that to all of them and every length
     # penalty that removed it cost accuracy (the 0.35M model reads the operands from the
