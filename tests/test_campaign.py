@@ -234,10 +234,34 @@ def test_the_plan_states_the_testbed_it_trains_on(tmp_path):
             assert key != WarmStartConfig().key()
             assert plan["testbed"] == {"warm_config": warm, "warm_key": key,
                                        "train_overrides": None}
-    assert lines["default"] == ["- Testbed: the default warm start and trainer settings."]
+        else:   # the default's key too: the default changes between testbed versions
+            assert plan["testbed"]["warm_key"] == WarmStartConfig().key()
+    assert lines["default"] == [f"- Testbed: the default warm start (key "
+                                f"{WarmStartConfig().key()}) and trainer settings."]
     (line,) = lines["variant"]
     assert '"corpus": {"add2": {"sft_weight": 0.8}}' in line
     assert f"(key {warm_config_from_dict(warm).key()})" in line
+
+
+def test_a_resume_on_another_default_testbed_is_a_stated_plan_change(tmp_path):
+    """The default warm start changes between testbed versions (v3 -> v4 doubled the
+    filler); a campaign registered on one and resumed on another records the change."""
+    from graph.campaign.cli import parse_args
+    from graph.campaign.plan import make_plan, register
+    from graph.campaign.stages import State, load_config
+    from trainers.local.warmstart import WarmStartConfig
+
+    args = parse_args(["--directive", "accurate and concise", "--out", str(tmp_path)])
+    plan = make_plan(args, load_config(args))
+    old = json.loads(json.dumps(plan))
+    old["testbed"]["warm_key"] = "5f7771f59c46"          # testbed v3's default warm start
+    state = State(tmp_path)
+    assert register(tmp_path, state, old) == []
+    assert "(key 5f7771f59c46)" in (tmp_path / "plan.md").read_text()
+    changes = register(tmp_path, State(tmp_path), plan)
+    assert [(c["field"], c["before"], c["after"]) for c in changes] == [
+        ("testbed.warm_key", "5f7771f59c46", WarmStartConfig().key())]
+    assert register(tmp_path, State(tmp_path), plan) == changes  # stated once, kept
 
 
 def test_step_deltas_pair_seeds_at_every_evaluation_both_runs_have():

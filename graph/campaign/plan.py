@@ -140,18 +140,24 @@ def _span(seeds: list[int]) -> str:
 
 
 def _testbed(cfg: dict) -> dict:
-    """What the jobs train from: ``--config``'s warm start (its fields and cache key) and
-    train overrides, or None for the testbed's defaults."""
-    from trainers.local.warmstart import warm_config_from_dict
+    """What the jobs train from: ``--config``'s warm start (its fields) or None for the
+    default, the warm start's cache key either way (the default changes between testbed
+    versions, so a resume on another version shows as a plan change), and the train
+    overrides."""
+    from trainers.local.warmstart import WarmStartConfig, warm_config_from_dict
 
     warm = cfg.get("warm_config")
-    return {"warm_config": warm, "warm_key": warm_config_from_dict(warm).key() if warm
-            else None, "train_overrides": cfg.get("train_overrides")}
+    key = (warm_config_from_dict(warm) if warm else WarmStartConfig()).key()
+    return {"warm_config": warm, "warm_key": key,
+            "train_overrides": cfg.get("train_overrides")}
 
 
 def _testbed_line(t: dict | None) -> str:
     if not t or (t.get("warm_config") is None and not t.get("train_overrides")):
-        return "- Testbed: the default warm start and trainer settings."
+        key = (t or {}).get("warm_key")
+        return ("- Testbed: the default warm start"
+                + (f" (key {key})" if key else "")
+                + " and trainer settings.")
     parts = []
     if t.get("warm_config") is not None:
         parts.append(f"warm start {json.dumps(t['warm_config'], sort_keys=True)} (key "
