@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from evals.tasks import BOS, EOS, PAD, VOCAB_SIZE, encode, heldout_set
+from evals.tasks import BOS, EOS, PAD, VOCAB_SIZE, CorpusNoise, encode, heldout_set
 from trainers.algorithm import load_algorithm
 from trainers.local import engine
 from trainers.local import model as reference
@@ -29,7 +29,8 @@ def _model(seed=0):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny warm start (~4 CPU-s): greedy decodes that end at different lengths."""
-    return load_or_build(WarmStartConfig(model=CFG, examples=800, steps=200, batch_size=16),
+    return load_or_build(WarmStartConfig(model=CFG, examples=800, steps=200, batch_size=16,
+                                         noise=CorpusNoise(max_filler=4)),
                          tmp_path_factory.mktemp("warm"))
 
 

@@ -12,9 +12,7 @@ same), and when the scientist began steering the length coefficient under a leng
 contract (one proposal's hypothesis gained that reason; every genome stayed the same),
 and when the directive began to weigh as much as the most repeated reflection tag, with
 the tags capped (two of the three proposals now carry the length term solved_length; the
-GRPO seed's entry and the compare part stayed the same), and when testbed v4 doubled the
-corpus's filler (curves, reflections and the compare part's numbers changed; every name,
-status, parent, code hash and fitness stayed the same):
+GRPO seed's entry and the compare part stayed the same):
 a loop run on the builtin agents and a
 ``trainers.local.compare`` of two baselines, both on the tiny testbed. A refactor that keeps behaviour keeps every name, status, parent,
 code hash, fitness, curve and reflection. Training is deterministic for one torch build

@@ -26,7 +26,7 @@ def test_warm_start_gives_grpo_something_to_work_with(warm):
         assert row["t1_invalid"] >= 2.0, (fam, row)          # the format breaks
         assert row["correct_length_sd"] >= 2.0, (fam, row)   # length varies among correct
     assert prof["add5"]["t1_invalid"] > prof["add2"]["t1_invalid"]
-    assert prof["add5"]["all_fail_groups"] >= 15.0          # many all-fail groups (v3: 19.9%)
+    assert prof["add5"]["all_fail_groups"] >= 15.0          # many all-fail groups (v4: 19.1%, v3: 19.9%)
     assert prof["add2"]["t1_accuracy"] > prof["add5"]["t1_accuracy"]
     # room for "concise": a correct answer is far longer than the oracle, and part of it
     # is verbosity that accuracy does not need (restatement, re-checks, filler)

@@ -37,9 +37,13 @@ SMOKE_TRAIN_CONFIG = {
     "curve_eval": {"size": 4, "pass_problems": 2, "n_samples": 16, "max_response": 48},
     "final_eval": {"size": 4, "pass_problems": 2, "n_samples": 16, "max_response": 48},
 }
-# The tiny warm start of tests/conftest.py: built in seconds, cached under <home>.
+# The tiny warm start of tests/conftest.py: built in seconds, cached under <home>. Its
+# corpus keeps testbed v3's 0-4 filler: on v4's 0-8 a 1-layer model trained 120 steps
+# greedily writes filler to the budget and is never right, so a smoke run would never
+# reach the hooks' correct-answer paths.
 SMOKE_WARM_CONFIG = {"model": {"n_layer": 1, "n_head": 2, "d_model": 32},
-                     "examples": 3000, "steps": 120, "batch_size": 32, "lr": 3e-3}
+                     "examples": 3000, "steps": 120, "batch_size": 32, "lr": 3e-3,
+                     "noise": {"max_filler": 4}}
 MAX_ERRORS = 6
 
 
