@@ -175,7 +175,15 @@ def test_rank_correlation_is_spearmans_rho_or_says_why_not():
             for i, (s, f) in enumerate([(1.0, 10.0), (2.0, 30.0), (3.0, 20.0), (4.0, 40.0)])]
     got = rank_correlation(rows)
     assert got["n"] == 4 and got["rho"] == pytest.approx(0.8)
-    assert got["p"] == pytest.approx(spearmanr([1, 2, 3, 4], [10, 30, 20, 40]).pvalue)
+    # the p is exact for few candidates: of the 24 orderings of 4, four reach rho >= 0.8
+    # (1.0 once, 0.8 three times) and four rho <= -0.8, 8 in all; the t approximation
+    # says 0.20
+    assert got["p"] == pytest.approx(8 / 24)
+    assert spearmanr([1, 2, 3, 4], [10, 30, 20, 40]).pvalue == pytest.approx(0.2)
+    # a perfect order of 3 is 2 of 6 orderings (either direction), not p = 0
+    three = rank_correlation([dict(r, fitness=-r["screen_fitness"]) for r in rows[:3]])
+    assert three["rho"] == pytest.approx(-1.0) and three["p"] == pytest.approx(1 / 3)
+    assert spearmanr([1, 2, 3], [-1, -2, -3]).pvalue < 1e-6   # what the report said before
     flat = [dict(r, fitness=5.0) for r in rows]
     assert rank_correlation(flat)["rho"] is None
     assert "constant" in rank_correlation(flat)["note"]

@@ -287,7 +287,33 @@ def rank_correlation(rows: list[dict]) -> dict:
     if len(set(screen)) < 2 or len(set(promo)) < 2:
         return {**out, "note": "undefined: a constant fitness on one side"}
     res = spearmanr(screen, promo)
-    return {**out, "rho": float(res.statistic), "p": float(res.pvalue)}
+    p = float(res.pvalue)
+    if len(rows) <= EXACT_RANK_P_MAX_N:
+        p = _exact_spearman_p(screen, promo, float(res.statistic))
+    return {**out, "rho": float(res.statistic), "p": p}
+
+
+# Spearman's p from the t approximation is 0 for a perfect order of 3 (t is infinite),
+# where only 3! orderings exist (an exact two-sided p of 1/3); up to this many
+# candidates the p is exact, over every ordering of one side (8! = 40,320).
+EXACT_RANK_P_MAX_N = 8
+
+
+def _exact_spearman_p(x: list[float], y: list[float], rho: float) -> float:
+    """Two-sided permutation p of Spearman's rho: the share of orderings of ``y``'s ranks
+    whose |rho| is at least the observed one's (ties keep their average ranks)."""
+    import itertools
+
+    import numpy as np
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    rx = (rx - rx.mean()) / np.sqrt(((rx - rx.mean()) ** 2).sum())
+    ry = ry - ry.mean()
+    norm = np.sqrt((ry ** 2).sum())
+    perms = np.array(list(itertools.permutations(ry)))
+    rhos = perms @ rx / norm
+    return float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12))
 
 
 def test_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
