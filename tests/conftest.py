@@ -9,16 +9,13 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_warm(tmp_path_factory):
-    """A tiny warm start (built in seconds) and the home it is cached in. Its corpus
-    keeps testbed v3's 0-4 filler (trainers/sandbox/tasks.py SMOKE_WARM_CONFIG says why:
-    on v4's 0-8 a model this small greedily writes filler to the budget)."""
-    from evals.tasks import VOCAB_SIZE, CorpusNoise
-    from trainers.local.model import ModelConfig
-    from trainers.local.warmstart import WarmStartConfig, load_or_build
+    """A tiny warm start (built in seconds) and the home it is cached in: the verifier's
+    smoke warm start (trainers/sandbox/tasks.py SMOKE_WARM_CONFIG, which says why its
+    corpus keeps testbed v3's 0-4 filler), so the tests build the one the smoke run uses."""
+    from trainers.local.warmstart import load_or_build, warm_config_from_dict
+    from trainers.sandbox.tasks import SMOKE_WARM_CONFIG
 
-    cfg = WarmStartConfig(model=ModelConfig(vocab_size=VOCAB_SIZE, n_layer=1, n_head=2,
-                                            d_model=32), examples=3000, steps=120,
-                          batch_size=32, lr=3e-3, noise=CorpusNoise(max_filler=4))
+    cfg = warm_config_from_dict(SMOKE_WARM_CONFIG)
     home = tmp_path_factory.mktemp("poise_home")
     return cfg, home, load_or_build(cfg, home)
 
