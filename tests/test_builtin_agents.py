@@ -598,3 +598,57 @@ def test_solved_length_with_the_std_t_scale_is_the_hand_written_frontier_mechani
         torch.testing.assert_close(r, hand.shape_reward(b))
         torch.testing.assert_close(rendered.compute_advantages(b, r),
                                    hand.compute_advantages(b, r))
+
+
+V6_WINNER = ("reward=gated_length(alpha=0.5);validity=none;baseline=group_mean;"
+             "normalization=beta(strength=2);filtering=none;clipping=dual_clip(eps=0.1,c=3);"
+             "aggregation=seq_mean_token_sum_norm;kl=k3(beta=0.001);schedule=none")
+
+
+def test_ablations_take_back_one_departure_from_grpo_and_keep_the_directives_gene():
+    """The v6 campaign's search only stacked genes on its first length child; an
+    ablation sets one of the parent's departures from GRPO back to GRPO's gene, the
+    directive's own gene (the length penalty under a length contract) last."""
+    parent, grpo = Genome.from_signature(V6_WINNER), Genome.grpo()
+    assert set(parent.diff(grpo)) == {"reward", "normalization", "clipping", "aggregation"}
+    props = [propose(parent, "accurate and concise", [], [], random.Random(i))
+             for i in range(300)]
+    ablations = [p for p in props if p.hypothesis.startswith("Ablation of ")]
+    assert 0.15 * len(props) < len(ablations) < 0.45 * len(props), len(ablations)
+    removed = Counter()
+    for p in ablations:
+        assert p.kind == "mutation" and p.parents == [parent.signature()]
+        assert len(p.changes) == 1
+        slot = p.changes[0]
+        assert getattr(p.genome, slot) == getattr(grpo, slot)
+        assert getattr(parent, slot).label() in p.hypothesis
+        assert "does as well as its parent" in p.hypothesis
+        removed[slot] += 1
+    assert removed["reward"] <= 0.03 * len(ablations), removed
+    assert min(removed[s] for s in ("normalization", "clipping", "aggregation")) > 5, removed
+    # mutations stay mutations: no other proposal is worded as an ablation
+    assert all("does as well as its parent" not in p.hypothesis for p in props
+               if p not in ablations)
+
+
+def test_the_bare_length_penalty_is_one_ablation_from_the_first_length_child():
+    first = Genome.from_signature(V6_WINNER.replace("normalization=beta(strength=2)",
+                                                    "normalization=group_std")
+                                  .replace("clipping=dual_clip(eps=0.1,c=3)",
+                                           "clipping=dual_clip(eps=0.2,c=3)"))
+    bare = first.diff(Genome.grpo())
+    assert bare == ["reward", "aggregation"]
+    children = {propose(first, "accurate and concise", [], [], random.Random(i)).genome
+                for i in range(40)}
+    target = Genome.from_slots({**{s: getattr(Genome.grpo(), s) for s in SLOTS},
+                                "reward": first.reward})
+    assert target in children
+
+
+def test_no_ablation_of_grpo_or_of_a_one_gene_child():
+    one = Genome.from_slots({**{s: getattr(Genome.grpo(), s) for s in SLOTS},
+                             "reward": gene("reward", "gated_length", alpha=0.5)})
+    for parent in (None, Genome.grpo(), one):
+        for i in range(60):
+            p = propose(parent, "accurate and concise", [], [], random.Random(i))
+            assert not p.hypothesis.startswith("Ablation"), p.hypothesis

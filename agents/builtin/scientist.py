@@ -1,4 +1,4 @@
-"""The builtin scientist: proposes a genome by mutation or crossover, offline.
+"""The builtin scientist: proposes a genome by mutation, ablation or crossover, offline.
 
 The search is random under the caller's ``random.Random`` and biased, never scripted:
 
@@ -24,6 +24,12 @@ The search is random under the caller's ``random.Random`` and biased, never scri
   may draw is redrawn, so what comes out is a mechanism the catalog does not hold. A
   parent's composed gene, when a mutation picks its slot, is refined as an expression
   (probability 0.6) rather than swapped for a catalog gene.
+- ablation: when the parent departs from GRPO in two slots or more, a proposal is with
+  probability ``ABLATION_RATE`` (``ABLATION_RATE_REVERT`` after a "regression") the
+  parent with one departure set back to GRPO's gene, the slot drawn with weight
+  exp(-0.7 * score of the parent's gene) so the gene the directive and the evidence
+  favour goes last: it tests whether the parent needs the gene, and it is how a search
+  that stacked genes on its first good child reaches the simpler mechanism underneath.
 - a length contract (the objective minimizes length within a margin of GRPO's Overall,
   e.g. "concise") steers the length coefficient by the constraint, as a dual update does:
   while the reflections about the parent show it holding GRPO's Overall (no
@@ -51,6 +57,13 @@ from agents.proposal import Proposal  # what propose returns: kind, genome and p
 from evals.objective import BREVITY_WORDS, objective_from_directive
 
 CROSSOVER_RATE = 0.3
+# An ablation reverts one of the parent's departures from GRPO to GRPO's gene: the test of
+# whether the parent needs it. Without it the search only adds genes: every candidate of
+# docs/campaigns/v6-accurate-and-concise that carried the length penalty descended from
+# the first proposal (gated length + seq-mean-token aggregation) and stacked more genes on
+# it; the bare penalty on GRPO (gated_010, +0.5 on val at -40% length) was never proposed.
+ABLATION_RATE = 0.25
+ABLATION_RATE_REVERT = 0.5  # when the reflections about the parent report a regression
 KIND_TEMPERATURE = 0.7      # kind weight = exp(KIND_TEMPERATURE * score)
 TAG_CAP = 2.5               # the most one tag can weigh, however many reflections repeat it
 EVIDENCE_WEIGHT = 1.0       # score per standard deviation of fitness above the mean
@@ -486,10 +499,14 @@ def propose(parent: Genome | None, directive: str, reflections: list[dict],
     seen = {g.signature() for g in archive_refs} | {base.signature()}
     mates = _distinct([g for g in archive_refs if g.signature() != base.signature()])
     pool = [base] + mates if parent is not None else _distinct(list(archive_refs))
+    ablatable = len(base.diff(Genome.grpo())) >= 2 and parent is not None
+    ablation_rate = ABLATION_RATE_REVERT if prefs.revert else ABLATION_RATE
     for attempt in range(2 * max_tries):
         biased = attempt < max_tries  # then larger unbiased jumps
-        child = _composition(rng, prefs, base) if biased and prefs.compose > 0 \
-            and rng.random() < prefs.compose else None
+        child = _ablation(rng, prefs, base) if biased and ablatable \
+            and rng.random() < ablation_rate else None
+        if child is None and biased and prefs.compose > 0 and rng.random() < prefs.compose:
+            child = _composition(rng, prefs, base)
         if child is not None:
             kind, parents = "mutation", [base]
         elif biased and len(pool) >= 2 and rng.random() < CROSSOVER_RATE:
@@ -508,6 +525,25 @@ def propose(parent: Genome | None, directive: str, reflections: list[dict],
     raise NoNovelProposal(f"no novel genome in {2 * max_tries} draws around "
                           f"{base.slug()}: every draw is already among the "
                           f"{len(archive_refs)} archive references")
+
+
+def _ablation(rng: random.Random, prefs: Preferences, base: Genome) -> Genome | None:
+    """``base`` with one slot where it departs from GRPO set back to GRPO's gene. The
+    slot is drawn with weight exp(-KIND_TEMPERATURE * score of base's gene): the genes the
+    directive, the reflections and the fitness evidence favour (the length penalty under a
+    length contract) are the last to go. None when the reverted genome is invalid."""
+    grpo = Genome.grpo()
+    slots = [s for s in base.diff(grpo)
+             if (s, getattr(grpo, s).kind) not in prefs.excluded]
+    if not slots:
+        return None
+    slot = _weighted(rng, slots, [math.exp(-KIND_TEMPERATURE * prefs.kind_score(
+        s, getattr(base, s).kind)) for s in slots])
+    try:
+        return Genome.from_slots({**{s: getattr(base, s) for s in SLOTS},
+                                  slot: getattr(grpo, slot)})
+    except ValueError:
+        return None
 
 
 def _composition(rng: random.Random, prefs: Preferences, base: Genome) -> Genome | None:
@@ -539,6 +575,15 @@ def _proposal(child: Genome, kind: str, parents: list[Genome], prefs: Preference
             f"{', '.join(SLOT_TITLES[s].lower() for s in from_b) or 'nothing'} from the "
             f"second and keep the rest of the first, testing whether the mechanisms "
             "combine.")
+    grpo = Genome.grpo()
+    ablated = kind == "mutation" and len(changes) == 1 and first != grpo \
+        and getattr(child, changes[0]) == getattr(grpo, changes[0])
+    if ablated:
+        sentences.append(f"Ablation of {first.slug()}: {SLOT_TITLES[changes[0]].lower()} "
+                         "back to GRPO's, testing whether the parent needs it (a simpler "
+                         "mechanism that scores as well is the better explanation).")
+        rationale.append(f"{changes[0]}: an ablation: does the parent need its "
+                         f"{getattr(first, changes[0]).label()}?")
     for s in changes:
         old, new = getattr(first, s), getattr(child, s)
         shown = f"composed [{new.math()}]" if new.composed else new.label()
@@ -549,13 +594,19 @@ def _proposal(child: Genome, kind: str, parents: list[Genome], prefs: Preference
         if new.composed and new != old:
             rationale.append(f"{s}: composed from primitives, an expression mutation of "
                              f"{old.label()} (not a catalog gene)")
-        elif not why:
+        elif not why and not ablated:
             rationale.append(f"{s}: exploration (no evidence for or against)")
     goal = directive.strip() or "the default objective"
     because = "; ".join(dict.fromkeys(r.split(": ", 1)[1] for r in rationale
-                                      if "exploration" not in r and "composed" not in r))
-    sentences.append(f"Hypothesis: the child beats its parent on {goal!r}"
-                     + (f" ({because})." if because else ", an untested direction."))
+                                      if "exploration" not in r and "composed" not in r
+                                      and "an ablation" not in r))
+    if ablated:
+        sentences.append(f"Hypothesis: the child does as well as its parent on {goal!r} "
+                         f"without its {getattr(first, changes[0]).label()}"
+                         + (f" ({because})." if because else "."))
+    else:
+        sentences.append(f"Hypothesis: the child beats its parent on {goal!r}"
+                         + (f" ({because})." if because else ", an untested direction."))
     return Proposal(name=child.slug(), hypothesis=" ".join(sentences),
                     mechanism=child.describe(), math=child.math(), genome=child, kind=kind,
                     parents=[p.signature() for p in parents], changes=changes,
