@@ -258,7 +258,7 @@ def propose(parent: Genome | None, directive: str, reflections: list[dict],
     seen = {g.signature() for g in archive_refs} | {base.signature()}
     mates = _distinct([g for g in archive_refs if g.signature() != base.signature()])
     pool = [base] + mates if parent is not None else _distinct(list(archive_refs))
-    ablatable = len(base.diff(Genome.grpo())) >= 2 and parent is not None
+    ablatable = len(base.diff(Genome.grpo())) >= 2   # GRPO itself when parent is None
     ablation_rate = ABLATION_RATE_REVERT if prefs.revert else ABLATION_RATE
     for attempt in range(2 * max_tries):
         biased = attempt < max_tries  # then larger unbiased jumps
