@@ -35,7 +35,7 @@ def campaign(tmp_path_factory):
 
 
 def test_campaign_writes_every_stage(campaign):
-    tmp, _ = campaign
+    tmp, proc = campaign
     out = tmp / "out"
     data = json.loads((out / "campaign.json").read_text())
     assert data["directive"] == "accurate and concise"
@@ -69,6 +69,9 @@ def test_campaign_writes_every_stage(campaign):
     rank = prom["screen_vs_promotion"]
     assert rank["n"] == 2 and rank["names"] == [prom["winner"], other]
     assert rank["rho"] is None and "need 3" in rank["note"]
+    # the screen's reliability, over every screened candidate's archived seeds (GRPO too)
+    rel = prom["screen_reliability"]
+    assert rel["candidates"] == 3 and rel["evaluations"] == 6
     # test: the baselines asked for + the winner, paired fresh seeds, CIs vs GRPO
     test = data["test"]
     assert test["seeds"] == [2000, 2001] and test["confirm_seeds"] == [2002]
@@ -96,6 +99,8 @@ def test_campaign_writes_every_stage(campaign):
     assert comp["promote_wall_s"] > 0 and comp["test_wall_s"] > 0
     md = (out / "campaign.md").read_text()
     assert "Wall time: search" in md
+    from graph.campaign.screen import reliability_line
+    assert reliability_line(rel) in md and reliability_line(rel) in " ".join(proc.stdout.split())
     assert "| step 3 |" in md and f"| {prom['winner']} | +0.0 / " in md
     # the ablation settings reach the search run, and the report says them
     assert ("Search: parent selection `greedy`; catalog without paper; composition rate 1."

@@ -35,7 +35,8 @@ results are cached under ``<home>/campaign-cache`` (keyed by code, config and se
 two campaigns share their baseline test runs.
 
 The package: ``stages`` (search, promote, test, rediscovery: what is trained and how it
-is scored, as sandboxed jobs of trainers/local/jobs.py, like the loop's), ``report``
+is scored, as sandboxed jobs of trainers/local/jobs.py, like the loop's), ``screen`` (the
+screen's reliability: how much of its ranking is seed noise), ``report``
 (verdicts in words, the markdown report, the best-so-far plot, the terminal summary) and
 ``cli`` (this command).
 """

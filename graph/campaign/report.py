@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evals.tasks import FAMILIES, HARD_FAMILY, PASS_K, TRANSFER_FAMILIES
+from graph.campaign.screen import reliability_line
 from graph.campaign.stages import best_so_far_curve
 
 
@@ -277,6 +278,8 @@ def write_report(out: Path, payload: dict) -> Path:
         lines += ["", f"Winner rule: {payload['promote']['winner_rule']}: "
                       f"**{payload['promote']['winner']}**."]
     lines += ["", rank_line(payload["promote"].get("screen_vs_promotion"))]
+    if "screen_reliability" in payload["promote"]:  # campaigns before it have none
+        lines += ["", reliability_line(payload["promote"]["screen_reliability"])]
     lines += promotion_curve_lines(payload)
     lines += composed_lines(payload.get("composed"))
     if payload.get("rediscovery"):
@@ -392,5 +395,7 @@ def print_summary(payload: dict, console: Console) -> None:
                     _vs_grpo(r, "length_delta_vs_baseline_ci95"))
     console.print(tab)
     console.print(rank_line(payload["promote"].get("screen_vs_promotion")))
+    if "screen_reliability" in payload["promote"]:
+        console.print(reliability_line(payload["promote"]["screen_reliability"]))
     for line in verdict_lines(payload):
         console.print(line[2:])

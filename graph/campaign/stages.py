@@ -12,6 +12,7 @@ import numpy as np
 from rich.console import Console
 
 from evals.objective import ObjectiveSpec, fitness, seed_fitnesses, shortening, within_margin
+from graph.campaign.screen import archived_fitness, screen_reliability
 
 TEST_SEED_OFFSET = 2000      # fresh seeds of the test stage (search uses the run seed)
 TRANSFER_SEED_OFFSET = 3000  # fresh seeds of the transfer stage
@@ -177,6 +178,7 @@ def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
     from trainers.source import code_hash
 
     with Archive(home) as a:
+        reliability = screen_reliability(archived_fitness(a, run_id))
         board = a.leaderboard(run_id)
         distinct, seen = [], {code_hash(baseline_source("grpo"))}
         for s in board:  # best first; one entry per distinct code
@@ -230,6 +232,7 @@ def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
             "reference": {"overall": ref[0], "length": ref[1]}, "seeds": seeds,
             "sampled_rows": sample_rows,
             "screen_vs_promotion": rank_correlation(rows + sample_rows),
+            "screen_reliability": reliability,
             "cpu_seconds": _cpu(results)}
 
 
