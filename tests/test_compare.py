@@ -5,6 +5,7 @@ import re
 import pytest
 
 from trainers.local import bench, compare
+from trainers.local.trainer import PHASES
 
 SIGN_FLIP = "evals/calibration/sign_flip.py"
 
@@ -132,8 +133,16 @@ def test_bench_engines_trains_both_engines_side_by_side_and_resumes(tiny_warm,
                                                           eng["fast"]["per_seed"])]
     assert same["n"] == 2 and same["mean"] == pytest.approx(sum(diffs) / 2)
     assert same["ci_low"] <= same["mean"] <= same["ci_high"]
+    for e in eng.values():  # the phase split: every phase, summing to the CPU-s per seed
+        assert list(e["phase_cpu_seconds"]) == list(PHASES)
+        assert sum(e["phase_cpu_seconds"].values()) == pytest.approx(
+            e["cpu_seconds_per_candidate_seed"], rel=1e-9)
+        assert all(e["phase_cpu_seconds"][k] > 0 for k in PHASES if k != "setup")
     printed = capsys.readouterr().out
     assert "reference / fast" in printed and "same learning" in printed
+    assert "where the CPU goes" in printed
+    for k in PHASES:
+        assert k in printed
     runs = sorted((out / "engine-runs").glob("*.json"))
     assert len(runs) == 4 and {p.name.split("-seed")[0] for p in runs} == {
         "grpo.reference", "grpo.fast"}

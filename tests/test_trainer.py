@@ -30,6 +30,39 @@ def test_train_produces_curves_evals_and_final_metrics(tiny_warm, tiny_train_con
     assert r.cpu_seconds >= r.train_cpu_seconds > 0
 
 
+SLOW_REWARD = '''
+import torch
+NAME = "slow-reward"
+def shape_reward(batch):
+    x = torch.ones(512, 512)
+    for _ in range(40):  # ~11 GFLOP of busy work per step, inside a candidate's hook
+        x = (x @ x).clamp(-1.0, 1.0)
+    return batch.correct.float() + 0.0 * x.sum()
+'''
+
+
+def test_the_phase_split_sums_to_the_run_and_puts_a_hook_s_work_in_step_other(
+        tiny_warm, tiny_train_config):
+    """TrainResult.phase_cpu_seconds: every phase, in PHASES order, summing to the run's
+    CPU; a candidate hook's own work lands in step_other and nowhere else."""
+    from trainers.local.trainer import PHASES
+
+    _, _, model = tiny_warm
+    runs = [train(a, model, seed=0, cfg=tiny_train_config)
+            for a in (load_algorithm("grpo"), Algorithm.from_source(SLOW_REWARD))]
+    for r in runs:
+        ph = r.phase_cpu_seconds
+        assert list(ph) == list(PHASES)
+        assert sum(ph.values()) == pytest.approx(r.cpu_seconds, rel=1e-9)
+        assert all(ph[k] > 0 for k in PHASES if k != "setup"), ph
+        assert "phase_cpu_seconds" in r.as_dict()
+    fast, slow = (r.phase_cpu_seconds for r in runs)
+    # 6 steps x ~11 GFLOP of the hook's matmuls: over 0.2 CPU-s on any CPU here
+    assert slow["step_other"] - fast["step_other"] > 0.2
+    assert slow["step_other"] - fast["step_other"] > 0.5 * (slow["sampling"]
+                                                           - fast["sampling"])
+
+
 def test_the_transfer_families_train_and_evaluate_apart(tiny_warm, tiny_train_config,
                                                          monkeypatch):
     """families="transfer": the prompt stream and every evaluation use the transfer

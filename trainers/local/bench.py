@@ -62,7 +62,7 @@ from trainers.local.engine import ENGINES, select  # noqa: E402
 from trainers.local.evaluate import testbed_profile  # noqa: E402
 from trainers.local.jobs import Job, run_jobs  # noqa: E402
 from trainers.local.model import left_pad  # noqa: E402
-from trainers.local.trainer import TrainConfig  # noqa: E402
+from trainers.local.trainer import PHASES, TrainConfig  # noqa: E402
 from trainers.local.warmstart import (WarmStartConfig, checkpoint_path, default_home,  # noqa: E402
                                       load_or_build)
 
@@ -196,6 +196,7 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
         "cpu_seconds_per_candidate_seed": result["cpu_seconds"],
         "train_cpu_seconds": result["train_cpu_seconds"],
         "eval_cpu_seconds": result["cpu_seconds"] - result["train_cpu_seconds"],
+        **{f"{k}_cpu_seconds": v for k, v in result["phase_cpu_seconds"].items()},
         "wall_seconds_per_candidate_seed": result["wall_s"],
         "tokens_per_second": tok_s,
         "train_tokens_per_second": train_tok_s,
@@ -244,6 +245,7 @@ def engines_main(console, args, label: str, source: str, home: Path, cfg: TrainC
             "wall_seconds_per_candidate_seed": fmean([r["wall_s"] for r in rs]),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
             "final_overall": fmean([r["final"]["overall"] for r in rs]),
+            "phase_cpu_seconds": mean_phases(rs),
             "per_seed": [{"seed": r["seed"], "cpu_seconds": r["cpu_seconds"],
                           "overall": r["final"]["overall"]} for r in rs],
         }
@@ -331,6 +333,33 @@ def trl_main(console, args, label: str, source: str, home: Path, cfg: TrainConfi
     return report
 
 
+def mean_phases(results: list[dict]) -> dict[str, float] | None:
+    """Mean CPU-s per phase over the runs (trainer.PHASES); None when a run has no split
+    (a result cached before the trainer recorded one)."""
+    splits = [r.get("phase_cpu_seconds") for r in results]
+    if not splits or not all(splits):
+        return None
+    return {k: fmean([s[k] for s in splits]) for k in PHASES}
+
+
+def print_phases(console: Console, report: dict) -> None:
+    """Where a candidate-seed's CPU goes, per engine, with each phase's share."""
+    eng = report["engines"]
+    if not all(eng[e].get("phase_cpu_seconds") for e in ENGINES):
+        return
+    t = Table(title="where the CPU goes: mean CPU-s per candidate-seed by phase (share)")
+    t.add_column("phase")
+    for e in ENGINES:
+        t.add_column(e, justify="right")
+    t.add_column("reference / fast", justify="right")
+    tot = {e: sum(eng[e]["phase_cpu_seconds"].values()) for e in ENGINES}
+    for k in PHASES:
+        a, b = (eng[e]["phase_cpu_seconds"][k] for e in ENGINES)
+        t.add_row(k, f"{a:,.1f} ({a / tot['reference']:.0%})",
+                  f"{b:,.1f} ({b / tot['fast']:.0%})", f"x{a / b:.2f}" if b > 0 else "-")
+    console.print(t)
+
+
 def _write(console: Console, out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
@@ -350,6 +379,7 @@ def print_engines(console: Console, report: dict) -> None:
         a, b = eng["reference"][k], eng["fast"][k]
         t.add_row(k, f"{a:,.1f}", f"{b:,.1f}", f"x{a / b:.2f}" if "seconds" in k else "")
     console.print(t)
+    print_phases(console, report)
     if "same_learning" in report:
         s = report["same_learning"]
         st = Table(title="same learning: final Overall per seed (val)")

@@ -42,6 +42,12 @@ from trainers.local.evaluate import EvalConfig, checks_ablation, evaluate, testb
 from trainers.local.model import TinyGPT, left_pad
 
 CURVE_KEYS = ("overall", "acc@1", "valid", "length")
+# TrainResult.phase_cpu_seconds: sampling (the rollouts' decoding), the frozen reference's
+# forward, the policy's trained forwards, backward + clipping + Adam, the rest of a step
+# (grading, the candidate's reward/advantage/loss hooks, metrics), the periodic and
+# final evaluations (the profile's too), and setup (copying the model, the optimizer).
+PHASES = ("sampling", "reference_forward", "policy_forward", "backward_optimizer",
+          "step_other", "curve_eval", "final_eval", "setup")
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,8 @@ class TrainResult:
     cpu_seconds: float
     train_cpu_seconds: float
     profile: dict | None = None          # TrainConfig.profile_after: per-family profile
+    # where the CPU went (process CPU-s per phase, PHASES order; they sum to cpu_seconds)
+    phase_cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -165,39 +173,55 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
     g = cfg.group_size
     train_cpu = 0.0
     step = 0
+    phases = dict.fromkeys(PHASES, 0.0)
+    clock = [time.process_time()]
+
+    def lap(phase: str) -> None:  # the CPU since the last lap goes to ``phase``
+        now = time.process_time()
+        phases[phase] += now - clock[0]
+        clock[0] = now
+    lap("setup")
     for step in range(cfg.steps):
         t0 = time.process_time()
         problems = [p for p in stream.next_batch(cfg.prompts_per_step) for _ in range(g)]
         ids, pmask = left_pad([[BOS] + encode(p.prompt) for p in problems], device=device)
+        lap("step_other")
         policy.eval()
         gen = gen_fn(policy, ids, pmask, cfg.max_response, 1.0, sampler, group_size=g)
         policy.train()
+        lap("sampling")
         batch = build_rollouts(problems, gen, g, cfg.max_response, step, cfg.steps)
         rewards = _on_device("shape_reward", algo.shape_reward(batch), device)  # (N,)
         adv = _on_device("compute_advantages", algo.compute_advantages(batch, rewards),
                          device)
         adv = (adv.unsqueeze(-1) if adv.dim() == 1 else adv) * gen.mask  # (N, T)
+        lap("step_other")
         with torch.no_grad():
             ref_logp = logp_fn(ref, ids, pmask, gen.tokens, gen.mask, group_size=g)
+        lap("reference_forward")
         loss_metrics: dict[str, list[float]] = {}
         grad_norms = []
         groups = torch.arange(cfg.prompts_per_step, device=device)
         for mb_groups in groups.chunk(cfg.minibatches):
             idx = (mb_groups.unsqueeze(-1) * g + torch.arange(g, device=device)).reshape(-1)
+            lap("step_other")
             logp = logp_fn(policy, ids[idx], pmask[idx], gen.tokens[idx], gen.mask[idx],
                            group_size=g)
+            lap("policy_forward")
             loss, metrics = algo.policy_loss(logp, gen.logp[idx], adv[idx], gen.mask[idx],
                                              batch.select(idx), ref_logp=ref_logp[idx])
             _on_device("policy_loss", loss, device)
             if not loss.requires_grad:
                 raise CandidateError("policy_loss", "the loss does not depend on logp "
                                      "(it carries no gradient)")
+            lap("step_other")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             if not math.isfinite(float(norm)):
                 raise CandidateError("policy_loss", "gradients are not finite")
             opt.step()
+            lap("backward_optimizer")
             grad_norms.append(float(norm))
             for k, v in metrics.items():
                 loss_metrics.setdefault(k, []).append(v)
@@ -220,16 +244,20 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
         train_cpu += time.process_time() - t0
         row["cpu_seconds"] = train_cpu
         curve.append(row)
+        lap("step_other")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             evals.append({"step": step + 1,
                           **evaluate(policy, cfg.curve_eval, engine=cfg.engine,
                                    which=cfg.families)})
+            lap("curve_eval")
         progress(step + 1, cfg.steps, row)
+        lap("step_other")
         if cfg.cpu_budget is not None and train_cpu >= cfg.cpu_budget:
             if not evals or evals[-1]["step"] != step + 1:
                 evals.append({"step": step + 1,
                           **evaluate(policy, cfg.curve_eval, engine=cfg.engine,
                                    which=cfg.families)})
+                lap("curve_eval")
             break
     final = evaluate(policy, cfg.final_eval, engine=cfg.engine, which=cfg.families)
     profile = None
@@ -240,8 +268,10 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
                                    which=cfg.families)
         for fam, row in ablation.items():
             profile[fam].update(row)
+    lap("final_eval")
+    phases["setup"] += clock[0] - t_start - sum(phases.values())  # anything unlapped
     return TrainResult(
         algorithm=algo.name, seed=seed, steps_done=step + 1, curve=curve, evals=evals,
         final=final, auc={k: auc([e[k] for e in evals]) for k in CURVE_KEYS},
-        cpu_seconds=time.process_time() - t_start, train_cpu_seconds=train_cpu,
-        profile=profile)
+        cpu_seconds=clock[0] - t_start, train_cpu_seconds=train_cpu,
+        profile=profile, phase_cpu_seconds=phases)
