@@ -333,6 +333,10 @@ def test_bench_says_plainly_that_no_gpu_speedup_was_measured(tiny_warm, tmp_path
     assert saved["device"] == "cpu" and saved["wall_seconds_per_candidate_seed"] > 0
     assert not any("speedup" in k for k in saved)        # no number made up
     assert "no GPU here: GPU speed-up not measured" in capsys.readouterr().out
+    # the sandboxed run's CPU by phase, summing to its CPU-s per candidate-seed
+    from trainers.local.trainer import PHASES
+    assert sum(saved[f"{k}_cpu_seconds"] for k in PHASES) == pytest.approx(
+        saved["cpu_seconds_per_candidate_seed"], rel=1e-9)
 
 
 # ----------------------------------------------------------------------------- sandbox
