@@ -449,7 +449,9 @@ def archive(state: CandidateState, runtime: Runtime[Context]) -> dict:
 def _evaluations(results: list[dict | None]) -> list[dict]:
     """Per-seed training results as ``Archive.add_evaluation`` keyword dicts."""
     return [{"seed": seed, "backend": r.get("backend", "local"),
-             "metrics": {"val": r["final"], **({"test": r["test"]} if r.get("test") else {})},
+             "metrics": {"val": r["final"], **({"test": r["test"]} if r.get("test") else {}),
+                         **({"cpu_seconds": r["phase_cpu_seconds"]}  # where its CPU went
+                            if r.get("phase_cpu_seconds") else {})},
              "fitness": r.get("fitness"), "wall_time": r.get("cpu_seconds"),
              "objectives": {"overall": r["final"]["overall"],
                             "neg_length": -r["final"]["length"]},

@@ -99,6 +99,24 @@ def test_campaign_writes_every_stage(campaign):
     assert comp["promote_wall_s"] > 0 and comp["test_wall_s"] > 0
     md = (out / "campaign.md").read_text()
     assert "Wall time: search" in md
+    # where each stage's training CPU went, by trainer phase: the search's from its
+    # archived evaluations (each seed's split sums to its CPU-s), the others' from runs
+    from trainers.local.trainer import PHASES
+    with Archive(tmp / "home") as a:
+        for c in a.candidates(data["run_id"]):
+            for e in a.evaluations(c.id):
+                split = e.metrics["cpu_seconds"]
+                assert list(split) == list(PHASES)
+                assert sum(split.values()) == pytest.approx(e.wall_time, rel=1e-9)
+    phases = comp["phase_cpu_s"]
+    assert set(phases) == {"search", "promote", "test"} | (
+        {"transfer"} if data.get("transfer") else set())
+    for stage in phases:
+        assert set(phases[stage]) == set(PHASES)
+        assert sum(phases[stage].values()) == pytest.approx(comp[f"{stage}_cpu_s"], rel=1e-9)
+    assert "Where the training CPU went, by phase" in md
+    for stage, name in (("search", "Search"), ("promote", "Promotion"), ("test", "Test")):
+        assert f"- {name} ({comp[stage + '_cpu_s']:,.0f} CPU-s): sampling " in md
     from graph.campaign.screen import reliability_line
     assert reliability_line(rel) in md and reliability_line(rel) in " ".join(proc.stdout.split())
     assert "| step 3 |" in md and f"| {prom['winner']} | +0.0 / " in md

@@ -81,3 +81,29 @@ def test_reads_the_archive(tmp_path):
         got = archived_fitness(a, run)
     assert got == {"grpo": [1.0, 3.0], "x": [4.0, 6.0], "y": [7.0, None]}
     assert "need 3" in screen_reliability(got)["note"]  # y has one finite seed
+
+
+def test_phase_totals_and_lines_cover_every_trainer_phase():
+    """The campaign's compute by phase: sums per phase over runs, None when any run has
+    no split (a partial sum would misstate the shares); the report's groups cover every
+    trainer phase once, and the shares are of the stage's total."""
+    from graph.campaign.report import PHASE_GROUPS, phase_lines
+    from graph.campaign.stages import phase_totals
+    from trainers.local.trainer import PHASES
+
+    grouped = [k for _, keys in PHASE_GROUPS for k in keys]
+    assert sorted(grouped) == sorted(PHASES) and len(grouped) == len(set(grouped))
+    a = dict.fromkeys(PHASES, 1.0) | {"sampling": 6.0, "final_eval": 3.0}  # total 15
+    b = dict.fromkeys(PHASES, 1.0) | {"sampling": 2.0}                     # total 9
+    total = phase_totals([a, b])
+    assert total["sampling"] == 8.0 and total["final_eval"] == 4.0
+    assert sum(total.values()) == 24.0
+    assert phase_totals([a, None]) is None and phase_totals([a, {}]) is None
+    assert phase_totals([]) is None
+    lines = phase_lines({"search": total})
+    # sampling 8/24, forwards (2 + 2)/24, backward 2/24, evaluation (2 + 4)/24,
+    # the rest (step_other 2 + setup 2)/24
+    assert lines[-1] == ("- Search (24 CPU-s): sampling 33%, forwards (reference + policy) "
+                         "17%, backward + optimizer 8%, evaluation 25%, the rest (grading, "
+                         "hooks, setup) 17%")
+    assert phase_lines(None) == [] and phase_lines({}) == []

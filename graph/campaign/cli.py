@@ -17,8 +17,8 @@ from graph.campaign.plan import followed, make_plan, register
 from graph.campaign.report import (plot_best_so_far, plot_pareto, print_summary, verdicts,
                                    write_report)
 from graph.campaign.stages import (CampaignError, State, composed, full_steps, lineage,
-                                   load_config, mechanism, promote, rediscovery, search, test_stage,
-                                   transfer_stage)
+                                   load_config, mechanism, phase_totals, promote, rediscovery,
+                                   search, test_stage, transfer_stage)
 from graph.run import gene_names_arg, rate_arg
 from memory.selection import RULES
 from trainers.home import resolve_home
@@ -166,8 +166,10 @@ def _main(args, console: Console) -> int:
     with Archive(home) as a:
         spec = ObjectiveSpec.model_validate(a.run(run_id).config["objective"]).model_copy(
             update={"margin": args.margin})  # one margin: the winner rule's and verdicts
-        search_cpu = sum(e.wall_time or 0.0 for c in a.candidates(run_id)
-                         for e in a.evaluations(c.id))
+        search_evals = [e for c in a.candidates(run_id) for e in a.evaluations(c.id)]
+        search_cpu = sum(e.wall_time or 0.0 for e in search_evals)
+        search_phases = phase_totals([(e.metrics or {}).get("cpu_seconds")
+                                      for e in search_evals])
     prom = _timed(state, "promote_wall_s", promote, args, home, run_id, spec, cfg, console)
     test = _timed(state, "test_wall_s", test_stage, args, home,
                   (prom["winner"], prom["winner_source"]), cfg, console)
@@ -186,6 +188,12 @@ def _main(args, console: Console) -> int:
                **{k: state.get(k, 0.0) for k in ("search_wall_s", "promote_wall_s",
                                                   "test_wall_s", "transfer_wall_s")}}
     compute["total_cpu_s"] = sum(v for k, v in compute.items() if k.endswith("cpu_s"))
+    # where each stage's training CPU went, by trainer phase (stages whose every run has
+    # the split; the search's from its archived evaluations)
+    compute["phase_cpu_s"] = {k: v for k, v in (
+        ("search", search_phases), ("promote", prom.get("phase_cpu_seconds")),
+        ("test", test.get("phase_cpu_seconds")),
+        ("transfer", (transfer or {}).get("phase_cpu_seconds"))) if v}
     payload = {"directive": args.directive, "objective": spec.describe(),
                "command": "python -m graph.campaign " + shlex.join(args.argv),
                "args": {k: (str(v) if isinstance(v, Path) else v)

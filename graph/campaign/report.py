@@ -305,12 +305,37 @@ def write_report(out: Path, payload: dict) -> Path:
               f"({comp['total_cpu_s'] / 3600:.2f} CPU-hours). Wall time: search "
               f"{comp['search_wall_s']:.0f} s, promotion {comp.get('promote_wall_s', 0):.0f} s"
               f", test {comp.get('test_wall_s', 0):.0f} s, transfer "
-              f"{comp.get('transfer_wall_s', 0):.0f} s.", "", "![best so far](best_so_far.png)", ""]
+              f"{comp.get('transfer_wall_s', 0):.0f} s.", *phase_lines(comp.get("phase_cpu_s")),
+              "", "![best so far](best_so_far.png)", ""]
     if (out / "pareto.png").is_file():
         lines += ["![Overall vs length on the test split](pareto.png)", ""]
     path = out / "campaign.md"
     path.write_text("\n".join(lines))
     return path
+
+
+PHASE_GROUPS = (("sampling", ("sampling",)),
+                ("forwards (reference + policy)", ("reference_forward", "policy_forward")),
+                ("backward + optimizer", ("backward_optimizer",)),
+                ("evaluation", ("curve_eval", "final_eval")),
+                ("the rest (grading, hooks, setup)", ("step_other", "setup")))
+STAGE_NAMES = {"search": "Search", "promote": "Promotion", "test": "Test",
+               "transfer": "Transfer"}
+
+
+def phase_lines(phases: dict | None) -> list[str]:
+    """Where each stage's training CPU went, by trainer phase (shares of the stage's CPU
+    in its training runs); nothing for a campaign before the trainer recorded it."""
+    if not phases:
+        return []
+    lines = ["", "Where the training CPU went, by phase (share of each stage's runs):", ""]
+    for stage, split in phases.items():
+        total = sum(split.values()) or 1.0
+        parts = [f"{name} {sum(split.get(k, 0.0) for k in keys) / total:.0%}"
+                 for name, keys in PHASE_GROUPS]
+        lines.append(f"- {STAGE_NAMES.get(stage, stage)} ({total:,.0f} CPU-s): "
+                     + ", ".join(parts))
+    return lines
 
 
 def promotion_curve_lines(payload: dict) -> list[str]:

@@ -124,7 +124,8 @@ def transfer_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
     best = _best_baseline(rows, names, "transfer")
     return {"rows": rows, "seeds": seeds, "winner_label": label, "best_baseline": best,
             "vs_best_baseline": _vs_best(results, best, label, seeds),
-            "cpu_seconds": _cpu(results)}
+            "cpu_seconds": _cpu(results), "phase_cpu_seconds": phase_totals(
+                [r.get("phase_cpu_seconds") for r in results])}
 
 
 def _train_config(args, cfg: dict, steps: int | None, split: str) -> dict:
@@ -233,7 +234,8 @@ def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
             "sampled_rows": sample_rows,
             "screen_vs_promotion": rank_correlation(rows + sample_rows),
             "screen_reliability": reliability,
-            "cpu_seconds": _cpu(results)}
+            "cpu_seconds": _cpu(results), "phase_cpu_seconds": phase_totals(
+                [r.get("phase_cpu_seconds") for r in results])}
 
 
 def step_deltas(runs: list[dict], ref_runs: list[dict]) -> list[dict]:
@@ -352,7 +354,8 @@ def test_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
     return {"rows": rows, "seeds": seeds, "confirm_seeds": confirm, "winner_label": label,
             "best_baseline": best,
             "vs_best_baseline": _vs_best(results, best, label, seeds + confirm),
-            "cpu_seconds": _cpu(results)}
+            "cpu_seconds": _cpu(results), "phase_cpu_seconds": phase_totals(
+                [r.get("phase_cpu_seconds") for r in results])}
 
 
 def baseline_names(args) -> list[str]:
@@ -449,6 +452,20 @@ def _mean(runs: list[dict], key: str) -> float:
 
 def _cpu(results: list[dict]) -> float:
     return float(sum(r.get("cpu_seconds", 0.0) for r in results))
+
+
+def phase_totals(splits: list[dict | None]) -> dict[str, float] | None:
+    """Summed CPU-s per trainer phase over runs' ``phase_cpu_seconds`` (or archived
+    evaluations' ``metrics["cpu_seconds"]``); None when any run has none (cached before
+    the trainer recorded it, a VERL run, a failed one): a partial sum would misstate
+    the shares."""
+    if not splits or not all(splits):
+        return None
+    out: dict[str, float] = {}
+    for d in splits:
+        for k, v in d.items():
+            out[k] = out.get(k, 0.0) + float(v)
+    return out
 
 
 def best_so_far_curve(cands) -> list[float]:
