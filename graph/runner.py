@@ -455,6 +455,11 @@ def _run(request: RunRequest, console: Console, tracer, on_start) -> dict:
                   f"{100 * shares['verification_checks']:.1f}%, orchestration "
                   f"{100 * shares['orchestration']:.1f}%; summary: "
                   f"{home / 'runs' / str(run_id) / 'summary.json'}")
+    if summary.get("training_cpu_by_phase"):
+        from trainers.local.trainer import phase_shares
+        split = summary["training_cpu_by_phase"]
+        console.print(f"training jobs' CPU ({sum(split.values()):,.0f} CPU-s) by phase: "
+                      f"{phase_shares(split)}", soft_wrap=True)
     try:  # the report is a view of the archive: its failure must not fail the run
         from graph.report import write_report
         console.print(f"report: {write_report(home, run_id)}", soft_wrap=True)

@@ -35,6 +35,11 @@ def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
     train = _covered(spans("train"), lo, end)
     smoke = _covered(spans("train", "smoke"), lo, end) - train
     checks = _covered(spans("train", "verify"), lo, end) - train - smoke
+    from trainers.local.trainer import phase_totals
+    # the training jobs' CPU by trainer phase, summed over every archived seed (None
+    # unless each has its split: a VERL run, an archive from before the split)
+    by_phase = phase_totals([(e.metrics or {}).get("cpu_seconds") for c in cands
+                             for e in archive.evaluations(c.id)])
     summary = {"run_id": run_id, "directive": directive, "candidates": rows,
                "best": ({"id": board[0].candidate_id, "name": board[0].name,
                          "fitness": board[0].fitness} if board else None),
@@ -43,6 +48,7 @@ def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
                                "smoke_training": smoke / wall,
                                "verification_checks": checks / wall,
                                "orchestration": max(0.0, 1 - (train + smoke + checks) / wall)},
+               "training_cpu_by_phase": by_phase,
                "llm": llm_usage(home, run_id), "stopped": stopped}
     out = home / "runs" / str(run_id)
     out.mkdir(parents=True, exist_ok=True)

@@ -87,9 +87,8 @@ def test_phase_totals_and_lines_cover_every_trainer_phase():
     """The campaign's compute by phase: sums per phase over runs, None when any run has
     no split (a partial sum would misstate the shares); the report's groups cover every
     trainer phase once, and the shares are of the stage's total."""
-    from graph.campaign.report import PHASE_GROUPS, phase_lines
-    from graph.campaign.stages import phase_totals
-    from trainers.local.trainer import PHASES
+    from graph.campaign.report import phase_lines
+    from trainers.local.trainer import PHASE_GROUPS, PHASES, phase_totals
 
     grouped = [k for _, keys in PHASE_GROUPS for k in keys]
     assert sorted(grouped) == sorted(PHASES) and len(grouped) == len(set(grouped))

@@ -50,6 +50,16 @@ def test_run_archives_every_candidate_with_lineage_and_reflection(tmp_path):
     shares = summary["time_shares"]
     assert shares["training_and_evaluation"] > 0 and shares["verification_checks"] > 0
     assert abs(sum(shares.values()) - 1) < 1e-6
+    # the training jobs' CPU by phase: every archived seed's split, summed; printed
+    from trainers.local.trainer import PHASES, phase_shares
+    by_phase = summary["training_cpu_by_phase"]
+    assert list(by_phase) == list(PHASES)
+    from memory.archive import Archive
+    with Archive(home) as a:
+        cpu = sum(e.wall_time for c in cands for e in a.evaluations(c["id"]))
+    assert sum(by_phase.values()) == pytest.approx(cpu, rel=1e-9)
+    assert (f"training jobs' CPU ({sum(by_phase.values()):,.0f} CPU-s) by phase: "
+            f"{phase_shares(by_phase)}") in " ".join(r.stdout.split())
     from evals.objective import objective_from_directive, fitness
     from memory.archive import Archive
     spec = objective_from_directive("accurate and concise")

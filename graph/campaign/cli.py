@@ -17,8 +17,8 @@ from graph.campaign.plan import followed, make_plan, register
 from graph.campaign.report import (plot_best_so_far, plot_pareto, print_summary, verdicts,
                                    write_report)
 from graph.campaign.stages import (CampaignError, State, composed, full_steps, lineage,
-                                   load_config, mechanism, phase_totals, promote, rediscovery,
-                                   search, test_stage, transfer_stage)
+                                   load_config, mechanism, promote, rediscovery, search, test_stage,
+                                   transfer_stage)
 from graph.run import gene_names_arg, rate_arg
 from memory.selection import RULES
 from trainers.home import resolve_home
@@ -168,6 +168,7 @@ def _main(args, console: Console) -> int:
             update={"margin": args.margin})  # one margin: the winner rule's and verdicts
         search_evals = [e for c in a.candidates(run_id) for e in a.evaluations(c.id)]
         search_cpu = sum(e.wall_time or 0.0 for e in search_evals)
+        from trainers.local.trainer import phase_totals
         search_phases = phase_totals([(e.metrics or {}).get("cpu_seconds")
                                       for e in search_evals])
     prom = _timed(state, "promote_wall_s", promote, args, home, run_id, spec, cfg, console)

@@ -314,11 +314,6 @@ def write_report(out: Path, payload: dict) -> Path:
     return path
 
 
-PHASE_GROUPS = (("sampling", ("sampling",)),
-                ("forwards (reference + policy)", ("reference_forward", "policy_forward")),
-                ("backward + optimizer", ("backward_optimizer",)),
-                ("evaluation", ("curve_eval", "final_eval")),
-                ("the rest (grading, hooks, setup)", ("step_other", "setup")))
 STAGE_NAMES = {"search": "Search", "promote": "Promotion", "test": "Test",
                "transfer": "Transfer"}
 
@@ -329,12 +324,11 @@ def phase_lines(phases: dict | None) -> list[str]:
     if not phases:
         return []
     lines = ["", "Where the training CPU went, by phase (share of each stage's runs):", ""]
+    from trainers.local.trainer import phase_shares
+
     for stage, split in phases.items():
-        total = sum(split.values()) or 1.0
-        parts = [f"{name} {sum(split.get(k, 0.0) for k in keys) / total:.0%}"
-                 for name, keys in PHASE_GROUPS]
-        lines.append(f"- {STAGE_NAMES.get(stage, stage)} ({total:,.0f} CPU-s): "
-                     + ", ".join(parts))
+        lines.append(f"- {STAGE_NAMES.get(stage, stage)} ({sum(split.values()):,.0f} "
+                     f"CPU-s): {phase_shares(split)}")
     return lines
 
 

@@ -124,8 +124,7 @@ def transfer_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
     best = _best_baseline(rows, names, "transfer")
     return {"rows": rows, "seeds": seeds, "winner_label": label, "best_baseline": best,
             "vs_best_baseline": _vs_best(results, best, label, seeds),
-            "cpu_seconds": _cpu(results), "phase_cpu_seconds": phase_totals(
-                [r.get("phase_cpu_seconds") for r in results])}
+            "cpu_seconds": _cpu(results), "phase_cpu_seconds": _phases(results)}
 
 
 def _train_config(args, cfg: dict, steps: int | None, split: str) -> dict:
@@ -234,8 +233,7 @@ def promote(args, home: Path, run_id: int, spec: ObjectiveSpec, cfg: dict,
             "sampled_rows": sample_rows,
             "screen_vs_promotion": rank_correlation(rows + sample_rows),
             "screen_reliability": reliability,
-            "cpu_seconds": _cpu(results), "phase_cpu_seconds": phase_totals(
-                [r.get("phase_cpu_seconds") for r in results])}
+            "cpu_seconds": _cpu(results), "phase_cpu_seconds": _phases(results)}
 
 
 def step_deltas(runs: list[dict], ref_runs: list[dict]) -> list[dict]:
@@ -354,8 +352,7 @@ def test_stage(args, home: Path, winner: tuple[str, str], cfg: dict,
     return {"rows": rows, "seeds": seeds, "confirm_seeds": confirm, "winner_label": label,
             "best_baseline": best,
             "vs_best_baseline": _vs_best(results, best, label, seeds + confirm),
-            "cpu_seconds": _cpu(results), "phase_cpu_seconds": phase_totals(
-                [r.get("phase_cpu_seconds") for r in results])}
+            "cpu_seconds": _cpu(results), "phase_cpu_seconds": _phases(results)}
 
 
 def baseline_names(args) -> list[str]:
@@ -454,18 +451,11 @@ def _cpu(results: list[dict]) -> float:
     return float(sum(r.get("cpu_seconds", 0.0) for r in results))
 
 
-def phase_totals(splits: list[dict | None]) -> dict[str, float] | None:
-    """Summed CPU-s per trainer phase over runs' ``phase_cpu_seconds`` (or archived
-    evaluations' ``metrics["cpu_seconds"]``); None when any run has none (cached before
-    the trainer recorded it, a VERL run, a failed one): a partial sum would misstate
-    the shares."""
-    if not splits or not all(splits):
-        return None
-    out: dict[str, float] = {}
-    for d in splits:
-        for k, v in d.items():
-            out[k] = out.get(k, 0.0) + float(v)
-    return out
+def _phases(results: list[dict]) -> dict[str, float] | None:
+    """The runs' CPU summed by trainer phase (None unless every run has its split)."""
+    from trainers.local.trainer import phase_totals  # torch: only once runs exist
+
+    return phase_totals([r.get("phase_cpu_seconds") for r in results])
 
 
 def best_so_far_curve(cands) -> list[float]:

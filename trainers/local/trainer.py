@@ -48,6 +48,32 @@ CURVE_KEYS = ("overall", "acc@1", "valid", "length")
 # final evaluations (the profile's too), and setup (copying the model, the optimizer).
 PHASES = ("sampling", "reference_forward", "policy_forward", "backward_optimizer",
           "step_other", "curve_eval", "final_eval", "setup")
+# How reports group them (every phase once).
+PHASE_GROUPS = (("sampling", ("sampling",)),
+                ("forwards (reference + policy)", ("reference_forward", "policy_forward")),
+                ("backward + optimizer", ("backward_optimizer",)),
+                ("evaluation", ("curve_eval", "final_eval")),
+                ("the rest (grading, hooks, setup)", ("step_other", "setup")))
+
+
+def phase_totals(splits: list[dict | None]) -> dict[str, float] | None:
+    """Summed CPU-s per phase over runs' ``phase_cpu_seconds`` (or archived evaluations'
+    ``metrics["cpu_seconds"]``); None when any run has none (cached before the trainer
+    recorded it, a VERL run, a failed one): a partial sum would misstate the shares."""
+    if not splits or not all(splits):
+        return None
+    out: dict[str, float] = {}
+    for d in splits:
+        for k, v in d.items():
+            out[k] = out.get(k, 0.0) + float(v)
+    return out
+
+
+def phase_shares(split: dict[str, float]) -> str:
+    """``split`` as shares of its total, in PHASE_GROUPS: "sampling 30%, forwards ..."."""
+    total = sum(split.values()) or 1.0
+    return ", ".join(f"{name} {sum(split.get(k, 0.0) for k in keys) / total:.0%}"
+                     for name, keys in PHASE_GROUPS)
 
 
 @dataclass(frozen=True)
