@@ -17,9 +17,10 @@ from agents.analyst import mean_final
 def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
                   wall: float, stopped: str | None = None) -> dict:
     cands = archive.candidates(run_id)
+    evals = {c.id: archive.evaluations(c.id) for c in cands}
     rows = [{"id": c.id, "name": c.name, "parents": archive.parents(c.id),
              "status": c.status, "fitness": c.fitness,
-             **val_means(archive.evaluations(c.id)), "generation": c.generation,
+             **val_means(evals[c.id]), "generation": c.generation,
              "error": c.error}
             for c in cands]
     board = archive.leaderboard(run_id)
@@ -39,7 +40,7 @@ def write_summary(archive, app, config, run_id: int, directive: str, home: Path,
     # the training jobs' CPU by trainer phase, summed over every archived seed (None
     # unless each has its split: a VERL run, an archive from before the split)
     by_phase = phase_totals([(e.metrics or {}).get("cpu_seconds") for c in cands
-                             for e in archive.evaluations(c.id)])
+                             for e in evals[c.id]])
     summary = {"run_id": run_id, "directive": directive, "candidates": rows,
                "best": ({"id": board[0].candidate_id, "name": board[0].name,
                          "fitness": board[0].fitness} if board else None),

@@ -62,7 +62,7 @@ from trainers.local.engine import ENGINES, select  # noqa: E402
 from trainers.local.evaluate import testbed_profile  # noqa: E402
 from trainers.local.jobs import Job, run_jobs  # noqa: E402
 from trainers.local.model import left_pad  # noqa: E402
-from trainers.local.trainer import PHASES, TrainConfig  # noqa: E402
+from trainers.local.trainer import PHASES, TrainConfig, phase_totals  # noqa: E402
 from trainers.local.warmstart import (WarmStartConfig, checkpoint_path, default_home,  # noqa: E402
                                       load_or_build)
 
@@ -336,10 +336,8 @@ def trl_main(console, args, label: str, source: str, home: Path, cfg: TrainConfi
 def mean_phases(results: list[dict]) -> dict[str, float] | None:
     """Mean CPU-s per phase over the runs (trainer.PHASES); None when a run has no split
     (a result cached before the trainer recorded one)."""
-    splits = [r.get("phase_cpu_seconds") for r in results]
-    if not splits or not all(splits):
-        return None
-    return {k: fmean([s[k] for s in splits]) for k in PHASES}
+    total = phase_totals([r.get("phase_cpu_seconds") for r in results])
+    return None if total is None else {k: total[k] / len(results) for k in PHASES}
 
 
 def print_phases(console: Console, report: dict) -> None:
