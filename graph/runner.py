@@ -424,6 +424,7 @@ def _run(request: RunRequest, console: Console, tracer, on_start) -> dict:
                   f"budget: {ctx.candidates} candidates x {ctx.seeds} seed(s)"
                   f"{_caps_line(ctx)}; home: {home}")
     console.print(f"device: {describe_device(ctx.device, ctx.warm_config, ctx.preset)}")
+    _engine_line(ctx, console)
     if ctx.loggers:  # the node graph.graph.archive logs to the same trackers
         from trainers.tracking import run_trackers
         trackers = run_trackers(home, run_id, ctx.loggers, ctx.tracking_uri, config={
@@ -466,6 +467,23 @@ def _run(request: RunRequest, console: Console, tracer, on_start) -> dict:
     except Exception as e:  # noqa: BLE001 - said as a warning, the run's results stand
         console.print(f"[yellow]warning: report not written: {e}[/yellow]")
     return summary
+
+
+def _engine_line(ctx: Context, console: Console) -> None:
+    """Local CPU jobs on the compiled engine: build its decode step now (once per
+    machine, ~25 s; trusted code, before any candidate) and say so."""
+    if ctx.executor != "process" or ctx.device != "cpu":
+        return
+    from trainers.executors import prebuild_compiled
+
+    payload = {"train_config": dict(ctx.train_overrides), "home": ctx.home,
+               **({"warm_config": ctx.warm_config} if ctx.warm_config else {})}
+    with console.status("compiled engine: its decode step (built once per machine)..."):
+        ready = prebuild_compiled([payload])
+    for why in ready.values():
+        console.print("engine: compiled (decode step compiled ahead of time)" if why is None
+                      else f"[yellow]engine: compiled, but its decode step is not available "
+                           f"({why}): the jobs decode eagerly[/yellow]")
 
 
 def _agents_line(ctx: Context) -> str:

@@ -1,6 +1,7 @@
 """The compare and bench commands end to end on a tiny configuration."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -110,9 +111,11 @@ def test_failed_candidate_is_reported_not_fatal(tiny_warm, tiny_train_config, tm
     assert "compute_advantages: raised RuntimeError: boom" in rows[1]["failures"][0]["error"]
 
 
-def test_bench_engines_trains_both_engines_side_by_side_and_resumes(tiny_warm,
-                                                                    tiny_train_config,
-                                                                    tmp_path, capsys):
+def test_bench_engines_trains_every_engine_side_by_side_and_resumes(tiny_warm,
+                                                                     tiny_train_config,
+                                                                     tmp_path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # five engine columns: no wrapped headers
     warm, home, _ = tiny_warm
     out = tmp_path / "eng"
     argv = ["--out", str(out), "--home", str(home), "--engines", "--paired-seeds", "2",
@@ -121,31 +124,41 @@ def test_bench_engines_trains_both_engines_side_by_side_and_resumes(tiny_warm,
     saved = json.loads((out / "bench.json").read_text())
     assert saved == json.loads(json.dumps(report))
     eng = saved["engines"]
-    assert set(eng) == {"reference", "fast"}
+    assert list(eng) == ["reference", "fast", "compiled"]
     for e in eng.values():
         assert [r["seed"] for r in e["per_seed"]] == [0, 1]
         assert e["cpu_seconds_per_candidate_seed"] > 0 and e["peak_rss_mb"] > 0
-    assert saved["speedup_cpu_per_candidate_seed"] == pytest.approx(
-        eng["reference"]["cpu_seconds_per_candidate_seed"]
-        / eng["fast"]["cpu_seconds_per_candidate_seed"])
-    same = saved["same_learning"]
-    diffs = [b["overall"] - a["overall"] for a, b in zip(eng["reference"]["per_seed"],
-                                                          eng["fast"]["per_seed"])]
-    assert same["n"] == 2 and same["mean"] == pytest.approx(sum(diffs) / 2)
-    assert same["ci_low"] <= same["mean"] <= same["ci_high"]
+    for e in ("fast", "compiled"):
+        assert saved["speedup_vs_reference"][e] == pytest.approx(
+            eng["reference"]["cpu_seconds_per_candidate_seed"]
+            / eng[e]["cpu_seconds_per_candidate_seed"])
+        same = saved["same_learning"][e]
+        diffs = [b["overall"] - a["overall"] for a, b in zip(eng["reference"]["per_seed"],
+                                                              eng[e]["per_seed"])]
+        assert same["diff"] == f"{e} - reference"
+        assert same["n"] == 2 and same["mean"] == pytest.approx(sum(diffs) / 2)
+        assert same["ci_low"] <= same["mean"] <= same["ci_high"]
+    # the compiled decode step was built (or found) by the parent, and every compiled
+    # job loaded it: none fell back to the eager decode
+    assert saved["compiled_decode"]["error"] is None
+    assert Path(saved["compiled_decode"]["package"]).is_file()
+    runs = sorted((out / "engine-runs").glob("*.json"))
+    compiled_runs = [json.loads(p.read_text()) for p in runs if ".compiled-" in p.name]
+    assert len(compiled_runs) == 2
+    assert all("engine_fallback" not in r for r in compiled_runs)
     for e in eng.values():  # the phase split: every phase, summing to the CPU-s per seed
         assert list(e["phase_cpu_seconds"]) == list(PHASES)
         assert sum(e["phase_cpu_seconds"].values()) == pytest.approx(
             e["cpu_seconds_per_candidate_seed"], rel=1e-9)
         assert all(e["phase_cpu_seconds"][k] > 0 for k in PHASES if k != "setup")
     printed = capsys.readouterr().out
-    assert "reference / fast" in printed and "same learning" in printed
+    assert "reference / fast" in printed and "reference / compiled" in printed
+    assert "compiled - reference" in printed and "same learning" in printed
     assert "where the CPU goes" in printed
     for k in PHASES:
         assert k in printed
-    runs = sorted((out / "engine-runs").glob("*.json"))
-    assert len(runs) == 4 and {p.name.split("-seed")[0] for p in runs} == {
-        "grpo.reference", "grpo.fast"}
+    assert len(runs) == 6 and {p.name.split("-seed")[0] for p in runs} == {
+        "grpo.reference", "grpo.fast", "grpo.compiled"}
     stamps = [p.stat().st_mtime_ns for p in runs]
     bench.main(argv, train_config=tiny_train_config, warm_config=warm)  # resumes
     assert [p.stat().st_mtime_ns for p in sorted((out / "engine-runs").glob("*.json"))] == stamps

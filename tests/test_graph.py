@@ -60,6 +60,8 @@ def test_run_archives_every_candidate_with_lineage_and_reflection(tmp_path):
     assert sum(by_phase.values()) == pytest.approx(cpu, rel=1e-9)
     assert (f"training jobs' CPU ({sum(by_phase.values()):,.0f} CPU-s) by phase: "
             f"{phase_shares(by_phase)}") in " ".join(r.stdout.split())
+    # the default engine's decode step, built (or found) before the first job
+    assert "engine: compiled (decode step compiled ahead of time)" in r.stdout
     from evals.objective import objective_from_directive, fitness
     from memory.archive import Archive
     spec = objective_from_directive("accurate and concise")

@@ -63,7 +63,7 @@ def test_bench_trl_reports_both_trainers_side_by_side(tiny_warm, tiny_train_conf
     assert saved == json.loads(json.dumps(report))
     assert saved["mode"] == "trl" and saved["cycles"] == 3 and saved["measured_cycles"] == 2
     assert saved["batch"]["group_size"] == tiny_train_config.group_size
-    for engine in ("reference", "fast"):
+    for engine in ("reference", "fast", "compiled"):
         p = saved["poise"][engine]
         assert p["cpu_seconds_per_cycle"] > 0 and p["peak_rss_mb"] > 0
         assert saved["speedup_vs_trl"][engine] == pytest.approx(
@@ -71,3 +71,4 @@ def test_bench_trl_reports_both_trainers_side_by_side(tiny_warm, tiny_train_conf
     assert saved["trl"]["peak_rss_mb"] > 0 and saved["trl"]["cycles"] == 3
     printed = capsys.readouterr().out
     assert "GRPOTrainer" in printed and "POISE (fast engine)" in printed
+    assert "POISE (compiled engine)" in printed and saved["compiled_decode"]["error"] is None

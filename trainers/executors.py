@@ -105,6 +105,7 @@ class ProcessExecutor:
               on_progress: ProgressFn | None = None,
               on_done: DoneFn | None = None) -> list[JobOutcome]:
         outcomes: list[JobOutcome | None] = [None] * len(payloads)
+        prebuild_compiled(payloads)
 
         def one(i: int) -> None:
             p = payloads[i]
@@ -164,6 +165,24 @@ def build_warm_start(payload: dict) -> bytes:
     return checkpoint_path(warm, home).read_bytes()
 
 
+def prebuild_compiled(payloads: list[dict]) -> dict[str, str | None]:
+    """Build (once per machine) and load here, in the trusted parent, the compiled
+    engine's decode step for every CPU payload that trains with it, so that no job's
+    clock pays for the build and a job's sandboxed setup only loads it. Package key ->
+    None, or why it is not available (those jobs decode eagerly and say so)."""
+    from trainers.sandbox.tasks import train_config, warm_start_config
+
+    wanted = {}
+    for p in payloads:
+        if p.get("device", "cpu") == "cpu" and train_config(p).engine == "compiled":
+            model = warm_start_config(p).model
+            wanted.setdefault(repr(model), model)
+    if not wanted:
+        return {}
+    from trainers.local import compiled
+    return {compiled.package_key(m): compiled.prepare(m) for m in wanted.values()}
+
+
 def train_job(payload: dict, timeout_s: float, warm_blob: bytes | None) -> dict:
     """One sandboxed training job, on a Ray worker: the sandbox result and its span."""
     from trainers.local.warmstart import checkpoint_path
@@ -173,6 +192,7 @@ def train_job(payload: dict, timeout_s: float, warm_blob: bytes | None) -> dict:
     ckpt = checkpoint_path(warm_start_config(payload), home)
     if warm_blob is not None and not ckpt.is_file():
         _write_atomic(ckpt, warm_blob)
+    prebuild_compiled([payload])
     began = time.time()
     res = run_in_sandbox("train", {**payload, "home": str(home)}, timeout_s=timeout_s)
     return {"result": res.as_dict(), "span": (began, time.time()),

@@ -22,17 +22,20 @@ thread vs GPU; a GPU's work is not CPU time). Without CUDA, or with ``--device c
 ``bench.json`` has ``"gpu": null`` and ``"gpu_note"`` saying why no speed-up was
 measured: no number is made up. The GPU path has not been run on a GPU here.
 
-Engines: ``--engines`` trains the algorithm with the round-1 engine (``reference``,
-trainers/local/model.py) and the fast one (trainers/local/engine.py) in the same run,
-on the same seeds, as sandboxed jobs, and reports each engine's CPU-s per candidate-seed,
-peak RSS and final Overall, and the speed-up (reference CPU-s / fast CPU-s). With
-``--paired-seeds N`` it is also the same-learning check: seeds 0..N-1 on both engines,
-the paired Overall difference (fast - reference) with its 95% t interval. Its jobs are
-kept under ``DIR/engine-runs`` (a killed check resumes).
+Engines: ``--engines`` trains the algorithm with every engine in the same run, on the same
+seeds, as sandboxed jobs: the round-1 engine (``reference``, trainers/local/model.py), the
+fast one (``fast``, trainers/local/engine.py) and the fast one with its decode step
+compiled ahead of time (``compiled``, trainers/local/compiled.py; built here, in the
+trusted parent, before any job, so no measured job pays for it). It reports each engine's
+CPU-s per candidate-seed by phase, peak RSS and final Overall, and the speed-ups
+(reference CPU-s / each engine's). With ``--paired-seeds N`` it is also the same-learning
+check: seeds 0..N-1 on every engine, each engine's paired Overall difference from the
+reference with its 95% t interval. Its jobs are kept under ``DIR/engine-runs`` (a killed
+check resumes).
 
 TRL: ``--trl`` (the optional ``trl`` extra) trains GRPO on the same model, batch and
 optimizer with TRL's ``GRPOTrainer`` (trainers/local/trl_anchor.py, in a child process)
-and with POISE (both engines, sandboxed jobs), one after the other, and reports the CPU-s
+and with POISE (every engine, sandboxed jobs), one after the other, and reports the CPU-s
 per GRPO cycle (one generation + its minibatch updates; the first cycle is a warm-up) of
 each, their ratios, and each process's peak RSS.
 """
@@ -58,7 +61,7 @@ from evals.tasks import BOS, PromptStream, encode  # noqa: E402
 from trainers.source import CandidateError, resolve_algorithm  # noqa: E402
 from trainers.local.device import (DeviceError, cuda_available, is_cuda,  # noqa: E402
                                    resolve_device, setup_cuda)
-from trainers.local.engine import ENGINES, select  # noqa: E402
+from trainers.local.engines import ENGINES, select  # noqa: E402
 from trainers.local.evaluate import testbed_profile  # noqa: E402
 from trainers.local.jobs import Job, run_jobs  # noqa: E402
 from trainers.local.model import left_pad  # noqa: E402
@@ -185,6 +188,7 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
         return engines_main(console, args, label, source, home, cfg, warm)
     if args.trl:
         return trl_main(console, args, label, source, home, cfg, warm)
+    compiled_note = prebuild(console, warm, home) if cfg.engine == "compiled" else None
     with console.status("warm-start profile..."):
         profile = testbed_profile(model)
     tok_s, train_tok_s = throughput(model, cfg)
@@ -204,6 +208,8 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
         "warm_start_cpu_seconds": warm_cpu,
         "model_params": model.num_params(),
         "final_overall": result["final"]["overall"],
+        "engine": cfg.engine,
+        "compiled_decode": compiled_note,
     }
     if is_cuda(device):
         report["gpu"] = gpu_side(console, label, source, args.seed, home, cfg, warm, device,
@@ -221,10 +227,11 @@ def main(argv=None, *, train_config: TrainConfig | None = None,
 
 def engines_main(console, args, label: str, source: str, home: Path, cfg: TrainConfig,
                  warm: WarmStartConfig) -> dict:
-    """Both engines on seeds 0..N-1 in one run; the table, and ``DIR/bench.json``."""
+    """Every engine on seeds 0..N-1 in one run; the table, and ``DIR/bench.json``."""
     from evals.stats import paired_diff_ci
 
     seeds = list(range(args.paired_seeds))
+    compiled_note = prebuild(console, warm, home)
     jobs = [Job(f"{label}.{engine}", source, seed, str(home),
                 replace(cfg, engine=engine).as_dict(),
                 asdict(warm)) for engine in ENGINES for seed in seeds]
@@ -249,21 +256,28 @@ def engines_main(console, args, label: str, source: str, home: Path, cfg: TrainC
             "per_seed": [{"seed": r["seed"], "cpu_seconds": r["cpu_seconds"],
                           "overall": r["final"]["overall"]} for r in rs],
         }
-    ref, fast = per_engine["reference"], per_engine["fast"]
+    ref = per_engine["reference"]
+    others = [e for e in ENGINES if e != "reference"]
     report = {
         "algorithm": label, "steps": cfg.steps, "seeds": seeds, "workers": args.workers,
         "engines": per_engine,
-        "speedup_cpu_per_candidate_seed": ref["cpu_seconds_per_candidate_seed"]
-        / fast["cpu_seconds_per_candidate_seed"],
-        "speedup_train_cpu": ref["train_cpu_seconds"] / fast["train_cpu_seconds"],
+        "compiled_decode": compiled_note,
+        # reference CPU-s / each engine's, per candidate-seed and for training alone
+        "speedup_vs_reference": {e: ref["cpu_seconds_per_candidate_seed"]
+                                 / per_engine[e]["cpu_seconds_per_candidate_seed"]
+                                 for e in others},
+        "train_speedup_vs_reference": {e: ref["train_cpu_seconds"]
+                                       / per_engine[e]["train_cpu_seconds"] for e in others},
     }
-    if len(seeds) >= 2:
-        ci = paired_diff_ci([r["overall"] for r in ref["per_seed"]],
-                            [r["overall"] for r in fast["per_seed"]])
-        report["same_learning"] = {"metric": "final overall (val)", "diff": "fast - reference",
-                                   "mean": ci.mean, "ci_low": ci.ci_low, "ci_high": ci.ci_high,
-                                   "n": ci.n, "sd": ci.sd, "level": ci.level,
-                                   "zero_in_ci": not ci.excludes_zero}
+    if len(seeds) >= 2:  # each engine's final Overall minus the reference's, paired by seed
+        report["same_learning"] = {}
+        for e in others:
+            ci = paired_diff_ci([r["overall"] for r in ref["per_seed"]],
+                                [r["overall"] for r in per_engine[e]["per_seed"]])
+            report["same_learning"][e] = {
+                "metric": "final overall (val)", "diff": f"{e} - reference",
+                "mean": ci.mean, "ci_low": ci.ci_low, "ci_high": ci.ci_high, "n": ci.n,
+                "sd": ci.sd, "level": ci.level, "zero_in_ci": not ci.excludes_zero}
     print_engines(console, report)
     _write(console, args.out, report)
     return report
@@ -282,6 +296,7 @@ def trl_main(console, args, label: str, source: str, home: Path, cfg: TrainConfi
     short = replace(cfg, steps=k, eval_every=k, curve_eval=tiny, final_eval=tiny,
                     cpu_budget=None)
     poise = {}
+    compiled_note = prebuild(console, warm, home)
     for engine in ENGINES:
         r = _job(console, f"{label}.{engine}", source, args.seed, home,
                  replace(short, engine=engine), warm, "cpu")
@@ -314,7 +329,7 @@ def trl_main(console, args, label: str, source: str, home: Path, cfg: TrainConfi
         "batch": {"prompts": cfg.prompts_per_step, "group_size": cfg.group_size,
                   "max_response": cfg.max_response, "minibatch_updates": cfg.minibatches,
                   "lr": cfg.lr},
-        "poise": poise, "trl": trl,
+        "poise": poise, "trl": trl, "compiled_decode": compiled_note,
         "speedup_vs_trl": {e: trl["cpu_seconds_per_cycle"] / v["cpu_seconds_per_cycle"]
                            for e, v in poise.items()},
     }
@@ -343,19 +358,45 @@ def mean_phases(results: list[dict]) -> dict[str, float] | None:
 def print_phases(console: Console, report: dict) -> None:
     """Where a candidate-seed's CPU goes, per engine, with each phase's share."""
     eng = report["engines"]
-    if not all(eng[e].get("phase_cpu_seconds") for e in ENGINES):
+    names = list(eng)
+    if not all(eng[e].get("phase_cpu_seconds") for e in names):
         return
+    others = [e for e in names if e != "reference"]
     t = Table(title="where the CPU goes: mean CPU-s per candidate-seed by phase (share)")
     t.add_column("phase")
-    for e in ENGINES:
+    for e in names:
         t.add_column(e, justify="right")
-    t.add_column("reference / fast", justify="right")
-    tot = {e: sum(eng[e]["phase_cpu_seconds"].values()) for e in ENGINES}
+    for e in others:
+        t.add_column(f"reference / {e}", justify="right")
+    tot = {e: sum(eng[e]["phase_cpu_seconds"].values()) for e in names}
     for k in PHASES:
-        a, b = (eng[e]["phase_cpu_seconds"][k] for e in ENGINES)
-        t.add_row(k, f"{a:,.1f} ({a / tot['reference']:.0%})",
-                  f"{b:,.1f} ({b / tot['fast']:.0%})", f"x{a / b:.2f}" if b > 0 else "-")
+        v = {e: eng[e]["phase_cpu_seconds"][k] for e in names}
+        t.add_row(k, *(f"{v[e]:,.1f} ({v[e] / tot[e]:.0%})" for e in names),
+                  *(f"x{v['reference'] / v[e]:.2f}" if v[e] > 0 else "-" for e in others))
     console.print(t)
+
+
+def prebuild(console: Console, warm: WarmStartConfig, home: Path) -> dict:
+    """Build (once per machine) and check the compiled engine's decode step here, in
+    the trusted parent, so that no measured job pays for the build; what it cost."""
+    from trainers.local import compiled
+
+    path = compiled.package_path(warm.model)
+    built = not path.is_file()
+    t0, w0 = time.process_time(), time.time()
+    with console.status("compiled engine: building its decode step (once per machine)..."
+                        if built else "compiled engine: loading its decode step..."):
+        error = compiled.prepare(warm.model)
+    note = {"package": str(path), "built_now": built and error is None,
+            "build_cpu_seconds_parent": time.process_time() - t0 if built else None,
+            "build_wall_seconds": time.time() - w0 if built else None, "error": error}
+    if error:
+        console.print(f"[yellow]compiled engine: no compiled decode step ({error}); its "
+                      "jobs decode eagerly[/yellow]")
+    elif built:
+        console.print(f"compiled engine: decode step built in {note['build_wall_seconds']:.0f}"
+                      f" s of wall ({path.name})")
+    return note
 
 
 def _write(console: Console, out: Path, report: dict) -> None:
@@ -365,35 +406,46 @@ def _write(console: Console, out: Path, report: dict) -> None:
 
 
 def print_engines(console: Console, report: dict) -> None:
-    t = Table(title=f"{report['algorithm']}: reference vs fast engine, {report['steps']} steps, "
-                    f"seeds {report['seeds'][0]}..{report['seeds'][-1]} (CPU: one thread per job)")
-    t.add_column("metric")
-    for e in ENGINES:
-        t.add_column(e, justify="right")
-    t.add_column("reference / fast", justify="right")
     eng = report["engines"]
+    names = list(eng)
+    others = [e for e in names if e != "reference"]
+    t = Table(title=f"{report['algorithm']}: {', '.join(names)} engines, {report['steps']} "
+                    f"steps, seeds {report['seeds'][0]}..{report['seeds'][-1]} (CPU: one "
+                    "thread per job)")
+    t.add_column("metric")
+    for e in names:
+        t.add_column(e, justify="right")
+    for e in others:
+        t.add_column(f"reference / {e}", justify="right")
     for k in ("cpu_seconds_per_candidate_seed", "train_cpu_seconds", "eval_cpu_seconds",
               "wall_seconds_per_candidate_seed", "peak_rss_mb", "final_overall"):
-        a, b = eng["reference"][k], eng["fast"][k]
-        t.add_row(k, f"{a:,.1f}", f"{b:,.1f}", f"x{a / b:.2f}" if "seconds" in k else "")
+        a = eng["reference"][k]
+        t.add_row(k, *(f"{eng[e][k]:,.1f}" for e in names),
+                  *(f"x{a / eng[e][k]:.2f}" if "seconds" in k else "" for e in others))
     console.print(t)
     print_phases(console, report)
-    if "same_learning" in report:
-        s = report["same_learning"]
-        st = Table(title="same learning: final Overall per seed (val)")
-        st.add_column("seed")
-        for e in ENGINES:
-            st.add_column(e, justify="right")
-        st.add_column("fast - reference", justify="right")
-        for a, b in zip(eng["reference"]["per_seed"], eng["fast"]["per_seed"]):
-            st.add_row(str(a["seed"]), f"{a['overall']:.2f}", f"{b['overall']:.2f}",
-                       f"{b['overall'] - a['overall']:+.2f}")
-        st.add_row("mean [95% CI]", f"{eng['reference']['final_overall']:.2f}",
-                   f"{eng['fast']['final_overall']:.2f}",
-                   f"{s['mean']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}]")
-        console.print(st)
-        console.print("the CI holds 0: no detectable difference in learning" if s["zero_in_ci"]
-                      else "[yellow]the CI excludes 0: the engines learn differently[/yellow]")
+    if "same_learning" not in report:
+        return
+    st = Table(title="same learning: final Overall per seed (val)")
+    st.add_column("seed")
+    for e in names:
+        st.add_column(e, justify="right")
+    for e in others:
+        st.add_column(f"{e} - reference", justify="right")
+    per = {e: eng[e]["per_seed"] for e in names}
+    for i, a in enumerate(per["reference"]):
+        st.add_row(str(a["seed"]), *(f"{per[e][i]['overall']:.2f}" for e in names),
+                   *(f"{per[e][i]['overall'] - a['overall']:+.2f}" for e in others))
+    sl = report["same_learning"]
+    st.add_row("mean [95% CI]", *(f"{eng[e]['final_overall']:.2f}" for e in names),
+               *(f"{sl[e]['mean']:+.2f} [{sl[e]['ci_low']:+.2f}, {sl[e]['ci_high']:+.2f}]"
+                 for e in others))
+    console.print(st)
+    for e in others:
+        console.print(f"{e}: the CI holds 0, no detectable difference in learning"
+                      if sl[e]["zero_in_ci"] else
+                      f"[yellow]{e}: the CI excludes 0, it learns differently from the "
+                      "reference engine[/yellow]")
 
 
 def _job(console, label: str, source: str, seed: int, home: Path, cfg: TrainConfig,

@@ -27,29 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from evals.tasks import EOS, PAD
-from trainers.local import model as reference
 from trainers.local.model import Generation, TinyGPT, positions_for
 
 COMPACT_BELOW = 0.75     # compact the decode batch when fewer than this share are alive
 BUCKET_OVERHEAD = 96     # a bucket's fixed cost, in padded tokens (per-op overhead)
 MAX_BUCKETS = 6
-ENGINES = ("reference", "fast")
-
-
-def select(name: str):
-    """(generate, response_logprobs) of engine ``name``, both taking ``group_size`` (the
-    reference engine ignores it: it recomputes every row's prompt)."""
-    if name == "fast":
-        return generate, response_logprobs
-    if name != "reference":
-        raise ValueError(f"unknown engine {name!r} (one of {', '.join(ENGINES)})")
-
-    def ref_generate(*args, group_size: int = 1, **kwargs):
-        return reference.generate(*args, **kwargs)
-
-    def ref_logprobs(*args, group_size: int = 1, **kwargs):
-        return reference.response_logprobs(*args, **kwargs)
-    return ref_generate, ref_logprobs
 
 
 def unique_prompts(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int

@@ -20,7 +20,7 @@ from evals.metrics import OverallSpec, mean_pass_at_k
 from evals.tasks import (ANATOMY_PARTS, BOS, HARD_FAMILY, OVERALL_WEIGHTS, PASS_K,
                          TRANSFER_WEIGHTS, Problem, anatomy, decode, encode, families, grade,
                          heldout_set, oracle_length)
-from trainers.local import engine as engines
+from trainers.local import engines
 from trainers.local.model import TinyGPT, left_pad
 
 OVERALL = OverallSpec(OVERALL_WEIGHTS)
@@ -83,8 +83,8 @@ def evaluate(model: TinyGPT, cfg: EvalConfig = EvalConfig(), engine: str = "fast
              which: str = "search") -> dict[str, float]:
     """Flat metrics dict: ``<family>/acc@1``, ``<family>/valid``, ``<family>/length``,
     ``<hard>/pass@k``, ``<hard>/t1_length``, ``<hard>/t1_valid``, and the aggregates
-    ``overall``, ``acc@1``, ``valid``, ``length`` (means over families). ``engine``: fast
-    (trainers/local/engine.py) or reference (trainers/local/model.py); ``which``: the
+    ``overall``, ``acc@1``, ``valid``, ``length`` (means over families). ``engine``: one of
+    trainers/local/engines.py (compiled, fast, reference); ``which``: the
     search families or the transfer ones (``<family>/pass@1`` and ``pass@16`` at T=1 for
     each, Overall over greedy and T=1 accuracy: evals.tasks.TRANSFER_WEIGHTS)."""
     was_training = model.training

@@ -19,10 +19,13 @@ on another device is a contract failure naming the hook. On CPU the reference en
 computes what it always did (tests/test_golden_run.py); the CUDA path has not been run
 on a GPU here.
 
-``cfg.engine`` picks how sampling and the trained forwards are computed: ``fast``
-(trainers/local/engine.py, the default) or ``reference`` (the round-1 code in
-trainers/local/model.py). Both compute the same functions of the same weights
-(tests/test_engine.py); the fast one samples in another order, so a seed's samples differ.
+``cfg.engine`` picks how sampling and the trained forwards are computed
+(trainers/local/engines.py): ``compiled`` (the default: the fast engine with its decode
+step compiled ahead of time, trainers/local/compiled.py), ``fast``
+(trainers/local/engine.py) or ``reference`` (the round-1 code in trainers/local/model.py).
+All compute the same functions of the same weights (tests/test_engine.py,
+tests/test_compiled.py); the fast ones sample in another order than the reference, so a
+seed's samples differ from its; the compiled one draws what the fast one draws.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ import torch
 from evals.metrics import auc
 from evals.tasks import BOS, PromptStream, decode, encode, grade
 from trainers.algorithm import Algorithm, CandidateError, Rollouts
-from trainers.local import engine as engines
+from trainers.local import engines
 from trainers.local.evaluate import EvalConfig, checks_ablation, evaluate, testbed_profile
 from trainers.local.model import TinyGPT, left_pad
 
@@ -90,9 +93,10 @@ class TrainConfig:
         size=96, pass_problems=24, n_samples=16))
     final_eval: EvalConfig = field(default_factory=EvalConfig)
     cpu_budget: float | None = None  # stop training once this many CPU-seconds are spent
-    # "fast" (trainers/local/engine.py) or "reference" (the round-1 engine in
-    # trainers/local/model.py, kept for the paired same-learning check in bench).
-    engine: str = "fast"
+    # "compiled" (trainers/local/compiled.py: the fast engine with its decode step
+    # compiled ahead of time), "fast" (trainers/local/engine.py, eager) or "reference"
+    # (the round-1 engine in trainers/local/model.py, kept for the paired checks in bench).
+    engine: str = "compiled"
     # The task families trained and evaluated (evals.tasks.FAMILY_SETS): "search", or
     # "transfer" for a campaign's transfer stage (families the search never saw).
     families: str = "search"
@@ -137,11 +141,15 @@ class TrainResult:
     profile: dict | None = None          # TrainConfig.profile_after: per-family profile
     # where the CPU went (process CPU-s per phase, PHASES order; they sum to cpu_seconds)
     phase_cpu_seconds: dict[str, float] = field(default_factory=dict)
+    # engine "compiled" only: why its compiled decode step was not available (the fast
+    # engine's eager decode ran instead); None when it ran
+    engine_fallback: str | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        if d["profile"] is None:
-            del d["profile"]
+        for key in ("profile", "engine_fallback"):
+            if d[key] is None:
+                del d[key]
         return d
 
 
@@ -190,6 +198,7 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
     gen_fn, logp_fn = engines.select(cfg.engine)
     device = torch.device(device) if device is not None else next(start.parameters()).device
     start = start.to(device)
+    fallback = engines.compiled_fallback(start) if cfg.engine == "compiled" else None
     policy = copy.deepcopy(start).train()
     ref = start.eval()
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
@@ -300,4 +309,4 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
         algorithm=algo.name, seed=seed, steps_done=step + 1, curve=curve, evals=evals,
         final=final, auc={k: auc([e[k] for e in evals]) for k in CURVE_KEYS},
         cpu_seconds=clock[0] - t_start, train_cpu_seconds=train_cpu,
-        profile=profile, phase_cpu_seconds=phases)
+        profile=profile, phase_cpu_seconds=phases, engine_fallback=fallback)

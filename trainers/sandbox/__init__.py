@@ -153,7 +153,9 @@ def _child_env(scratch: Path, token: str) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "HOME": str(scratch),
             "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
             "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
-            "PYTHONDONTWRITEBYTECODE": "1", MARKER: token}
+            "PYTHONDONTWRITEBYTECODE": "1", MARKER: token,
+            # where the compiled engine's libraries are (trainers/local/compiled.py)
+            **{k: os.environ[k] for k in ("POISE_COMPILED_DIR",) if k in os.environ}}
 
 
 def _wait(pid: int, deadline: float, progress_path: Path,

@@ -239,6 +239,11 @@ def _train_configs(payload: dict, smoke: bool):
     return train_config_from_dict(tc), warm_config_from_dict(warm)
 
 
+def train_config(payload: dict, smoke: bool = False):
+    """The TrainConfig a ``train`` (or ``smoke_train``) payload trains with."""
+    return _train_configs(payload, smoke)[0]
+
+
 def warm_start_config(payload: dict, smoke: bool = False):
     """The WarmStartConfig a ``train`` (or ``smoke_train``) payload trains from."""
     return _train_configs(payload, smoke)[1]
@@ -260,6 +265,9 @@ def _setup_train(payload: dict, smoke: bool = False):
     device = resolve_device(payload.get("device") or "cpu")
     start = load_or_build(warm, Path(payload["home"]), device=device)
     warm_up(start, device)  # CUDA: before the guard (a no-op on CPU)
+    if cfg.engine == "compiled" and torch.device(device).type == "cpu":
+        from trainers.local import compiled
+        compiled.prepare(warm.model, build_missing=False)  # the parent built it
     return train, start, cfg, device
 
 
