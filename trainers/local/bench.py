@@ -362,18 +362,23 @@ def print_phases(console: Console, report: dict) -> None:
     if not all(eng[e].get("phase_cpu_seconds") for e in names):
         return
     others = [e for e in names if e != "reference"]
-    t = Table(title="where the CPU goes: mean CPU-s per candidate-seed by phase (share)")
-    t.add_column("phase")
-    for e in names:
-        t.add_column(e, justify="right")
-    for e in others:
-        t.add_column(f"reference / {e}", justify="right")
+    t = _engine_table("where the CPU goes: mean CPU-s per candidate-seed by phase (share)",
+                      "phase", names, [f"reference / {e}" for e in others])
     tot = {e: sum(eng[e]["phase_cpu_seconds"].values()) for e in names}
     for k in PHASES:
         v = {e: eng[e]["phase_cpu_seconds"][k] for e in names}
         t.add_row(k, *(f"{v[e]:,.1f} ({v[e] / tot[e]:.0%})" for e in names),
                   *(f"x{v['reference'] / v[e]:.2f}" if v[e] > 0 else "-" for e in others))
     console.print(t)
+
+
+def _engine_table(title: str, first: str, names: list[str], extra: list[str]) -> Table:
+    """A table with a label column, one column per engine, then the comparison columns."""
+    t = Table(title=title)
+    t.add_column(first)
+    for col in [*names, *extra]:
+        t.add_column(col, justify="right")
+    return t
 
 
 def prebuild(console: Console, warm: WarmStartConfig, home: Path) -> dict:
@@ -409,14 +414,9 @@ def print_engines(console: Console, report: dict) -> None:
     eng = report["engines"]
     names = list(eng)
     others = [e for e in names if e != "reference"]
-    t = Table(title=f"{report['algorithm']}: {', '.join(names)} engines, {report['steps']} "
-                    f"steps, seeds {report['seeds'][0]}..{report['seeds'][-1]} (CPU: one "
-                    "thread per job)")
-    t.add_column("metric")
-    for e in names:
-        t.add_column(e, justify="right")
-    for e in others:
-        t.add_column(f"reference / {e}", justify="right")
+    t = _engine_table(f"{report['algorithm']}: {', '.join(names)} engines, {report['steps']} "
+                      f"steps, seeds {report['seeds'][0]}..{report['seeds'][-1]} (CPU: one "
+                      "thread per job)", "metric", names, [f"reference / {e}" for e in others])
     for k in ("cpu_seconds_per_candidate_seed", "train_cpu_seconds", "eval_cpu_seconds",
               "wall_seconds_per_candidate_seed", "peak_rss_mb", "final_overall"):
         a = eng["reference"][k]
@@ -426,12 +426,8 @@ def print_engines(console: Console, report: dict) -> None:
     print_phases(console, report)
     if "same_learning" not in report:
         return
-    st = Table(title="same learning: final Overall per seed (val)")
-    st.add_column("seed")
-    for e in names:
-        st.add_column(e, justify="right")
-    for e in others:
-        st.add_column(f"{e} - reference", justify="right")
+    st = _engine_table("same learning: final Overall per seed (val)", "seed", names,
+                       [f"{e} - reference" for e in others])
     per = {e: eng[e]["per_seed"] for e in names}
     for i, a in enumerate(per["reference"]):
         st.add_row(str(a["seed"]), *(f"{per[e][i]['overall']:.2f}" for e in names),

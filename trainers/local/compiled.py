@@ -257,24 +257,13 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
     rows = torch.arange(n)
     greedy = torch.tensor(temperature == 0)
     inv_temp = torch.tensor(1.0 / (temperature or 1.0))
-    outs = (torch.full((n, max_new), PAD, dtype=torch.long),
-            *(torch.zeros(n, max_new) for _ in range(3)))
-    segment: list[tuple[Tensor, ...]] = []
-    done = 0
-
-    def flush():
-        nonlocal segment, done
-        if segment:
-            for dst, col in zip(outs, zip(*segment)):
-                dst[rows, done:done + len(segment)] = torch.stack(col, 1)
-        done += len(segment)
-        segment = []
+    outs = fast.Outputs(n, max_new, prompt_ids.device)
 
     # the first token from the prefill's logits, exactly as the fast engine draws it
     logprobs = torch.log_softmax((h_last @ model.tok.weight.T)[index].float() * inv_temp, -1)
     probs = logprobs.exp()
     tok = logprobs.argmax(-1) if temperature == 0 else fast._sample(probs, generator)
-    segment.append((tok, torch.ones(n), logprobs.gather(-1, tok[:, None]).squeeze(-1),
+    outs.append((tok, torch.ones(n), logprobs.gather(-1, tok[:, None]).squeeze(-1),
                     -(probs * logprobs).sum(-1)))
     alive = tok != EOS
     for step in range(1, max_new):
@@ -282,7 +271,7 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
         if live == 0:
             break
         if live < fast.COMPACT_BELOW * alive.shape[0] and live >= MIN_ROWS:
-            flush()
+            outs.flush(rows)
             keep = alive.nonzero().squeeze(-1)
             rows, tok, pos, key_bias, alive = (rows[keep], tok[keep], pos[keep],
                                                key_bias[keep], alive[keep])
@@ -293,7 +282,5 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
         tok, af, lp, ent, alive, pos = runner.run(
             [*weights, tok, alive, pos, key_bias, torch.empty(p + step - 1), u, greedy,
              inv_temp, *(c.kt for c in caches), *(c.v for c in caches)])
-        segment.append((tok, af, lp, ent))
-    flush()
-    tokens, masks, logps, ents = (o[:, :done] for o in outs)
-    return Generation(tokens, masks, logps, ents, (tokens == EOS).any(-1))
+        outs.append((tok, af, lp, ent))
+    return outs.generation(rows)

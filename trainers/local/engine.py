@@ -104,20 +104,7 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
     next_pos = prompt_mask.long().sum(-1)
     rows = torch.arange(n, device=dev)          # original row of each live row
     alive = torch.ones(n, dtype=torch.bool, device=dev)
-    # tokens, mask, logp, entropy: (N, max_new), written once per segment of steps
-    outs = (torch.full((n, max_new), PAD, dtype=torch.long, device=dev),
-            *(torch.zeros(n, max_new, device=dev) for _ in range(3)))
-    segment: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # steps since the last flush
-    done = 0                                                    # steps flushed
-
-    def flush():  # the segment's steps for the current rows, one write per field
-        nonlocal segment, done
-        if segment:
-            for dst, col in zip(outs, zip(*segment)):
-                dst[rows, done:done + len(segment)] = torch.stack(col, 1)
-        done += len(segment)
-        segment = []
-
+    outs = Outputs(n, max_new, dev)
     for step in range(max_new):
         logprobs = torch.log_softmax(logits.float() / (temperature or 1.0), -1)
         probs = logprobs.exp()
@@ -126,13 +113,13 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
         ent = -(probs * logprobs).sum(-1) * af
         lp = logprobs.gather(-1, tok[:, None]).squeeze(-1) * af
         tok = torch.where(alive, tok, torch.full_like(tok, PAD))
-        segment.append((tok, af, lp, ent))
+        outs.append((tok, af, lp, ent))
         alive = alive & (tok != EOS)
         live = int(alive.sum())
         if live == 0 or step == max_new - 1:
             break
         if live < COMPACT_BELOW * alive.shape[0]:
-            flush()
+            outs.flush(rows)
             keep = alive.nonzero().squeeze(-1)
             rows, tok, next_pos, key_bias = rows[keep], tok[keep], next_pos[keep], key_bias[keep]
             alive = alive[keep]
@@ -146,9 +133,35 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
             x = _decode_block(block, x, c, bias)
         logits = model.ln_f(x[:, -1]) @ model.tok.weight.T
         next_pos = next_pos + 1
-    flush()
-    tokens, masks, logps, ents = (o[:, :done] for o in outs)
-    return Generation(tokens, masks, logps, ents, (tokens == EOS).any(-1))
+    return outs.generation(rows)
+
+
+class Outputs:
+    """A generation's per-token tokens, mask, log-probs and entropies, (N, max_new): the
+    steps since the last compaction are kept as a segment and written once per field
+    for the rows still in the batch (one indexed write instead of one per step)."""
+
+    def __init__(self, n: int, max_new: int, device):
+        self.fields = (torch.full((n, max_new), PAD, dtype=torch.long, device=device),
+                       *(torch.zeros(n, max_new, device=device) for _ in range(3)))
+        self.segment: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.done = 0  # steps written
+
+    def append(self, step: tuple[Tensor, Tensor, Tensor, Tensor]) -> None:
+        self.segment.append(step)
+
+    def flush(self, rows: Tensor) -> None:
+        """Write the segment for ``rows`` (the original row of each live row)."""
+        if self.segment:
+            for dst, col in zip(self.fields, zip(*self.segment)):
+                dst[rows, self.done:self.done + len(self.segment)] = torch.stack(col, 1)
+        self.done += len(self.segment)
+        self.segment = []
+
+    def generation(self, rows: Tensor) -> Generation:
+        self.flush(rows)
+        tokens, masks, logps, ents = (o[:, :self.done] for o in self.fields)
+        return Generation(tokens, masks, logps, ents, (tokens == EOS).any(-1))
 
 
 def _sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
