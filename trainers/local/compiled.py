@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from evals.tasks import EOS, PAD
+from evals.tasks import EOS
 from trainers.local import engine as fast
 from trainers.local.model import Generation, ModelConfig, TinyGPT
 
@@ -83,13 +83,8 @@ class DecodeStep(torch.nn.Module):
         logits = F.layer_norm(x, (d,), W[-2], W[-1]) @ W[0].T
         logprobs = torch.log_softmax(logits * inv_temp, -1)
         probs = logprobs.exp()
-        cdf = probs.cumsum(-1)
-        drawn = (cdf < u * cdf[:, -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
-        nxt = torch.where(greedy, logprobs.argmax(-1), drawn)
-        af = alive.float()
-        ent = -(probs * logprobs).sum(-1) * af
-        lp = logprobs.gather(-1, nxt[:, None]).squeeze(-1) * af
-        nxt = torch.where(alive, nxt, PAD)
+        nxt = torch.where(greedy, logprobs.argmax(-1), fast.invert_cdf(probs, u))
+        nxt, af, lp, ent = fast.step_outputs(logprobs, probs, nxt, alive)
         return nxt, af, lp, ent, alive & (nxt != EOS), pos + 1
 
 
@@ -119,8 +114,9 @@ _CPU = f"{platform.machine()} {_cpu_flags()}"  # read on import: trusted setup i
 @functools.lru_cache(maxsize=None)
 def package_key(cfg: ModelConfig) -> str:
     """What the library depends on: the graph's code, the model's shapes, torch, the CPU."""
-    blob = "|".join([inspect.getsource(DecodeStep), inspect.getsource(build),
-                     repr(sorted(cfg.as_dict().items())), torch.__version__, _CPU])
+    code = (DecodeStep, build, fast.invert_cdf, fast.step_outputs)  # what it traces
+    blob = "|".join([*map(inspect.getsource, code), repr(sorted(cfg.as_dict().items())),
+                     torch.__version__, _CPU])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -151,7 +147,8 @@ def _example(cfg: ModelConfig) -> tuple:
 
 
 def build(cfg: ModelConfig, path: Path) -> None:
-    """Export and compile the decode step for ``cfg`` into ``path`` (atomic)."""
+    """Export and compile the decode step for ``cfg`` into ``path`` (atomic; ``prepare``
+    makes the directory and holds the lock)."""
     from torch import _inductor  # ~1 s to import: only where a library is built
     rows = torch.export.Dim("rows", min=MIN_ROWS, max=MAX_ROWS)
     cap = torch.export.Dim("capacity", min=4, max=MAX_CAPACITY)
@@ -160,7 +157,6 @@ def build(cfg: ModelConfig, path: Path) -> None:
     shapes = ([None] * (2 + 12 * n + 2), {0: rows}, {0: rows}, {0: rows},
               {0: rows, 2: cap}, {0: slot}, {0: rows}, None, None,
               [{0: rows, 3: cap}] * n, [{0: rows, 2: cap}] * n)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.pt2")
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -248,23 +244,16 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
         return fast.generate(model, prompt_ids, prompt_mask, max_new, temperature,
                              generator, group_size)
     weights = flat_weights(model)
-    uids, umask, index = fast.unique_prompts(prompt_ids, prompt_mask, group_size)
-    h_last, kv = fast._prefill(model, uids, umask)
-    caches = [fast.DecodeCache(k[index], v[index], p + max_new) for k, v in kv]
-    key_bias = torch.zeros(n, 1, p + max_new)
-    key_bias[:, 0, :p].masked_fill_(~prompt_mask, float("-inf"))
-    pos = prompt_mask.long().sum(-1)
+    logits, caches, key_bias, pos = fast.start(model, prompt_ids, prompt_mask, max_new,
+                                               group_size)
     rows = torch.arange(n)
     greedy = torch.tensor(temperature == 0)
     inv_temp = torch.tensor(1.0 / (temperature or 1.0))
     outs = fast.Outputs(n, max_new, prompt_ids.device)
-
     # the first token from the prefill's logits, exactly as the fast engine draws it
-    logprobs = torch.log_softmax((h_last @ model.tok.weight.T)[index].float() * inv_temp, -1)
-    probs = logprobs.exp()
-    tok = logprobs.argmax(-1) if temperature == 0 else fast._sample(probs, generator)
-    outs.append((tok, torch.ones(n), logprobs.gather(-1, tok[:, None]).squeeze(-1),
-                    -(probs * logprobs).sum(-1)))
+    first = fast.draw(logits, temperature, generator, torch.ones(n, dtype=torch.bool))
+    outs.append(first)
+    tok = first[0]
     alive = tok != EOS
     for step in range(1, max_new):
         live = int(alive.sum())

@@ -95,25 +95,15 @@ def generate(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: i
     share a prompt (their prefill is computed once)."""
     n, p = prompt_ids.shape
     dev = prompt_ids.device
-    uids, umask, index = unique_prompts(prompt_ids, prompt_mask, group_size)
-    h_last, kv = _prefill(model, uids, umask)
-    logits = (h_last @ model.tok.weight.T)[index]  # (N, V)
-    caches = [DecodeCache(k[index], v[index], p + max_new) for k, v in kv]
-    key_bias = torch.zeros(n, 1, p + max_new, device=dev)  # additive: -inf on PAD keys
-    key_bias[:, 0, :p].masked_fill_(~prompt_mask, float("-inf"))
-    next_pos = prompt_mask.long().sum(-1)
+    logits, caches, key_bias, next_pos = start(model, prompt_ids, prompt_mask, max_new,
+                                               group_size)
     rows = torch.arange(n, device=dev)          # original row of each live row
     alive = torch.ones(n, dtype=torch.bool, device=dev)
     outs = Outputs(n, max_new, dev)
     for step in range(max_new):
-        logprobs = torch.log_softmax(logits.float() / (temperature or 1.0), -1)
-        probs = logprobs.exp()
-        tok = logprobs.argmax(-1) if temperature == 0 else _sample(probs, generator)
-        af = alive.float()
-        ent = -(probs * logprobs).sum(-1) * af
-        lp = logprobs.gather(-1, tok[:, None]).squeeze(-1) * af
-        tok = torch.where(alive, tok, torch.full_like(tok, PAD))
-        outs.append((tok, af, lp, ent))
+        drawn = draw(logits, temperature, generator, alive)
+        outs.append(drawn)
+        tok = drawn[0]
         alive = alive & (tok != EOS)
         live = int(alive.sum())
         if live == 0 or step == max_new - 1:
@@ -164,10 +154,51 @@ class Outputs:
         return Generation(tokens, masks, logps, ents, (tokens == EOS).any(-1))
 
 
+def start(model: TinyGPT, prompt_ids: Tensor, prompt_mask: Tensor, max_new: int,
+          group_size: int) -> tuple[Tensor, list["DecodeCache"], Tensor, Tensor]:
+    """A decode's starting state: the logits at each row's last prompt slot (N, V), each
+    layer's cache (room for ``max_new`` more tokens), the additive key bias (N, 1,
+    P + max_new; -inf on PAD keys) and each row's next position."""
+    n, p = prompt_ids.shape
+    uids, umask, index = unique_prompts(prompt_ids, prompt_mask, group_size)
+    h_last, kv = _prefill(model, uids, umask)
+    logits = (h_last @ model.tok.weight.T)[index]
+    caches = [DecodeCache(k[index], v[index], p + max_new) for k, v in kv]
+    key_bias = torch.zeros(n, 1, p + max_new, device=prompt_ids.device)
+    key_bias[:, 0, :p].masked_fill_(~prompt_mask, float("-inf"))
+    return logits, caches, key_bias, prompt_mask.long().sum(-1)
+
+
+def draw(logits: Tensor, temperature: float, generator: torch.Generator | None,
+         alive: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One decode step's draw from ``logits`` (N, V): greedy at temperature 0, else one
+    uniform per row from ``generator``; ``step_outputs`` of it."""
+    logprobs = torch.log_softmax(logits.float() / (temperature or 1.0), -1)
+    probs = logprobs.exp()
+    tok = logprobs.argmax(-1) if temperature == 0 else _sample(probs, generator)
+    return step_outputs(logprobs, probs, tok, alive)
+
+
+def step_outputs(logprobs: Tensor, probs: Tensor, tok: Tensor, alive: Tensor
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(token, mask, log-prob, entropy) per row of one step; a finished row gets PAD and
+    zeros. Also traced into the compiled engine's graph (trainers/local/compiled.py)."""
+    af = alive.float()
+    ent = -(probs * logprobs).sum(-1) * af
+    lp = logprobs.gather(-1, tok[:, None]).squeeze(-1) * af
+    return torch.where(alive, tok, PAD), af, lp, ent
+
+
 def _sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     """One categorical draw per row by inverting the CDF with one uniform per row (a
     single small op chain; ``torch.multinomial`` costs ~4x more per call here)."""
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
+    return invert_cdf(probs, u)
+
+
+def invert_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """The token whose CDF interval holds ``u`` (N, 1) in each row of ``probs`` (N, V).
+    Also traced into the compiled engine's graph."""
     cdf = probs.cumsum(-1)
     return (cdf < u * cdf[:, -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
 
