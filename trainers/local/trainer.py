@@ -43,6 +43,7 @@ from trainers.algorithm import Algorithm, CandidateError, Rollouts
 from trainers.local import engines
 from trainers.local.evaluate import EvalConfig, checks_ablation, evaluate, testbed_profile
 from trainers.local.model import TinyGPT, left_pad
+from trainers.local.optim import Adam
 
 CURVE_KEYS = ("overall", "acc@1", "valid", "length")
 # TrainResult.phase_cpu_seconds: sampling (the rollouts' decoding), the frozen reference's
@@ -201,7 +202,7 @@ def train(algo: Algorithm, start: TinyGPT, seed: int, cfg: TrainConfig = TrainCo
     fallback = engines.compiled_fallback(start) if cfg.engine == "compiled" else None
     policy = copy.deepcopy(start).train()
     ref = start.eval()
-    opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    opt = Adam(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     stream = PromptStream(seed, cfg.families)
     sampler = torch.Generator(device=device).manual_seed(10_000 + seed)
     curve, evals = [], []
