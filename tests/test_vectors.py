@@ -109,6 +109,76 @@ def test_embedder_is_the_bundled_model_offline(embedder):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
+def test_the_direct_model_gives_sentence_transformers_embeddings(embedder):
+    """The default embedder computes the model itself (memory/minilm.py); the library's
+    own SentenceTransformer, loaded from the same files, gives the same vectors: short,
+    empty, non-ASCII, past the 256-token truncation, and a batch of mixed lengths larger
+    than one encode batch (the direct path sorts and pads per batch)."""
+    from sentence_transformers import SentenceTransformer
+
+    from memory.vectors import Embedder
+
+    assert embedder.backend == "direct" and embedder.model is None
+    texts = ([m for pair in MECHANISMS for m in pair] + [r for r, _ in REFLECTIONS.values()]
+             + ["", "x", "héllo wörld, 日本語 and an emoji 🙂 " * 3,
+                " ".join(f"step{i} entropy" for i in range(300))])
+    texts = texts * 3  # 99 texts: two encode batches of 64
+    ours = embedder.encode(texts, batch_size=64)
+    lib = SentenceTransformer(embedder.path, device="cpu").encode(
+        texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+        show_progress_bar=False)
+    assert ours.shape == lib.shape == (len(texts), 384) and ours.dtype == np.float32
+    assert float((ours * lib).sum(1).min()) > 0.99999
+    assert float(np.abs(ours - lib).max()) < 1e-5
+    # and the library path of the Embedder itself
+    via = Embedder(backend="sentence-transformers")
+    assert via.backend == "sentence-transformers"
+    assert float(np.abs(via.encode(texts[:5]) - ours[:5]).max()) < 1e-5
+
+
+def test_a_model_the_direct_path_does_not_compute_is_refused(tmp_path, embedder):
+    from memory.minilm import supported
+
+    src = Path(embedder.path)
+    assert supported(src) is None
+    for name in ("config.json", "modules.json", "sentence_bert_config.json",
+                 "tokenizer.json", "model.safetensors"):
+        (tmp_path / name).symlink_to(src / name)
+    (tmp_path / "1_Pooling").mkdir()
+    pooling = (src / "1_Pooling" / "config.json").read_text()
+    (tmp_path / "1_Pooling" / "config.json").write_text(
+        pooling.replace('"pooling_mode_cls_token": false', '"pooling_mode_cls_token": true'))
+    assert "mean pooling" in supported(tmp_path)
+    (tmp_path / "1_Pooling" / "config.json").write_text(pooling)
+    assert supported(tmp_path) is None
+    (tmp_path / "modules.json").unlink()
+    (tmp_path / "modules.json").write_text('[{"type": "sentence_transformers.models.Transformer"}]')
+    assert "pipeline" in supported(tmp_path)
+
+
+def test_the_memory_never_imports_sentence_transformers():
+    """What the direct path is for: a process that archives and queries reflections
+    loads neither sentence-transformers nor transformers (~6 CPU-s of imports)."""
+    code = textwrap.dedent("""
+        import sys, tempfile
+        from memory.archive import Archive
+        with tempfile.TemporaryDirectory() as home:
+            a = Archive(home)
+            run = a.start_run("accurate")
+            cid = a.add_candidate(run, "grpo", 0, "GRPO", "A = 1", status="evaluated")
+            a.add_reflection(cid, "Policy entropy collapsed by step 40.", ["entropy"])
+            hits = a.similar_reflections("entropy collapsed", k=1)
+            assert hits and hits[0].candidate_id == cid, hits
+            a.close()
+        print(sorted(m for m in ("sentence_transformers", "transformers", "sklearn")
+                     if m in sys.modules))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_round_trip_similar_reflections_with_outcomes(tmp_path, embedder):
     a, ids = _populate(tmp_path, embedder)
     hits = a.similar_reflections("the policy's entropy collapsed", k=2)
