@@ -75,7 +75,7 @@ class MiniLM:
         self.max_len = min(int(_json(path / "sentence_bert_config.json")["max_seq_length"]),
                            int(cfg["max_position_embeddings"]))
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        self.tokenizer.no_padding()
+        self.tokenizer.enable_padding()  # to the batch's longest text (the file's: 128)
         self.tokenizer.enable_truncation(max_length=self.max_len)
         w = load_file(str(path / "model.safetensors"))
         self.w = {k.removeprefix("bert."): v.float() for k, v in w.items()}
@@ -90,12 +90,9 @@ class MiniLM:
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         enc = self.tokenizer.encode_batch(list(texts))
-        n, t = len(enc), max(len(e.ids) for e in enc)
-        ids = torch.zeros(n, t, dtype=torch.long)
-        mask = torch.zeros(n, t, dtype=torch.bool)
-        for i, e in enumerate(enc):
-            ids[i, :len(e.ids)] = torch.tensor(e.ids)
-            mask[i, :len(e.ids)] = True
+        ids = torch.tensor([e.ids for e in enc])
+        mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.bool)
+        n, t = ids.shape
         w = self.w
         x = (w["embeddings.word_embeddings.weight"][ids]
              + w["embeddings.position_embeddings.weight"][:t]
